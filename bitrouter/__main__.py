@@ -1,0 +1,5 @@
+"""`python -m bitrouter` runs the CLI."""
+
+from bitrouter.cli import main
+
+main()

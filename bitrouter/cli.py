@@ -1,0 +1,155 @@
+"""The `bitrouter` command line: a thin python-fire front over the feature modules."""
+
+import os
+import sys
+
+import bitrouter
+from bitrouter import home as home_mod
+
+GLOBAL_FLAGS = ("--home-dir", "--config-file", "--env-file", "--run-dir", "--logs-dir", "--db")
+
+
+class BitRouter:
+    """BitRouter: a local LLM router for agent runtimes.
+
+    Run `bitrouter` with no command to start the server with the live dashboard.
+    Global options, before or after the command: --home-dir, --config-file, --env-file,
+    --run-dir, --logs-dir, --db.
+    """
+
+    def __init__(self, **paths):
+        self._paths = paths
+
+    def _home(self):
+        return home_mod.resolve(**self._paths)
+
+    def status(self):
+        """Show resolved paths, configured providers and aliases, and the daemon state."""
+        from bitrouter import daemon
+        print(daemon.status_text(self._home()))
+
+    def serve(self):
+        """Run the API server in the foreground (Ctrl-C stops it, draining requests)."""
+        from bitrouter import server
+        server.serve(self._home())
+
+    def start(self):
+        """Start the server as a background daemon and wait until it is healthy."""
+        from bitrouter import daemon
+        daemon.start(self._home())
+
+    def stop(self):
+        """Stop the daemon, letting in-flight requests finish first."""
+        from bitrouter import daemon
+        daemon.stop(self._home())
+
+    def restart(self):
+        """Stop the daemon if it runs, then start it again."""
+        from bitrouter import daemon
+        daemon.restart(self._home())
+
+    def reload(self):
+        """Reload the configuration of the running server without dropping requests."""
+        from bitrouter import daemon
+        daemon.reload(self._home())
+
+    def init(self, provider=None, api_key_env=None, default=None, listen=None, answers=None,
+             yes=False):
+        """Set up providers and keys: interactive on a terminal, or scripted with flags.
+
+        Args:
+          provider: comma-separated built-in providers to configure (non-interactive form).
+          api_key_env: the environment variable that holds the key (one provider only).
+          default: comma-separated provider:model_id chain for the `default` alias.
+          listen: the listen address, e.g. 127.0.0.1:8787.
+          answers: a YAML/JSON file with the same answers, for scripts.
+          yes: do not ask for confirmation.
+        """
+        from bitrouter import wizard
+        wizard.init(self._home(), provider=provider, api_key_env=api_key_env, default=default,
+                    listen=listen, answers=answers, yes=yes)
+
+    def account(self, generate_key=False, list=False, set=None, g=False, l=False):
+        """Manage local signing accounts: -g/--generate-key, -l/--list (default), --set INDEX|PREFIX."""
+        from bitrouter import accounts
+        accounts.command(self._home(), generate=generate_key or g, listing=list or l, select=set)
+
+    def keygen(self, exp=None, models=None, name=None, scope="api", budget=None,
+               budget_scope=None, budget_range=None, chain="solana"):
+        """Mint a BitRouter token with the active account and print it.
+
+        Args:
+          exp: lifetime such as 30s, 5m, 1h, 30d, 1y, or `never` (admin tokens require one).
+          models: comma-separated model globs the token may use (default: all).
+          name: save the token under this name (see `bitrouter keys`).
+          scope: `api` (default) or `admin`.
+          budget: spend limit in micro-USD (1 USD = 1000000).
+          budget_scope: `session` or `account`.
+          budget_range: `rounds:N` or `duration:Ns`.
+          chain: signing chain; only `solana` is supported.
+        """
+        from bitrouter import tokens
+        tokens.keygen_command(self._home(), exp=exp, models=models, name=name, scope=scope,
+                              budget=budget, budget_scope=budget_scope,
+                              budget_range=budget_range, chain=chain)
+
+    def keys(self, list=False, show=None, rm=None, l=False):
+        """Saved tokens: --list (default), --show NAME|INDEX, --rm NAME|INDEX (also revokes)."""
+        from bitrouter import tokens
+        tokens.keys_command(self._home(), listing=list or l, show=show, rm=rm)
+
+    def usage(self, since="30d", by="token"):
+        """Spend per token and model over a period (e.g. --since 7d)."""
+        from bitrouter import tokens
+        tokens.usage_command(self._home(), since=since, by=by)
+
+    def tui(self, url=None):
+        """Attach the live dashboard to a running server (this home's, or --url)."""
+        from bitrouter import tui
+        tui.attach(self._home(), url=url)
+
+
+def main(argv=None) -> None:
+    """Entry point: run one command, print user errors as `error: ...` (exit 1)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["--version"], ["-V"]):
+        print(f"bitrouter {bitrouter.__version__}")
+        return
+    try:
+        paths, rest = split_global_flags(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    os.environ.setdefault("PAGER", "cat")  # help is printed plainly, never through a pager
+    import fire
+    commands = BitRouter(**paths)
+    try:
+        if not rest:
+            from bitrouter import tui
+            tui.run_default(commands._home())
+        else:
+            fire.Fire(commands, command=rest, name="bitrouter")
+    except bitrouter.Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def split_global_flags(argv: list) -> tuple[dict, list]:
+    """Pull the global path options out of argv wherever they appear."""
+    paths, rest, i = {}, [], 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        key = name.lstrip("-").replace("-", "_")
+        if name.startswith("--") and "--" + key.replace("_", "-") in GLOBAL_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{name} needs a value")
+                i += 1
+                value = argv[i]
+            paths[key] = value
+        else:
+            rest.append(argv[i])
+        i += 1
+    return paths, rest

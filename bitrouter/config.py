@@ -1,0 +1,396 @@
+"""Configuration: .env + bitrouter.yaml + the built-in registry, resolved and validated."""
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bitrouter import Error, registry
+
+DEFAULT_LISTEN = "127.0.0.1:8787"
+STRATEGIES = ("priority", "load_balance")
+AUTH_MODES = ("auto", "on", "open")
+
+# Tunables with their defaults; docs/configuration.md explains each one.
+SERVER_DEFAULTS = {"listen": DEFAULT_LISTEN, "max_body_bytes": 10 * 1024 * 1024,
+                   "drain_timeout": 30.0, "ping_interval": 15.0}
+UPSTREAM_DEFAULTS = {"connect_timeout": 5.0, "read_timeout": 300.0}
+ROUTING_DEFAULTS = {"cooldown_failures": 3, "cooldown_seconds": 5.0, "max_retry_wait": 2.0}
+AUTH_DEFAULTS = {"mode": "auto", "trusted_issuers": [], "clock_skew": 30.0}
+LOGGING_DEFAULTS = {"max_bytes": 10 * 1024 * 1024, "backups": 3}
+
+PROVIDER_KEYS = ("api_key", "api_base", "api_protocol", "derives", "env_prefix", "auth",
+                 "default_headers", "models")
+ENDPOINT_KEYS = ("provider", "model_id", "api_key", "api_base", "weight")
+ALIAS_KEYS = ("strategy", "endpoints") + tuple(ROUTING_DEFAULTS)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Error):
+    """A configuration problem, phrased as `file: key.path: what is wrong`."""
+
+
+@dataclass
+class Provider:
+    """One upstream provider after merging, derives and environment overrides."""
+
+    name: str
+    api_protocol: str
+    api_base: str
+    api_key: str = ""
+    env_prefix: str = ""
+    auth: str = "bearer"
+    default_headers: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+
+    @property
+    def configured(self) -> bool:
+        """A provider is usable once it has a key (the mock never needs one)."""
+        return bool(self.api_key) or self.api_protocol == "mock"
+
+
+@dataclass
+class Endpoint:
+    """One place a model name can be served from, with optional per-endpoint credentials."""
+
+    provider: str
+    model_id: str
+    api_key: str | None = None
+    api_base: str | None = None
+    weight: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}:{self.model_id}"
+
+
+@dataclass
+class Alias:
+    """A routing alias from `models:`: a strategy over an ordered list of endpoints."""
+
+    name: str
+    strategy: str
+    endpoints: list
+    cooldown_failures: int = ROUTING_DEFAULTS["cooldown_failures"]
+    cooldown_seconds: float = ROUTING_DEFAULTS["cooldown_seconds"]
+    max_retry_wait: float = ROUTING_DEFAULTS["max_retry_wait"]
+
+
+@dataclass
+class Config:
+    """Everything a running BitRouter needs, resolved from disk and the environment."""
+
+    path: Path
+    server: dict
+    upstream: dict
+    routing: dict
+    auth: dict
+    logging: dict
+    database_url: str
+    providers: dict
+    models: dict
+    unset_vars: list = field(default_factory=list)
+
+    @property
+    def listen(self) -> str:
+        return self.server["listen"]
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+    def configured_providers(self) -> list[str]:
+        """Names of providers that have a key (sorted), the keyless mock excluded."""
+        return sorted(n for n, p in self.providers.items() if p.configured and p.api_protocol != "mock")
+
+
+def load(home, environ=None) -> Config:
+    """Load and validate the configuration for a Home; raises ConfigError with the key path."""
+    env = load_env(home.env_file, environ)
+    path = Path(home.config_file)
+    raw = _read_yaml(path)
+    unset: list[str] = []
+    tree = _expand(raw, env, unset)
+    return _build(path, tree, env, home, sorted(set(unset)))
+
+
+def load_env(env_file, environ=None) -> dict:
+    """The environment map: the .env file under the process environment (the process wins)."""
+    from dotenv import dotenv_values
+    environ = os.environ if environ is None else environ
+    env = {}
+    if env_file and Path(env_file).is_file():
+        env = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    env.update(environ)
+    return env
+
+
+def detect_providers(environ=None) -> list[str]:
+    """Built-in providers whose `<PREFIX>_API_KEY` is set in the environment, sorted."""
+    environ = os.environ if environ is None else environ
+    return sorted(name for name, p in registry.providers().items()
+                  if p["api_protocol"] != "mock" and environ.get(p["env_prefix"] + "_API_KEY"))
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 in brackets); raise ValueError when malformed."""
+    host, sep, port = str(listen).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {listen!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host != "localhost":
+        ipaddress.ip_address(host)  # raises ValueError for a bad address
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach."""
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def mask(secret: str) -> str:
+    """Show just enough of a secret to recognise it: `sk-a...wxyz`."""
+    if not secret:
+        return ""
+    return secret[:4] + "..." + secret[-4:] if len(secret) > 12 else "***"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a database URL."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _read_yaml(path: Path):
+    """Parse the YAML file (safe loader); a missing file is an empty config."""
+    import yaml
+    if not path.exists():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ConfigError(f"{path}: invalid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _expand(node, env: dict, unset: list):
+    """Replace ${VAR} and ${VAR:-default} in every string of the tree."""
+    if isinstance(node, str):
+        def sub(m):
+            value = env.get(m.group(1))
+            if value:
+                return value
+            if m.group(2) is not None:
+                return m.group(2)
+            unset.append(m.group(1))
+            return ""
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _expand(v, env, unset) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, env, unset) for v in node]
+    return node
+
+
+def _build(path: Path, tree: dict, env: dict, home, unset: list) -> Config:
+    """Validate the expanded tree and resolve it into a Config."""
+    v = _Validator(path)
+    v.keys(tree, "", ("server", "upstream", "routing", "auth", "logging", "database",
+                      "providers", "models"))
+    server = v.section(tree, "server", SERVER_DEFAULTS)
+    try:
+        split_listen(server["listen"])
+    except ValueError as exc:
+        v.fail("server.listen", str(exc))
+    auth = v.section(tree, "auth", AUTH_DEFAULTS)
+    v.choice(auth["mode"], "auth.mode", AUTH_MODES)
+    routing = v.section(tree, "routing", ROUTING_DEFAULTS)
+    providers = _resolve_providers(v, tree.get("providers"), env)
+    models = _resolve_models(v, tree.get("models"), providers, routing)
+    database = v.mapping(tree.get("database") or {}, "database")
+    v.keys(database, "database", ("url",))
+    db_url = home.db_url or env.get("BITROUTER_DATABASE_URL") or database.get("url") or home.default_db_url
+    return Config(path=path, server=server, upstream=v.section(tree, "upstream", UPSTREAM_DEFAULTS),
+                  routing=routing, auth=auth,
+                  logging=v.section(tree, "logging", LOGGING_DEFAULTS), database_url=str(db_url),
+                  providers=providers, models=models, unset_vars=unset)
+
+
+def _resolve_providers(v, user, env: dict) -> dict:
+    """Merge user providers over the registry, resolve derives, then apply env overrides."""
+    user = v.mapping(user or {}, "providers")
+    merged = {name: {"api_protocol": p["api_protocol"], "api_base": p["api_base"],
+                     "env_prefix": p["env_prefix"], "auth": p["auth"],
+                     "default_headers": dict(p.get("default_headers", {})),
+                     "models": p.get("models", {}), "_protocols": p.get("protocols", {})}
+              for name, p in registry.providers().items()}
+    for name, fields in user.items():
+        where = f"providers.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            v.fail(where, "provider names may use letters, digits, '.', '_' and '-' only")
+        fields = v.mapping(fields or {}, where)
+        v.keys(fields, where, PROVIDER_KEYS)
+        entry = merged.setdefault(name, {})
+        if "api_protocol" in fields and "api_base" not in fields and "_protocols" in entry:
+            # Choosing another protocol of a built-in picks that protocol's documented base URL.
+            entry["api_base"] = entry["_protocols"].get(fields["api_protocol"], entry["api_base"])
+        entry.update({k: val for k, val in fields.items() if val is not None})
+    resolved = {}
+    for name in user:
+        _derive(v, name, merged, [])
+    for name, entry in merged.items():
+        resolved[name] = _finish_provider(v, name, entry, env)
+    return resolved
+
+
+def _derive(v, name: str, merged: dict, chain: list) -> dict:
+    """Fill a provider's unset fields from its `derives` parent, to any depth.
+
+    A child never inherits its parent's key, env prefix or headers: those belong to the
+    parent's own endpoint, and sending them to the child's api_base would leak them.
+    """
+    entry = merged[name]
+    parent = entry.get("derives")
+    if not parent:
+        return entry
+    where = f"providers.{name}.derives"
+    if name in chain:
+        v.fail(where, "derives cycle: " + " -> ".join(chain + [name]))
+    if parent not in merged:
+        v.fail(where, f"unknown provider {parent!r}{_suggest(parent, merged)}")
+    base = _derive(v, parent, merged, chain + [name])
+    for key in ("api_protocol", "auth", "models", "_protocols"):
+        entry.setdefault(key, base.get(key))
+    if "api_base" not in entry:
+        protocol = entry.get("api_protocol")
+        entry["api_base"] = base.get("_protocols", {}).get(protocol) or base.get("api_base")
+    entry.setdefault("env_prefix", re.sub(r"[^A-Z0-9]", "_", name.upper()))
+    del entry["derives"]
+    return entry
+
+
+def _finish_provider(v, name: str, entry: dict, env: dict) -> Provider:
+    """Apply `<PREFIX>_API_KEY`/`_BASE_URL`, then type-check the result."""
+    where = f"providers.{name}"
+    protocol = entry.get("api_protocol")
+    if not protocol:
+        v.fail(where, "api_protocol is required for a new provider (or use derives)")
+    v.choice(protocol, where + ".api_protocol", registry.PROTOCOLS)
+    base = entry.get("api_base")
+    prefix = entry.get("env_prefix") or ""
+    key = entry.get("api_key") or ""
+    if prefix:
+        key = env.get(prefix + "_API_KEY") or key
+        base = env.get(prefix + "_BASE_URL") or base
+    if not base:
+        v.fail(where, "api_base is required")
+    if not isinstance(base, str) or not re.match(r"^(https?|mock)://[^\s/]+", base):
+        v.fail(where + ".api_base", f"not an http(s) URL: {base!r}")
+    v.choice(entry.get("auth") or "bearer", where + ".auth", registry.AUTH_STYLES)
+    headers = v.mapping(entry.get("default_headers") or {}, where + ".default_headers")
+    models = v.mapping(entry.get("models") or {}, where + ".models")
+    return Provider(name=name, api_protocol=protocol, api_base=base.rstrip("/"), api_key=str(key),
+                    env_prefix=str(prefix), auth=entry.get("auth") or "bearer",
+                    default_headers={str(k): str(val) for k, val in headers.items()},
+                    models=models)
+
+
+def _resolve_models(v, user, providers: dict, routing: dict) -> dict:
+    """Validate the `models:` aliases against the resolved providers."""
+    aliases = {}
+    for name, spec in v.mapping(user or {}, "models").items():
+        where = f"models.{name}"
+        spec = v.mapping(spec or {}, where)
+        v.keys(spec, where, ALIAS_KEYS)
+        strategy = spec.get("strategy", "priority")
+        v.choice(strategy, where + ".strategy", STRATEGIES)
+        raw = spec.get("endpoints")
+        if not isinstance(raw, list) or not raw:
+            v.fail(where + ".endpoints", "must be a non-empty list")
+        endpoints = [_endpoint(v, f"{where}.endpoints[{i}]", e, providers) for i, e in enumerate(raw)]
+        tuning = {k: v.number(spec.get(k, routing[k]), f"{where}.{k}") for k in ROUTING_DEFAULTS}
+        tuning["cooldown_failures"] = int(tuning["cooldown_failures"])
+        aliases[str(name)] = Alias(name=str(name), strategy=strategy, endpoints=endpoints, **tuning)
+    return aliases
+
+
+def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
+    """One alias endpoint; accepts the `provider:model_id` shorthand string too."""
+    if isinstance(raw, str):
+        provider, _, model_id = raw.partition(":")
+        raw = {"provider": provider, "model_id": model_id}
+    raw = v.mapping(raw, where)
+    v.keys(raw, where, ENDPOINT_KEYS)
+    provider = raw.get("provider")
+    if provider not in providers:
+        v.fail(where + ".provider", f"unknown provider {provider!r}{_suggest(str(provider), providers)}")
+    if not raw.get("model_id"):
+        v.fail(where + ".model_id", "is required")
+    weight = raw.get("weight", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
+        v.fail(where + ".weight", "must be a positive integer")
+    return Endpoint(provider=provider, model_id=str(raw["model_id"]), api_key=raw.get("api_key") or None,
+                    api_base=(raw.get("api_base") or "").rstrip("/") or None, weight=weight)
+
+
+def _suggest(word: str, choices) -> str:
+    """` (did you mean 'x'?)` when a close match exists."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Validator:
+    """Small helpers that raise ConfigError naming the file and the key path."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, message: str):
+        raise ConfigError(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
+
+    def mapping(self, node, where: str) -> dict:
+        if not isinstance(node, dict):
+            self.fail(where, f"must be a mapping, got {type(node).__name__}")
+        return node
+
+    def keys(self, node: dict, where: str, allowed) -> None:
+        for key in node:
+            if key not in allowed:
+                path = f"{where}.{key}" if where else str(key)
+                self.fail(path, f"unknown key{_suggest(str(key), allowed)}")
+
+    def choice(self, value, where: str, allowed) -> None:
+        if value not in allowed:
+            self.fail(where, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+    def number(self, value, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            self.fail(where, f"must be a non-negative number, got {value!r}")
+        return value
+
+    def section(self, tree: dict, name: str, defaults: dict) -> dict:
+        node = self.mapping(tree.get(name) or {}, name)
+        self.keys(node, name, defaults)
+        merged = {**defaults, **node}
+        for key, default in defaults.items():
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                self.number(merged[key], f"{name}.{key}")
+            elif isinstance(default, list) and not isinstance(merged[key], list):
+                self.fail(f"{name}.{key}", "must be a list")
+            elif isinstance(default, str) and not isinstance(merged[key], str):
+                self.fail(f"{name}.{key}", "must be a string")
+        return merged

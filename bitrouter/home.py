@@ -1,0 +1,143 @@
+"""Where BitRouter keeps its files: home resolution, path overrides and scaffolding."""
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+CONFIG_NAME = "bitrouter.yaml"
+
+CONFIG_TEMPLATE = """\
+# BitRouter configuration (docs/configuration.md lists every key).
+# Values may reference the environment: "${OPENAI_API_KEY}" or "${VAR:-default}".
+#
+# server:
+#   listen: "127.0.0.1:8787"
+#
+# providers:
+#   openai:
+#     api_key: "${OPENAI_API_KEY}"
+#
+# models:
+#   default:
+#     strategy: priority
+#     endpoints:
+#       - provider: openai
+#         model_id: gpt-4o
+"""
+
+ENV_TEMPLATE = """\
+# BitRouter environment variables. Place your API keys here; this file is ignored by git.
+#
+# OPENAI_API_KEY=sk-...
+# ANTHROPIC_API_KEY=sk-ant-...
+# GOOGLE_API_KEY=...
+"""
+
+GITIGNORE_TEMPLATE = "logs/\nrun/\n.env\n.keys/\n"
+
+
+@dataclass(frozen=True)
+class Home:
+    """The resolved locations of every file BitRouter reads or writes."""
+
+    root: Path
+    config_file: Path
+    env_file: Path
+    run_dir: Path
+    logs_dir: Path
+    db_url: str | None = None  # an explicit --db; config.load resolves the rest
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / ".keys"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "bitrouter.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs_dir / "bitrouter.log"
+
+    @property
+    def default_db_url(self) -> str:
+        return "sqlite:///" + str(self.root / "bitrouter.db")
+
+    def cli_args(self) -> list[str]:
+        """The global options that reproduce this Home in a child process."""
+        args = ["--home-dir", str(self.root), "--config-file", str(self.config_file),
+                "--env-file", str(self.env_file), "--run-dir", str(self.run_dir),
+                "--logs-dir", str(self.logs_dir)]
+        if self.db_url:
+            args += ["--db", self.db_url]
+        return args
+
+
+def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_dir=None,
+            db=None, cwd=None, environ=None) -> Home:
+    """Find the home directory (flag, ./bitrouter.yaml, $BITROUTER_HOME, ~/.bitrouter) and apply overrides."""
+    environ = os.environ if environ is None else environ
+    cwd = Path(cwd or os.getcwd())
+    if home_dir:
+        root = _absolute(home_dir, cwd)
+    elif (cwd / CONFIG_NAME).is_file():
+        root = cwd
+    elif environ.get("BITROUTER_HOME") and Path(environ["BITROUTER_HOME"]).is_dir():
+        root = _absolute(environ["BITROUTER_HOME"], cwd)
+    else:
+        root = Path(environ.get("HOME") or Path.home()) / ".bitrouter"
+        if not root.exists():
+            scaffold(root)
+    home = at(root)
+    overrides = {"config_file": config_file, "env_file": env_file, "run_dir": run_dir,
+                 "logs_dir": logs_dir}
+    home = replace(home, **{k: _absolute(v, cwd) for k, v in overrides.items() if v})
+    return replace(home, db_url=str(db)) if db else home
+
+
+def at(root) -> Home:
+    """The default layout under one home directory, without looking at flags or the environment."""
+    root = Path(root)
+    return Home(root=root, config_file=root / CONFIG_NAME, env_file=root / ".env",
+                run_dir=root / "run", logs_dir=root / "logs")
+
+
+def scaffold(root) -> Home:
+    """Create a home with commented templates; existing files are left alone."""
+    root = Path(root)
+    for folder in (root, root / "run", root / "logs"):
+        folder.mkdir(parents=True, exist_ok=True)
+    _write_new(root / CONFIG_NAME, CONFIG_TEMPLATE, 0o644)
+    _write_new(root / ".env", ENV_TEMPLATE, 0o600)
+    _write_new(root / ".gitignore", GITIGNORE_TEMPLATE, 0o644)
+    return at(root)
+
+
+def write_private(path, text: str) -> None:
+    """Write a secret-bearing file atomically with mode 0600 (its folder gets 0700 if new)."""
+    path = Path(path)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    """Create a file with the given mode unless it already exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def _absolute(path, cwd: Path) -> Path:
+    """Expand ~ and make a path absolute against cwd, without resolving symlinks."""
+    path = Path(os.path.expanduser(str(path)))
+    return path if path.is_absolute() else cwd / path
