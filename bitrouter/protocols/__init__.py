@@ -1,0 +1,139 @@
+"""Wire protocols and the unified model they translate through.
+
+Each protocol module (openai = Chat Completions, responses, anthropic, google, mock)
+speaks one wire format in both directions:
+
+  inbound  (client -> BitRouter): model_of, wants_stream, decode_request,
+           encode_response, StreamEncoder, error_body, usage_of, stream_usage
+  upstream (BitRouter -> provider): request_url, auth_headers, encode_request,
+           decode_response, StreamDecoder, error_message
+
+Same-protocol traffic never touches the unified model: the body is forwarded with only
+`model` rewritten and the upstream's SSE frames are relayed as they arrive.
+"""
+
+import importlib
+from dataclasses import dataclass, field
+
+FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "error")
+
+
+@dataclass
+class Part:
+    """One piece of message content.
+
+    kind is text | image | tool_call | tool_result | reasoning:
+      text: text;  image: url or data + media_type;  reasoning: text (+ signature)
+      tool_call: id, name, arguments (a JSON string)
+      tool_result: id, name, content (list of text/image Parts), is_error
+    """
+
+    kind: str
+    text: str = ""
+    url: str = ""
+    data: str = ""
+    media_type: str = ""
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+    content: list = field(default_factory=list)
+    is_error: bool = False
+    signature: str = ""
+
+
+@dataclass
+class Message:
+    """A turn in the conversation: role is user | assistant | tool."""
+
+    role: str
+    parts: list
+
+
+@dataclass
+class Tool:
+    """A function the model may call; parameters is a JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    """A generation request in protocol-neutral form.
+
+    tool_choice: None | "auto" | "none" | "required" | {"name": ...}
+    response_format: None | {"type": "json_object"} | {"type": "json_schema", "name", "schema", "strict"}
+    reasoning: None | {"effort": "low|medium|high"} and/or {"budget_tokens": N}
+    """
+
+    model: str
+    messages: list
+    system: list = field(default_factory=list)  # text Parts, in order
+    tools: list = field(default_factory=list)
+    tool_choice: object = None
+    parallel_tool_calls: bool | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list = field(default_factory=list)
+    response_format: dict | None = None
+    reasoning: dict | None = None
+    stream: bool = False
+    include_usage: bool = False
+    user: str | None = None
+
+
+@dataclass
+class Usage:
+    """Token counts. input counts cached tokens too; output counts reasoning tokens too."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+
+@dataclass
+class Response:
+    """A complete (non-streamed) generation result."""
+
+    id: str
+    model: str
+    parts: list
+    finish_reason: str = "stop"
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class Event:
+    """One unified stream event.
+
+    kind: start | text | reasoning | tool_call | tool_args | finish | usage
+      text / reasoning: text;  tool_call: index, id, name;  tool_args: index, text
+      finish: reason;  usage: usage;  start: id, model
+    """
+
+    kind: str
+    text: str = ""
+    index: int = 0
+    id: str = ""
+    name: str = ""
+    reason: str = ""
+    model: str = ""
+    usage: Usage | None = None
+
+
+class ProtocolError(Exception):
+    """A request or response that a protocol cannot express; status is the HTTP status to use."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def get(name: str):
+    """The module implementing one wire protocol."""
+    return importlib.import_module(f"bitrouter.protocols.{name}")

@@ -1,0 +1,415 @@
+"""OpenAI Chat Completions (`POST /v1/chat/completions`), as served to clients and called upstream."""
+
+import json
+import secrets
+import time
+
+from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
+
+NAME = "openai"
+FIXED_HEADERS = {}
+FORWARD_HEADERS = ()
+
+# ---------------------------------------------------------------- inbound
+
+
+def model_of(body: dict, path_model: str | None = None) -> str:
+    """The requested model name; a missing one is a 400."""
+    _require(body, "messages", list)
+    return _require(body, "model", str)
+
+
+def wants_stream(body: dict, action: str | None = None) -> bool:
+    """Whether the client asked for an SSE stream."""
+    return bool(body.get("stream"))
+
+
+def decode_request(body: dict) -> Request:
+    """Chat Completions request -> unified Request."""
+    req = Request(model=body["model"], messages=[], stream=bool(body.get("stream")))
+    names = {}  # tool_call_id -> function name, so tool results can carry the name
+    for i, msg in enumerate(body["messages"]):
+        if not isinstance(msg, dict):
+            raise ProtocolError(f"messages[{i}] must be an object")
+        role = msg.get("role")
+        if role in ("system", "developer"):
+            req.system += [p for p in _content_parts(msg.get("content"), i) if p.kind == "text"]
+        elif role == "user":
+            req.messages.append(Message("user", _content_parts(msg.get("content"), i)))
+        elif role == "assistant":
+            parts = []
+            if msg.get("reasoning_content"):
+                parts.append(Part("reasoning", text=msg["reasoning_content"]))
+            parts += _content_parts(msg.get("content"), i)
+            if msg.get("refusal"):
+                parts.append(Part("text", text=msg["refusal"]))
+            for call in msg.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                names[call.get("id", "")] = fn.get("name", "")
+                parts.append(Part("tool_call", id=call.get("id", ""), name=fn.get("name", ""),
+                                  arguments=fn.get("arguments") or "{}"))
+            req.messages.append(Message("assistant", parts))
+        elif role in ("tool", "function"):
+            call_id = msg.get("tool_call_id") or msg.get("name") or ""
+            content = _content_parts(msg.get("content"), i)
+            req.messages.append(Message("tool", [Part("tool_result", id=call_id, content=content,
+                                                      name=names.get(call_id, msg.get("name", "")))]))
+        else:
+            raise ProtocolError(f"messages[{i}].role: unknown role {role!r}")
+    for tool in body.get("tools") or []:
+        fn = tool.get("function") or {}
+        req.tools.append(Tool(fn.get("name", ""), fn.get("description", ""), fn.get("parameters") or {}))
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        req.tool_choice = {"name": (choice.get("function") or {}).get("name", "")}
+    elif choice in ("auto", "none", "required"):
+        req.tool_choice = choice
+    req.parallel_tool_calls = body.get("parallel_tool_calls")
+    req.max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    req.temperature = body.get("temperature")
+    req.top_p = body.get("top_p")
+    stop = body.get("stop")
+    req.stop = [stop] if isinstance(stop, str) else list(stop or [])
+    req.response_format = _decode_format(body.get("response_format"))
+    if body.get("reasoning_effort"):
+        req.reasoning = {"effort": body["reasoning_effort"]}
+    req.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    req.user = body.get("user")
+    return req
+
+
+def encode_response(resp: Response, model: str) -> dict:
+    """Unified Response -> chat.completion object."""
+    text = "".join(p.text for p in resp.parts if p.kind == "text")
+    message = {"role": "assistant", "content": text or None}
+    reasoning = "".join(p.text for p in resp.parts if p.kind == "reasoning")
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    calls = [{"id": p.id, "type": "function", "function": {"name": p.name, "arguments": p.arguments}}
+             for p in resp.parts if p.kind == "tool_call"]
+    if calls:
+        message["tool_calls"] = calls
+    return {"id": _chat_id(resp.id), "object": "chat.completion", "created": int(time.time()),
+            "model": resp.model or model,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": resp.finish_reason}],
+            "usage": encode_usage(resp.usage)}
+
+
+class StreamEncoder:
+    """Unified stream events -> chat.completion.chunk SSE frames, ending with [DONE]."""
+
+    def __init__(self, model: str, request: Request):
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = request.include_usage
+        self.usage = None
+        self.finish_reason = None
+        self.tool_index = {}  # unified tool index -> chat tool_calls index
+
+    def event(self, ev: Event) -> bytes:
+        if ev.kind == "start":
+            self.model = ev.model or self.model
+            return self._chunk({"role": "assistant", "content": ""})
+        if ev.kind == "text":
+            return self._chunk({"content": ev.text})
+        if ev.kind == "reasoning":
+            return self._chunk({"reasoning_content": ev.text})
+        if ev.kind == "tool_call":
+            index = self.tool_index.setdefault(ev.index, len(self.tool_index))
+            return self._chunk({"tool_calls": [{"index": index, "id": ev.id, "type": "function",
+                                                "function": {"name": ev.name, "arguments": ""}}]})
+        if ev.kind == "tool_args":
+            index = self.tool_index.setdefault(ev.index, len(self.tool_index))
+            return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": ev.text}}]})
+        if ev.kind == "finish":
+            self.finish_reason = ev.reason
+        elif ev.kind == "usage":
+            self.usage = ev.usage
+        return b""
+
+    def finish_stream(self) -> bytes:
+        out = self._chunk({}, self.finish_reason or "stop")
+        if self.include_usage:
+            out += sse.frame({**self._base(), "choices": [], "usage": encode_usage(self.usage or Usage())})
+        return out + b"data: [DONE]\n\n"
+
+    def error(self, status: int, message: str) -> bytes:
+        return sse.frame(error_body(status, message)) + b"data: [DONE]\n\n"
+
+    def _base(self) -> dict:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model}
+
+    def _chunk(self, delta: dict, finish=None) -> bytes:
+        return sse.frame({**self._base(), "choices": [{"index": 0, "delta": delta,
+                                                        "finish_reason": finish}]})
+
+
+def error_body(status: int, message: str) -> dict:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
+                      "param": None, "code": _ERROR_CODES.get(status)}}
+
+
+def usage_of(body: dict) -> Usage:
+    """Usage from a chat.completion (or final chunk) body."""
+    u = body.get("usage") or {}
+    return Usage(input=u.get("prompt_tokens") or 0, output=u.get("completion_tokens") or 0,
+                 cache_read=(u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+                 reasoning=(u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+
+
+def stream_usage(event: str, data: str) -> Usage | None:
+    """Usage carried by one relayed SSE event, if any (cheap check before parsing)."""
+    if '"usage"' not in data or data == "[DONE]":
+        return None
+    body = json.loads(data)
+    return usage_of(body) if body.get("usage") else None
+
+
+def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
+    """The client's own body for a same-protocol upstream: only `model` changes.
+
+    Streams also ask for usage so that the request can be billed; clients then see the
+    final usage chunk (empty `choices`) that the API documents for include_usage.
+    """
+    out = dict(body, model=model_id)
+    if stream and not (body.get("stream_options") or {}).get("include_usage"):
+        out["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
+    return out
+
+
+# ---------------------------------------------------------------- upstream
+
+
+def request_url(api_base: str, model_id: str, stream: bool) -> str:
+    return api_base + "/chat/completions"
+
+
+def encode_request(req: Request, model_id: str) -> dict:
+    """Unified Request -> Chat Completions body."""
+    messages = [{"role": "system", "content": "\n\n".join(p.text for p in req.system)}] if req.system else []
+    for msg in req.messages:
+        messages += _encode_message(msg)
+    body = {"model": model_id, "messages": messages}
+    if req.tools:
+        body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                          "parameters": t.parameters or {"type": "object", "properties": {}}}}
+                         for t in req.tools]
+    if isinstance(req.tool_choice, dict):
+        body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice["name"]}}
+    elif req.tool_choice:
+        body["tool_choice"] = req.tool_choice
+    if req.parallel_tool_calls is not None and req.tools:
+        body["parallel_tool_calls"] = req.parallel_tool_calls
+    _set(body, "max_completion_tokens", req.max_tokens)
+    _set(body, "temperature", req.temperature)
+    _set(body, "top_p", req.top_p)
+    if req.stop:
+        body["stop"] = req.stop
+    if req.response_format:
+        body["response_format"] = _encode_format(req.response_format)
+    if req.reasoning and req.reasoning.get("effort"):
+        body["reasoning_effort"] = req.reasoning["effort"]
+    _set(body, "user", req.user)
+    if req.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def decode_response(body: dict) -> Response:
+    """chat.completion -> unified Response."""
+    choice = (body.get("choices") or [{}])[0]
+    msg = choice.get("message") or {}
+    parts = []
+    if msg.get("reasoning_content"):
+        parts.append(Part("reasoning", text=msg["reasoning_content"]))
+    if msg.get("content"):
+        parts.append(Part("text", text=msg["content"]))
+    if msg.get("refusal"):
+        parts.append(Part("text", text=msg["refusal"]))
+    for call in msg.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        parts.append(Part("tool_call", id=call.get("id", ""), name=fn.get("name", ""),
+                          arguments=fn.get("arguments") or "{}"))
+    return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
+                    finish_reason=_finish(choice.get("finish_reason"), parts), usage=usage_of(body))
+
+
+class StreamDecoder:
+    """Chat Completions SSE events -> unified stream events."""
+
+    def __init__(self):
+        self.started = False
+        self.calls = {}  # chat tool index -> True once announced
+
+    def feed(self, event: str, data: str) -> list:
+        if data == "[DONE]":
+            return []
+        chunk = json.loads(data)
+        if chunk.get("error"):
+            raise ProtocolError((chunk["error"] or {}).get("message", "upstream stream error"), 502)
+        out = []
+        if not self.started:
+            self.started = True
+            out.append(Event("start", id=chunk.get("id", ""), model=chunk.get("model", "")))
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                out.append(Event("reasoning", text=delta["reasoning_content"]))
+            if delta.get("content"):
+                out.append(Event("text", text=delta["content"]))
+            for call in delta.get("tool_calls") or []:
+                index = call.get("index", 0)
+                fn = call.get("function") or {}
+                if index not in self.calls:
+                    self.calls[index] = True
+                    out.append(Event("tool_call", index=index, id=call.get("id") or f"call_{secrets.token_hex(8)}",
+                                     name=fn.get("name", "")))
+                if fn.get("arguments"):
+                    out.append(Event("tool_args", index=index, text=fn["arguments"]))
+            if choice.get("finish_reason"):
+                reason = choice["finish_reason"]
+                out.append(Event("finish", reason="tool_calls" if self.calls and reason == "stop" else _finish(reason, [])))
+        if chunk.get("usage"):
+            out.append(Event("usage", usage=usage_of(chunk)))
+        return out
+
+
+def error_message(status: int, body: bytes) -> str:
+    """The human message inside an upstream error body."""
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return body[:300].decode("utf-8", "replace").strip()
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err or body[:300].decode("utf-8", "replace"))
+
+
+def encode_usage(u: Usage) -> dict:
+    """Unified Usage -> OpenAI usage object with cached and reasoning details."""
+    return {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output,
+            "prompt_tokens_details": {"cached_tokens": u.cache_read},
+            "completion_tokens_details": {"reasoning_tokens": u.reasoning}}
+
+
+# ---------------------------------------------------------------- helpers
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+                403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
+                429: "rate_limit_error", 502: "api_error", 503: "api_error", 504: "timeout_error"}
+_ERROR_CODES = {401: "invalid_api_key", 402: "budget_exceeded", 403: "forbidden",
+                404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
+           "content_filter": "content_filter"}
+
+
+def _require(body: dict, key: str, kind: type):
+    value = body.get(key)
+    if not isinstance(value, kind) or (kind is str and not value):
+        what = "a non-empty string" if kind is str else "an array"
+        raise ProtocolError(f"'{key}' is required and must be {what}")
+    return value
+
+
+def _content_parts(content, i: int) -> list:
+    """Message content (string or array of parts) -> unified Parts."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [Part("text", text=content)] if content else []
+    if not isinstance(content, list):
+        raise ProtocolError(f"messages[{i}].content must be a string or an array")
+    parts = []
+    for item in content:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind in ("text", "input_text", "output_text", "refusal"):
+            parts.append(Part("text", text=item.get("text") or item.get("refusal") or ""))
+        elif kind == "image_url":
+            parts.append(_image((item.get("image_url") or {}).get("url", "")))
+        else:
+            raise ProtocolError(f"messages[{i}].content: unsupported part type {kind!r}")
+    return parts
+
+
+def _image(url: str) -> Part:
+    """An image part from a URL or a data: URL."""
+    if url.startswith("data:") and ";base64," in url:
+        head, data = url[5:].split(";base64,", 1)
+        return Part("image", data=data, media_type=head or "image/png")
+    return Part("image", url=url)
+
+
+def _encode_message(msg: Message) -> list:
+    """One unified message -> one or more chat messages."""
+    if msg.role == "tool":
+        return [{"role": "tool", "tool_call_id": p.id,
+                 "content": _tool_text(p)} for p in msg.parts if p.kind == "tool_result"]
+    if msg.role == "assistant":
+        out = {"role": "assistant", "content": "".join(p.text for p in msg.parts if p.kind == "text") or None}
+        calls = [{"id": p.id, "type": "function", "function": {"name": p.name, "arguments": p.arguments or "{}"}}
+                 for p in msg.parts if p.kind == "tool_call"]
+        if calls:
+            out["tool_calls"] = calls
+        return [out]
+    results = [p for p in msg.parts if p.kind == "tool_result"]
+    rest = [p for p in msg.parts if p.kind != "tool_result"]
+    out = [{"role": "tool", "tool_call_id": p.id, "content": _tool_text(p)} for p in results]
+    if rest:
+        if all(p.kind == "text" for p in rest):
+            out.append({"role": "user", "content": "".join(p.text for p in rest) if len(rest) == 1 else
+                        [{"type": "text", "text": p.text} for p in rest]})
+        else:
+            out.append({"role": "user", "content": [_encode_part(p) for p in rest]})
+    return out
+
+
+def _encode_part(p: Part) -> dict:
+    if p.kind == "image":
+        url = p.url or f"data:{p.media_type or 'image/png'};base64,{p.data}"
+        return {"type": "image_url", "image_url": {"url": url}}
+    return {"type": "text", "text": p.text}
+
+
+def _tool_text(p: Part) -> str:
+    """Chat tool messages carry text only; an error result is marked so the model knows."""
+    text = "\n".join(c.text for c in p.content if c.kind == "text")
+    return f"Error: {text}" if p.is_error and not text.startswith("Error") else text
+
+
+def _decode_format(fmt):
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt["type"] == "json_schema":
+        schema = fmt.get("json_schema") or {}
+        return {"type": "json_schema", "name": schema.get("name", "response"),
+                "schema": schema.get("schema") or {}, "strict": schema.get("strict")}
+    return {"type": "json_object"}
+
+
+def _encode_format(fmt: dict) -> dict:
+    if fmt["type"] == "json_schema":
+        spec = {"name": fmt.get("name") or "response", "schema": fmt.get("schema") or {}}
+        if fmt.get("strict") is not None:
+            spec["strict"] = fmt["strict"]
+        return {"type": "json_schema", "json_schema": spec}
+    return {"type": "json_object"}
+
+
+def _finish(reason, parts) -> str:
+    if any(p.kind == "tool_call" for p in parts) and reason in (None, "stop"):
+        return "tool_calls"
+    return _FINISH.get(reason, "stop")
+
+
+def _chat_id(upstream_id: str) -> str:
+    return upstream_id if upstream_id.startswith("chatcmpl") else "chatcmpl-" + secrets.token_hex(12)
+
+
+def _set(body: dict, key: str, value) -> None:
+    if value is not None:
+        body[key] = value

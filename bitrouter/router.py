@@ -1,0 +1,233 @@
+"""Routing: model name -> ordered endpoints, failover, load balancing and cooldowns."""
+
+import difflib
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from bitrouter.config import ROUTING_DEFAULTS, STRATEGIES, Alias, Endpoint
+from bitrouter.upstream import UpstreamError
+
+
+class RouteError(Exception):
+    """A request that cannot be routed: status 404 (unknown model) or 503 (nothing usable)."""
+
+    def __init__(self, message: str, status: int = 404, attempts: int = 0):
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+class AllFailed(Exception):
+    """Every endpoint failed; status is 502, 503 or 504 by the last cause."""
+
+    def __init__(self, errors: list, attempts: int):
+        last = errors[-1]
+        summary = "; ".join(f"{label}: {e.message}" for label, e in errors[-3:])
+        super().__init__(f"all {attempts} upstream attempt(s) failed: {summary}")
+        self.status = 504 if last[1].kind == "timeout" else 503 if last[1].status in (429, 503, 529) else 502
+        self.attempts = attempts
+        self.retry_after = last[1].retry_after
+
+
+@dataclass
+class Route:
+    """A resolved model name: where it may be served and how to choose."""
+
+    name: str
+    source: str  # dynamic | direct | alias
+    strategy: str
+    endpoints: list
+    cooldown_failures: int = ROUTING_DEFAULTS["cooldown_failures"]
+    cooldown_seconds: float = ROUTING_DEFAULTS["cooldown_seconds"]
+    max_retry_wait: float = ROUTING_DEFAULTS["max_retry_wait"]
+
+
+@dataclass
+class EndpointHealth:
+    """What BitRouter has seen of one provider:model_id endpoint."""
+
+    failures: int = 0  # consecutive
+    cooling_until: float = 0.0
+    last_error: str = ""
+    last_status: int | None = None
+    requests: int = 0
+    errors: int = 0
+    latencies: deque = field(default_factory=lambda: deque(maxlen=500))
+
+    def state(self, now: float) -> str:
+        if self.cooling_until > now:
+            return "cooling down"
+        return "failing" if self.failures else "ok"
+
+
+class Health:
+    """Endpoint health and round-robin counters; lives as long as the server, across reloads."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.endpoints = {}
+        self._counters = {}
+
+    def of(self, label: str) -> EndpointHealth:
+        h = self.endpoints.get(label)
+        if h is None:
+            h = self.endpoints[label] = EndpointHealth()
+        return h
+
+    def cooling(self, label: str) -> bool:
+        return self.of(label).cooling_until > self.clock()
+
+    def success(self, label: str, latency_ms: float) -> None:
+        h = self.of(label)
+        h.failures, h.cooling_until = 0, 0.0
+        h.requests += 1
+        h.latencies.append(latency_ms)
+
+    def failure(self, label: str, error: UpstreamError, route: Route) -> None:
+        """Count a failure; enough in a row (or a Retry-After) puts the endpoint in cooldown."""
+        h = self.of(label)
+        h.failures += 1
+        h.requests += 1
+        h.errors += 1
+        h.last_error, h.last_status = error.message[:200], error.status
+        pause = error.retry_after if error.retry_after else 0.0
+        if h.failures >= route.cooldown_failures:
+            pause = max(pause, route.cooldown_seconds)
+        if pause:
+            h.cooling_until = max(h.cooling_until, self.clock() + pause)
+
+    def next_turn(self, route_name: str) -> int:
+        """A per-route counter for load balancing that survives reloads."""
+        counter = self._counters.get(route_name)
+        if counter is None:
+            counter = self._counters[route_name] = itertools.count()
+        return next(counter)
+
+
+class Router:
+    """The routing table of one runtime: aliases and providers from config, plus dynamic routes."""
+
+    def __init__(self, cfg, dynamic: dict, health: Health):
+        self.cfg = cfg
+        self.dynamic = dynamic  # name -> Route, shared with the server so it survives reloads
+        self.health = health
+
+    def resolve(self, model: str) -> Route:
+        """Dynamic routes, then `provider:model_id`, then aliases; else 404 with near matches."""
+        route = self.dynamic.get(model)
+        if route is not None:
+            return route
+        provider, sep, model_id = model.partition(":")
+        if sep and model_id and provider in self.cfg.providers:
+            return Route(name=model, source="direct", strategy="priority",
+                         endpoints=[Endpoint(provider, model_id)], **self.cfg.routing)
+        alias = self.cfg.models.get(model)
+        if alias is not None:
+            return route_from_alias(alias)
+        raise RouteError(f"unknown model {model!r}{self._suggestions(model)}", 404)
+
+    def candidates(self, route: Route) -> list:
+        """Usable endpoints in the order to try them; endpoints cooling down go last."""
+        usable = [e for e in route.endpoints if e.api_key or self._provider_ready(e.provider)]
+        if not usable:
+            missing = ", ".join(sorted({f"{e.provider} (set {self.cfg.providers[e.provider].env_prefix}_API_KEY)"
+                                        for e in route.endpoints}))
+            raise RouteError(f"no API key configured for model {route.name!r}: {missing}", 503)
+        if route.strategy == "load_balance" and len(usable) > 1:
+            wheel = [i for i, e in enumerate(usable) for _ in range(e.weight)]
+            start = wheel[self.health.next_turn(route.name) % len(wheel)]
+            usable = usable[start:] + usable[:start]
+        fresh = [e for e in usable if not self.health.cooling(e.label)]
+        return fresh + [e for e in usable if e not in fresh]
+
+    def dispatch(self, route: Route, attempt, sleep=time.sleep):
+        """Call attempt(endpoint) down the candidates until one succeeds.
+
+        Returns (result, attempts). Retryable failures move on to the next endpoint; a
+        request error (4xx) is raised at once with its attempt count. On the last
+        endpoint a short Retry-After (<= max_retry_wait) is waited out once.
+        """
+        order = self.candidates(route)
+        errors, attempts, waited = [], 0, False
+        queue = list(order)
+        while queue:
+            endpoint = queue.pop(0)
+            attempts += 1
+            started = time.monotonic()
+            try:
+                result = attempt(endpoint)
+            except UpstreamError as exc:
+                exc.attempts = attempts
+                if not exc.retryable:
+                    raise
+                self.health.failure(endpoint.label, exc, route)
+                errors.append((endpoint.label, exc))
+                wait = exc.retry_after
+                if not queue and not waited and wait is not None and wait <= route.max_retry_wait:
+                    waited = True
+                    sleep(wait)
+                    queue.append(endpoint)
+                continue
+            self.health.success(endpoint.label, (time.monotonic() - started) * 1000)
+            return result, attempts
+        raise AllFailed(errors, attempts)
+
+    def listing(self) -> list[dict]:
+        """Every alias and dynamic route with its strategy and endpoint chain."""
+        routes = [route_from_alias(a) for a in self.cfg.models.values() if a.name not in self.dynamic]
+        routes += list(self.dynamic.values())
+        return [describe(r) for r in sorted(routes, key=lambda r: r.name)]
+
+    def _provider_ready(self, name: str) -> bool:
+        provider = self.cfg.providers.get(name)
+        return provider is not None and provider.configured
+
+    def _suggestions(self, model: str) -> str:
+        names = list(self.dynamic) + list(self.cfg.models)
+        for pname, provider in self.cfg.providers.items():
+            if provider.configured:
+                names += [f"{pname}:{m}" for m in provider.models]
+        close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
+        hint = "; did you mean " + ", ".join(repr(c) for c in close) + "?" if close else ""
+        return hint + " (use an alias from `models:` or provider:model_id)"
+
+
+def route_from_alias(alias: Alias) -> Route:
+    """A configured alias as a Route."""
+    return Route(name=alias.name, source="alias", strategy=alias.strategy, endpoints=alias.endpoints,
+                 cooldown_failures=alias.cooldown_failures, cooldown_seconds=alias.cooldown_seconds,
+                 max_retry_wait=alias.max_retry_wait)
+
+
+def dynamic_route(spec: dict, providers: dict, routing: dict) -> Route:
+    """Validate an `/admin/routes` body into a Route; raises ValueError with the problem."""
+    name = spec.get("model") or spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("'model' (the route name) is required")
+    strategy = spec.get("strategy", "priority")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
+    raw = spec.get("endpoints")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("route must have at least one endpoint")
+    endpoints = []
+    for item in raw:
+        if isinstance(item, str):
+            provider, _, model_id = item.partition(":")
+            item = {"provider": provider, "model_id": model_id}
+        if not isinstance(item, dict) or item.get("provider") not in providers or not item.get("model_id"):
+            raise ValueError(f"bad endpoint {item!r}: needs a known provider and a model_id")
+        weight = item.get("weight", 1)
+        if not isinstance(weight, int) or weight < 1:
+            raise ValueError("endpoint weight must be a positive integer")
+        endpoints.append(Endpoint(item["provider"], str(item["model_id"]), weight=weight))
+    return Route(name=name, source="dynamic", strategy=strategy, endpoints=endpoints, **routing)
+
+
+def describe(route: Route) -> dict:
+    """A route as JSON for the admin API and the dashboard (no secrets)."""
+    return {"model": route.name, "source": route.source, "strategy": route.strategy,
+            "endpoints": [{"provider": e.provider, "model_id": e.model_id, "weight": e.weight,
+                           "override": bool(e.api_key or e.api_base)} for e in route.endpoints]}

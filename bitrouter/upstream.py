@@ -1,0 +1,145 @@
+"""Calling providers: pooled keep-alive connections, explicit timeouts, streamed reads.
+
+The hot path uses urllib3's connection pools directly (the transport underneath
+`requests`): a pooled urlopen costs a fraction of a `requests.Session.request`, and the
+proxy makes one per client request. urllib3 sets TCP_NODELAY on every connection.
+"""
+
+import email.utils
+import time
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError, TimeoutError
+
+# Statuses that say "this endpoint cannot serve right now" (as does every 5xx): try the
+# next endpoint. 401/403 mean BitRouter's own key for that provider is bad.
+RETRYABLE_STATUSES = frozenset({401, 403, 408, 429})
+
+
+class UpstreamError(Exception):
+    """A failed upstream call. status is None for transport failures (kind says which)."""
+
+    def __init__(self, message: str, status: int | None = None, kind: str = "http",
+                 retry_after: float | None = None, body: bytes = b"", headers=None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.kind = kind  # http | connect | timeout
+        self.retry_after = retry_after
+        self.body = body
+        self.headers = headers or {}
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another endpoint may succeed where this one failed."""
+        return self.status is None or self.status in RETRYABLE_STATUSES or self.status >= 500
+
+
+class Pools:
+    """One keep-alive pool per upstream origin, shared by every provider on that origin."""
+
+    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 300.0, maxsize: int = 256):
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.maxsize = maxsize
+        self._pools = {}
+
+    def send(self, url: str, headers: dict, body: bytes, stream: bool = False) -> "Reply":
+        """POST (or GET when body is None) and return once the status line and headers arrive."""
+        parts = urlsplit(url)
+        pool = self._pool(parts.scheme, parts.hostname, parts.port)
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        try:
+            raw = pool.urlopen("POST" if body is not None else "GET", path, body=body,
+                               headers=headers, retries=False, redirect=False,
+                               preload_content=False, decode_content=True)
+        except (TimeoutError, ReadTimeoutError) as exc:
+            raise UpstreamError(f"timed out connecting to {parts.hostname}: {_reason(exc)}",
+                                kind="timeout") from None
+        except HTTPError as exc:
+            raise UpstreamError(f"cannot reach {parts.hostname}: {_reason(exc)}",
+                                kind="connect") from None
+        return Reply(raw, stream)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def _pool(self, scheme: str, host: str, port: int | None):
+        key = (scheme, host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            cls = urllib3.HTTPSConnectionPool if scheme == "https" else urllib3.HTTPConnectionPool
+            pool = cls(host, port, maxsize=self.maxsize, block=False, timeout=self.timeout,
+                       retries=False)
+            self._pools[key] = pool
+        return pool
+
+
+class Reply:
+    """An upstream response whose body has not been read yet."""
+
+    def __init__(self, raw, stream: bool):
+        self._raw = raw
+        self.status = raw.status
+        self.headers = raw.headers
+
+    def read(self) -> bytes:
+        """The whole body (connection returned to the pool afterwards)."""
+        try:
+            return self._raw.data
+        except (ProtocolError, ReadTimeoutError, HTTPError) as exc:
+            raise UpstreamError(f"upstream body read failed: {_reason(exc)}",
+                                kind="timeout" if isinstance(exc, ReadTimeoutError) else "connect") from None
+        finally:
+            self._raw.release_conn()
+
+    def chunks(self):
+        """Yield body bytes as soon as they arrive (no buffering to a fixed size)."""
+        raw = self._raw
+        try:
+            while True:
+                chunk = raw.read1(65536)
+                if not chunk:
+                    return
+                yield chunk
+        except (ProtocolError, ReadTimeoutError, HTTPError, OSError) as exc:
+            raise UpstreamError(f"upstream stream broke: {_reason(exc)}",
+                                kind="timeout" if isinstance(exc, ReadTimeoutError) else "connect") from None
+        finally:
+            raw.release_conn()
+
+    def close(self) -> None:
+        """Abandon the body (the connection is discarded, not reused)."""
+        self._raw.close()
+        self._raw.release_conn()
+
+    def error(self, message: str) -> UpstreamError:
+        """Turn a non-2xx reply into an UpstreamError carrying status, message and Retry-After."""
+        body = self.read()
+        return UpstreamError(message or f"upstream returned HTTP {self.status}", status=self.status,
+                             retry_after=parse_retry_after(self.headers.get("retry-after")),
+                             body=body, headers=dict(self.headers))
+
+
+def parse_retry_after(value) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _reason(exc) -> str:
+    """The innermost useful message of a urllib3 exception."""
+    reason = getattr(exc, "reason", None) or exc
+    return str(reason).split(": ", 1)[-1][:200]
