@@ -121,6 +121,11 @@ def main(argv=None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("PAGER", "cat")  # help is printed plainly, never through a pager
+    if rest[:1] in ([], ["serve"]) and not _wants_help(rest):
+        # The server runs on gevent; it must patch sockets and ssl before fire (asyncio)
+        # and urllib3 import them, or HTTPS upstreams would block the event loop.
+        from gevent import monkey
+        monkey.patch_all()
     import fire
     commands = BitRouter(**paths)
     try:
@@ -153,3 +158,7 @@ def split_global_flags(argv: list) -> tuple[dict, list]:
             rest.append(argv[i])
         i += 1
     return paths, rest
+
+
+def _wants_help(argv: list) -> bool:
+    return any(a in ("-h", "--help") for a in argv)

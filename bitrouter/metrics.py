@@ -60,3 +60,18 @@ class Metrics:
         t["cost_micro_usd"] += record.cost_micro_usd
         for listener in self.listeners:
             listener(record)
+
+
+def cost_micro_usd(usage: Usage, pricing: dict) -> int:
+    """Cost in micro-USD from USD-per-million prices; a missing price counts as zero.
+
+    Input tokens include cached ones: those are billed at the cache prices, the rest at
+    `input`. Output includes reasoning: billed at `reasoning` when priced, else `output`.
+    """
+    fresh = max(0, usage.input - usage.cache_read - usage.cache_write)
+    text = max(0, usage.output - usage.reasoning)
+    reasoning_price = pricing.get("reasoning", pricing.get("output", 0))
+    dollars_per_million = (fresh * pricing.get("input", 0) + usage.cache_read * pricing.get("cache_read", 0)
+                           + usage.cache_write * pricing.get("cache_write", 0) + text * pricing.get("output", 0)
+                           + usage.reasoning * reasoning_price)
+    return round(dollars_per_million)  # tokens * USD/M = micro-USD

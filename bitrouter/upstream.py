@@ -116,10 +116,11 @@ class Reply:
         self._raw.close()
         self._raw.release_conn()
 
-    def error(self, message: str) -> UpstreamError:
-        """Turn a non-2xx reply into an UpstreamError carrying status, message and Retry-After."""
+    def error(self, describe) -> UpstreamError:
+        """A non-2xx reply as an UpstreamError: status, describe(status, body), Retry-After."""
         body = self.read()
-        return UpstreamError(message or f"upstream returned HTTP {self.status}", status=self.status,
+        message = describe(self.status, body) or f"upstream returned HTTP {self.status}"
+        return UpstreamError(message, status=self.status,
                              retry_after=parse_retry_after(self.headers.get("retry-after")),
                              body=body, headers=dict(self.headers))
 

@@ -135,9 +135,6 @@ class StreamEncoder:
             out += sse.frame({**self._base(), "choices": [], "usage": encode_usage(self.usage or Usage())})
         return out + b"data: [DONE]\n\n"
 
-    def error(self, status: int, message: str) -> bytes:
-        return sse.frame(error_body(status, message)) + b"data: [DONE]\n\n"
-
     def _base(self) -> dict:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                 "model": self.model}
@@ -145,6 +142,11 @@ class StreamEncoder:
     def _chunk(self, delta: dict, finish=None) -> bytes:
         return sse.frame({**self._base(), "choices": [{"index": 0, "delta": delta,
                                                         "finish_reason": finish}]})
+
+
+def stream_error(status: int, message: str) -> bytes:
+    """The in-band error that ends a broken stream."""
+    return sse.frame(error_body(status, message)) + b"data: [DONE]\n\n"
 
 
 def error_body(status: int, message: str) -> dict:
@@ -303,7 +305,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
                 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
                 429: "rate_limit_error", 502: "api_error", 503: "api_error", 504: "timeout_error"}
 _ERROR_CODES = {401: "invalid_api_key", 402: "budget_exceeded", 403: "forbidden",
-                404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}
+                413: "request_too_large", 429: "rate_limit_exceeded"}
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
            "content_filter": "content_filter"}
 

@@ -1,0 +1,478 @@
+"""The HTTP server: bottle routes on gevent's WSGI server, and the request pipeline.
+
+A request flows: read + authenticate here -> inbound protocol decodes (or keeps the raw
+body for pass-through) -> router picks endpoints and fails over -> upstream protocol
+encodes, calls, parses -> inbound protocol encodes the reply or stream -> client.
+"""
+
+if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anything imports ssl/socket
+    from gevent import monkey
+    monkey.patch_all()
+
+import json
+import logging
+import socket
+import time
+
+import bottle
+from gevent.pywsgi import WSGIHandler
+
+from bitrouter import Error, config, protocols
+from bitrouter.metrics import Metrics, Record, cost_micro_usd
+from bitrouter.protocols import ProtocolError, sse
+from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
+from bitrouter.upstream import Pools, UpstreamError
+
+log = logging.getLogger("bitrouter")
+
+JSON = "application/json"
+
+
+class HttpError(Exception):
+    """An error BitRouter itself answers with, in the inbound protocol's shape."""
+
+    def __init__(self, status: int, message: str, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class Runtime:
+    """Everything built from one configuration; swapped whole on reload."""
+
+    def __init__(self, cfg, dynamic: dict, health: Health):
+        self.cfg = cfg
+        self.router = Router(cfg, dynamic, health)
+        self.providers = cfg.providers
+
+
+class Server:
+    """One BitRouter server: the current runtime plus state that outlives reloads."""
+
+    def __init__(self, home, cfg=None):
+        self.home = home
+        self.dynamic = {}
+        self.health = Health()
+        self.metrics = Metrics()
+        self.started = time.time()
+        cfg = cfg or config.load(home)
+        self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
+        self.runtime = Runtime(cfg, self.dynamic, self.health)
+        self.app = build_app(self)
+
+    def reload(self) -> Runtime:
+        """Build a new runtime from disk and swap it in; raises ConfigError and keeps the old one."""
+        cfg = config.load(self.home)
+        runtime = Runtime(cfg, self.dynamic, self.health)
+        self.pools.timeout = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"]).timeout
+        self.runtime = runtime
+        return runtime
+
+
+def serve(home, cfg=None) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM, then drain in-flight requests."""
+    import signal
+
+    import gevent
+    import gevent.event
+    from gevent.pywsgi import WSGIServer
+
+    srv = Server(home, cfg)
+    host, port = srv.runtime.cfg.host_port
+    try:
+        listener = WSGIServer((host, port), srv.app, log=None, error_log=log, handler_class=_Handler)
+        listener.init_socket()
+    except OSError as exc:
+        raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    stop = gevent.event.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(sig, stop.set)
+    listener.start()
+    log.info("listening on http://%s:%s", host, port)
+    print(f"bitrouter listening on http://{host}:{listener.server_port}", flush=True)
+    stop.wait()
+    listener.stop(timeout=srv.runtime.cfg.server["drain_timeout"])
+    srv.pools.close()
+
+
+def build_app(srv: Server) -> bottle.Bottle:
+    """The bottle application with every route bound to one Server."""
+    app = bottle.Bottle(catchall=False)
+    openai = protocols.get("openai")
+
+    @app.get("/health")
+    def health():
+        return _json({"status": "ok", "uptime_seconds": int(time.time() - srv.started)})
+
+    @app.get("/v1/models")
+    def models():
+        return _guard(openai, lambda: _json(list_models(srv.runtime)))
+
+    @app.post("/v1/chat/completions")
+    def chat():
+        return relay(srv, openai)
+
+    @app.get("/admin/routes")
+    def routes():
+        return _admin(srv, lambda: _json({"routes": srv.runtime.router.listing()}))
+
+    @app.post("/admin/routes")
+    def add_route():
+        return _admin(srv, lambda: _add_route(srv))
+
+    @app.delete("/admin/routes/<name:path>")
+    def remove_route(name):
+        return _admin(srv, lambda: _remove_route(srv, name))
+
+    app.default_error_handler = lambda err: _error(openai, err.status_code, err.body or err.status_line)
+    return app
+
+
+def relay(srv: Server, inbound, path_model: str | None = None, action: str | None = None):
+    """Serve one inference request end to end, with failover; errors in the inbound shape."""
+    clock = time.perf_counter()
+    rt = srv.runtime  # requests finish on the runtime they started with, even across a reload
+    record = None
+    try:
+        body = read_json(rt.cfg)
+        model = inbound.model_of(body, path_model)
+        stream = inbound.wants_stream(body, action)
+        record = srv.metrics.begin(inbound.NAME, model, stream)
+        identity = authenticate(srv, rt, "api")
+        route = authorize_route(srv, identity, rt.router.resolve(model))
+        call = _Call(srv, rt, inbound, body, stream)
+        answer, attempts = rt.router.dispatch(route, call.attempt)
+    except Exception as exc:  # every failure becomes a protocol-shaped error, never a traceback
+        status, message, headers = _classify(exc)
+        if record:
+            record.status, record.error = status, message
+            record.latency_ms = (time.perf_counter() - clock) * 1000
+            record.attempts = getattr(exc, "attempts", 0)
+            srv.metrics.finish(record)
+        raw = getattr(exc, "body", b"") if _same_protocol_error(exc, inbound) else b""
+        return _error(inbound, status, message, headers, raw)
+    record.upstream, record.attempts = answer.endpoint.label, attempts
+    bottle.response.set_header("x-bitrouter-upstream", answer.endpoint.label)
+    bottle.response.set_header("x-bitrouter-attempts", str(attempts))
+    if stream:
+        overhead = (time.perf_counter() - clock) * 1000 - call.upstream_ms
+        bottle.response.set_header("x-bitrouter-overhead-ms", f"{overhead:.2f}")
+        bottle.response.content_type = "text/event-stream"
+        bottle.response.set_header("cache-control", "no-cache")
+        return _stream_reply(srv, rt, answer, record, clock)
+    try:
+        payload, usage = answer.finish(model)
+    except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+        record.status, record.error = 502, f"upstream reply could not be translated: {exc}"
+        _finish(srv, rt, answer, record, None, clock)
+        return _error(inbound, 502, record.error)
+    record.status = 200
+    _finish(srv, rt, answer, record, usage, clock)
+    bottle.response.set_header("x-bitrouter-overhead-ms", f"{record.latency_ms - call.upstream_ms:.2f}")
+    bottle.response.content_type = JSON
+    return payload
+
+
+# AUTH HOOK: access control plugs in here (accounts issue); until then the server is open.
+def authenticate(srv: Server, rt: Runtime, scope: str):
+    """The caller's identity for a route needing `scope` (api|admin); raises on refusal."""
+    return None
+
+
+def authorize_route(srv: Server, identity, route):
+    """The route narrowed to what the identity may use; raises when nothing is allowed."""
+    return route
+
+
+def read_json(cfg) -> dict:
+    """The request body as a JSON object, within the configured size limit."""
+    limit = cfg.server["max_body_bytes"]
+    length = bottle.request.content_length
+    if length > limit:
+        raise HttpError(413, f"request body is {length} bytes; the limit is {limit}")
+    data = bottle.request.environ["wsgi.input"].read(length if length >= 0 else limit + 1)
+    if len(data) > limit:
+        raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+    try:
+        body = json.loads(data)
+    except ValueError as exc:
+        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "request body must be a JSON object")
+    return body
+
+
+def list_models(rt: Runtime) -> dict:
+    """OpenAI list format: aliases, dynamic routes, then provider:model for configured providers."""
+    now = int(time.time())
+    ids = [(r["model"], "bitrouter") for r in rt.router.listing()]
+    for name in sorted(rt.providers):
+        provider = rt.providers[name]
+        if provider.configured:
+            ids += [(f"{name}:{m}", name) for m in sorted(provider.models)]
+    return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": owner}
+                                       for i, owner in ids]}
+
+
+# ---------------------------------------------------------------- the upstream call
+
+
+class _Answer:
+    """A successful upstream attempt whose body (or stream) is ready to be read."""
+
+    def __init__(self, endpoint, upstream, inbound, kind: str, payload, request):
+        self.endpoint = endpoint
+        self.upstream = upstream
+        self.inbound = inbound
+        self.kind = kind  # passthrough | translated | mock
+        self.payload = payload  # (raw, parsed) / Response / iterator of chunks or events
+        self.request = request  # the unified request (None for pass-through)
+
+    def finish(self, model: str):
+        """The client's non-streamed body and the usage, from the upstream reply."""
+        if self.kind == "passthrough":
+            raw, data = self.payload
+            return raw, self.inbound.usage_of(data)
+        resp = self.payload if self.kind == "mock" else self.upstream.decode_response(self.payload[1])
+        return json.dumps(self.inbound.encode_response(resp, model)), resp.usage
+
+    def events(self):
+        """Unified stream events (translated and mock answers)."""
+        if self.kind == "mock":
+            yield from self.payload
+            return
+        parser, decoder = sse.Parser(), self.upstream.StreamDecoder()
+        for chunk in self.payload:
+            for event, data in parser.feed(chunk):
+                yield from decoder.feed(event, data)
+        for event, data in parser.close():
+            yield from decoder.feed(event, data)
+
+
+class _Call:
+    """One client request's attempts against successive endpoints."""
+
+    def __init__(self, srv: Server, rt: Runtime, inbound, body: dict, stream: bool):
+        self.srv, self.rt, self.inbound, self.body, self.stream = srv, rt, inbound, body, stream
+        self.unified = None
+        self.upstream_ms = 0.0
+
+    def attempt(self, endpoint) -> _Answer:
+        """Try one endpoint; raises UpstreamError (retryable or not) on failure."""
+        provider = self.rt.providers[endpoint.provider]
+        upstream = protocols.get(provider.api_protocol)
+        if upstream.NAME == "mock":
+            request = self._unified()
+            make = upstream.stream if self.stream else upstream.generate
+            return _Answer(endpoint, upstream, self.inbound, "mock", make(request, endpoint.model_id), request)
+        if upstream is self.inbound:
+            kind, request = "passthrough", None
+            payload = self.inbound.passthrough_body(self.body, endpoint.model_id, self.stream)
+        else:
+            kind, request = "translated", self._unified()
+            payload = upstream.encode_request(request, endpoint.model_id)
+        base = endpoint.api_base or provider.api_base
+        url = upstream.request_url(base, endpoint.model_id, self.stream)
+        headers = self._headers(provider, upstream, endpoint.api_key or provider.api_key)
+        started = time.perf_counter()
+        try:
+            reply = self.srv.pools.send(url, headers, json.dumps(payload).encode(), self.stream)
+            if reply.status >= 400:
+                error = reply.error(upstream.error_message)
+                error.protocol = upstream
+                raise error
+            body = _primed(reply.chunks()) if self.stream else _parsed(reply.read())
+        finally:
+            self.upstream_ms += (time.perf_counter() - started) * 1000
+        return _Answer(endpoint, upstream, self.inbound, kind, body, request)
+
+    def _unified(self):
+        if self.unified is None:
+            self.unified = self.inbound.decode_request(self.body)
+        return self.unified
+
+    def _headers(self, provider, upstream, key: str) -> dict:
+        """Auth by the provider's style, the protocol's fixed headers, forwarded client headers."""
+        headers = {"content-type": JSON, **upstream.FIXED_HEADERS}
+        if upstream is self.inbound:
+            for name in upstream.FORWARD_HEADERS:
+                value = bottle.request.headers.get(name)
+                if value:
+                    headers[name] = value
+        headers.update(AUTH_HEADERS[provider.auth](key))
+        headers.update(provider.default_headers)
+        return headers
+
+
+AUTH_HEADERS = {
+    "bearer": lambda key: {"authorization": f"Bearer {key}"},
+    "x-api-key": lambda key: {"x-api-key": key},
+    "x-goog-api-key": lambda key: {"x-goog-api-key": key},
+}
+
+
+def _parsed(raw: bytes) -> tuple[bytes, dict]:
+    """A non-streamed upstream body with its JSON; garbage counts as an endpoint failure."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise UpstreamError("upstream returned a body that is not JSON", status=502) from None
+    if not isinstance(data, dict):
+        raise UpstreamError("upstream returned JSON that is not an object", status=502)
+    return raw, data
+
+
+def _primed(chunks):
+    """Read the first chunk now, so a stream that dies at once can still fail over."""
+    first = next(chunks, b"")
+    if not first:
+        raise UpstreamError("upstream closed the stream before sending anything", kind="connect")
+
+    def rest():
+        yield first
+        yield from chunks
+    return rest()
+
+
+def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clock: float):
+    """The streamed body: relayed frames, or re-encoded events; failures end it in-band."""
+    inbound = answer.inbound
+    usage = None
+    try:
+        if answer.kind == "passthrough":
+            parser = sse.Parser()
+            for chunk in answer.payload:
+                yield chunk
+                for event, data in parser.feed(chunk):
+                    usage = inbound.stream_usage(event, data) or usage
+        else:
+            encoder = inbound.StreamEncoder(record.model, answer.request)
+            for event in answer.events():
+                if event.kind == "usage":
+                    usage = event.usage
+                out = encoder.event(event)
+                if out:
+                    yield out
+            yield encoder.finish_stream()
+        record.status = 200
+    except (UpstreamError, ProtocolError, ValueError) as exc:
+        record.status, record.error = 502, str(exc)
+        log.warning("stream from %s broke: %s", answer.endpoint.label, exc)
+        yield inbound.stream_error(502, str(exc))
+    except GeneratorExit:  # the client went away
+        record.status, record.error = 499, "client disconnected"
+        raise
+    finally:
+        _close(answer.payload)
+        _finish(srv, rt, answer, record, usage, clock)
+
+
+def _finish(srv: Server, rt: Runtime, answer: _Answer, record: Record, usage, clock: float) -> None:
+    """Close the request's record: latency, usage and cost from the answering model's prices."""
+    record.latency_ms = (time.perf_counter() - clock) * 1000
+    if usage is not None:
+        record.usage = usage
+        info = rt.providers[answer.endpoint.provider].models.get(answer.endpoint.model_id) or {}
+        record.cost_micro_usd = cost_micro_usd(usage, info.get("pricing") or {})
+    srv.metrics.finish(record)
+
+
+def _close(payload) -> None:
+    close = getattr(payload, "close", None)
+    if close:
+        close()
+
+
+# ---------------------------------------------------------------- admin routes
+
+
+def _add_route(srv: Server):
+    rt = srv.runtime
+    try:
+        spec = read_json(rt.cfg)
+        route = dynamic_route(spec, rt.providers, rt.cfg.routing)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    srv.dynamic[route.name] = route
+    log.info("dynamic route %s set: %s", route.name, ", ".join(e.label for e in route.endpoints))
+    return _json({"status": "ok", "route": describe(route)})
+
+
+def _remove_route(srv: Server, name: str):
+    if srv.dynamic.pop(name, None) is None:
+        raise HttpError(404, f"no dynamic route named {name!r}")
+    return _json({"status": "ok", "model": name, "removed": True})
+
+
+# ---------------------------------------------------------------- errors and helpers
+
+
+def _admin(srv: Server, handler):
+    """An admin route: needs admin scope; errors in OpenAI's shape."""
+    def checked():
+        authenticate(srv, srv.runtime, "admin")
+        return handler()
+    return _guard(protocols.get("openai"), checked)
+
+
+def _guard(inbound, handler):
+    """Run a non-inference handler, turning exceptions into protocol-shaped errors."""
+    try:
+        return handler()
+    except Exception as exc:
+        status, message, headers = _classify(exc)
+        return _error(inbound, status, message, headers)
+
+
+def _classify(exc) -> tuple[int, str, dict]:
+    """Status, message and extra headers for any exception on the request path."""
+    if isinstance(exc, (HttpError, ProtocolError, RouteError)):
+        return exc.status, str(exc), getattr(exc, "headers", {})
+    if isinstance(exc, AllFailed):
+        headers = {"x-should-retry": "false", "x-bitrouter-attempts": str(exc.attempts)}
+        if exc.retry_after:
+            headers["retry-after"] = str(int(exc.retry_after + 0.999))
+        return exc.status, str(exc), headers
+    if isinstance(exc, UpstreamError):  # a request error the upstream rejected: not retried
+        return exc.status or 502, exc.message, {"x-bitrouter-attempts": str(getattr(exc, "attempts", 1))}
+    log.exception("internal error")
+    return 500, f"internal error: {type(exc).__name__}", {}
+
+
+def _same_protocol_error(exc, inbound) -> bool:
+    return isinstance(exc, UpstreamError) and getattr(exc, "protocol", None) is inbound
+
+
+def _error(inbound, status: int, message: str, headers=None, raw: bytes = b""):
+    """An error response in the inbound protocol's shape (never HTML, never a traceback)."""
+    resp = bottle.HTTPResponse(status=status, body=raw or json.dumps(inbound.error_body(status, str(message))))
+    resp.content_type = JSON
+    for name, value in (headers or {}).items():
+        resp.set_header(name, value)
+    return resp
+
+
+def _json(data) -> str:
+    bottle.response.content_type = JSON
+    return json.dumps(data)
+
+
+class _Handler(WSGIHandler):
+    """Sets TCP_NODELAY on accepted connections, so small replies are not held back by Nagle."""
+
+    def __init__(self, sock, *args, **kwargs):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        super().__init__(sock, *args, **kwargs)
+
+
+def main() -> None:
+    """`python -m bitrouter.server [global options]`: serve this home in the foreground."""
+    from bitrouter import cli
+    cli.main(["serve"] + __import__("sys").argv[1:])
+
+
+if __name__ == "__main__":
+    main()
