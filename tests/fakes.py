@@ -1,0 +1,153 @@
+"""Fake upstream providers: small real HTTP servers on loopback, steered by the test.
+
+A FakeUpstream answers every request with its current `behaviour` (a function taking the
+parsed request and returning a Reply), records what it received, and supports the
+switches the tests need: status codes, delays, slow streams and mid-stream disconnects.
+"""
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Reply:
+    """What the fake sends: a JSON body, or SSE frames (optionally slow or cut short)."""
+
+    status: int = 200
+    body: object = None  # dict -> JSON
+    frames: list = None  # list of bytes (already framed SSE)
+    headers: dict = field(default_factory=dict)
+    delay: float = 0.0  # before the status line
+    frame_delay: float = 0.0  # between frames
+    disconnect_after: int | None = None  # drop the connection after this many frames
+    gate: threading.Event | None = None  # frames after the first wait for this event
+
+
+@dataclass
+class Received:
+    """One request as the fake saw it."""
+
+    method: str
+    path: str
+    headers: dict
+    body: dict | None
+
+
+class FakeUpstream:
+    """A threaded HTTP server on 127.0.0.1 with a replaceable behaviour."""
+
+    def __init__(self, behaviour=None):
+        self.behaviour = behaviour or (lambda req: Reply(body={}))
+        self.received = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._serve(None)
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                self._serve(json.loads(raw) if raw else None)
+
+            def _serve(self, body):
+                req = Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                fake.received.append(req)
+                fake.write(self, fake.behaviour(req))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def write(handler, reply: Reply) -> None:
+        """Send one Reply, honouring its delays and disconnect switch."""
+        if reply.delay:
+            time.sleep(reply.delay)
+        handler.send_response(reply.status)
+        for name, value in reply.headers.items():
+            handler.send_header(name, value)
+        if reply.frames is None:
+            data = json.dumps(reply.body if reply.body is not None else {}).encode()
+            handler.send_header("content-type", "application/json")
+            handler.send_header("content-length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        for i, frame in enumerate(reply.frames):
+            if reply.disconnect_after is not None and i >= reply.disconnect_after:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if i and reply.gate is not None:
+                reply.gate.wait(10)
+            elif i and reply.frame_delay:
+                time.sleep(reply.frame_delay)
+            handler.wfile.write(frame)
+            handler.wfile.flush()
+
+
+# ---------------------------------------------------------------- OpenAI Chat Completions
+
+
+def chat_completion(text="hello from fake", model="fake-model", tool_calls=None, usage=None):
+    """A chat.completion body."""
+    message = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if tool_calls else "stop"}],
+            "usage": usage or {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+
+
+def chat_stream(words=("hello", " from", " fake"), model="fake-model", usage=True):
+    """SSE frames of a chat completion stream, ending with [DONE]."""
+    def chunk(delta, finish=None, **extra):
+        body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+    frames = [chunk({"role": "assistant", "content": ""})]
+    frames += [chunk({"content": w}) for w in words]
+    frames.append(chunk({}, "stop"))
+    if usage:
+        frames.append(b"data: " + json.dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                                              "created": 1, "model": model, "choices": [],
+                                              "usage": {"prompt_tokens": 5, "completion_tokens": 3,
+                                                        "total_tokens": 8}}).encode() + b"\n\n")
+    return frames + [b"data: [DONE]\n\n"]
+
+
+def openai_chat(req: Received) -> Reply:
+    """Default OpenAI behaviour: a streamed or plain completion echoing the model asked for."""
+    body = req.body or {}
+    if body.get("stream"):
+        return Reply(frames=chat_stream(model=body.get("model", "fake-model")))
+    return Reply(body=chat_completion(model=body.get("model", "fake-model")))
+
+
+def error(status: int, message: str = "fake failure", headers=None) -> Reply:
+    """An OpenAI-shaped error reply."""
+    return Reply(status=status, body={"error": {"message": message, "type": "fake_error"}},
+                 headers=headers or {})
