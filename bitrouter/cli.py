@@ -54,7 +54,7 @@ class BitRouter:
         daemon.reload(self._home())
 
     def init(self, provider=None, api_key_env=None, default=None, listen=None, answers=None,
-             yes=False):
+             yes=False, verify=False):
         """Set up providers and keys: interactive on a terminal, or scripted with flags.
 
         Args:
@@ -62,17 +62,19 @@ class BitRouter:
           api_key_env: the environment variable that holds the key (one provider only).
           default: comma-separated provider:model_id chain for the `default` alias.
           listen: the listen address, e.g. 127.0.0.1:8787.
-          answers: a YAML/JSON file with the same answers, for scripts.
+          answers: a YAML/JSON file with the same answers, for scripts (docs/wizard.md).
           yes: do not ask for confirmation.
+          verify: check each key against the provider's model list first; a failure writes nothing.
         """
         from bitrouter import wizard
-        wizard.init(self._home(), provider=provider, api_key_env=api_key_env, default=default,
-                    listen=listen, answers=answers, yes=yes)
+        if not wizard.init(self._home(), provider=provider, api_key_env=api_key_env,
+                           default=default, listen=listen, answers=answers, yes=yes, verify=verify):
+            sys.exit(1)  # cancelled: nothing was written
 
     def account(self, generate_key=False, list=False, set=None, g=False, l=False):
         """Manage local signing accounts: -g/--generate-key, -l/--list (default), --set INDEX|PREFIX."""
         from bitrouter import accounts
-        accounts.command(self._home(), generate=generate_key or g, listing=list or l, select=set)
+        accounts.command(self._home(), generate_key=generate_key or g, listing=list or l, select=set)
 
     def keygen(self, exp=None, models=None, name=None, scope="api", budget=None,
                budget_scope=None, budget_range=None, chain="solana"):
