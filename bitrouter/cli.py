@@ -74,7 +74,7 @@ class BitRouter:
     def account(self, generate_key=False, list=False, set=None, g=False, l=False):
         """Manage local signing accounts: -g/--generate-key, -l/--list (default), --set INDEX|PREFIX."""
         from bitrouter import accounts
-        accounts.command(self._home(), generate=generate_key or g, listing=list or l, select=set)
+        accounts.command(self._home(), generate_key=generate_key or g, listing=list or l, select=set)
 
     def keygen(self, exp=None, models=None, name=None, scope="api", budget=None,
                budget_scope=None, budget_range=None, chain="solana"):

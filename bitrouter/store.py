@@ -1,0 +1,372 @@
+"""The database (peewee): saved-token records, revocations and the spend log.
+
+SQLite by default, any peewee URL otherwise (`postgresql://user:pass@host/db` needs a
+PostgreSQL driver such as psycopg2 installed). `open_db` binds the models to one database
+per process; the spend writer keeps its own connection on its own OS thread.
+"""
+
+import importlib
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from decimal import ROUND_CEILING, Decimal
+
+import peewee
+
+from bitrouter import Error
+from bitrouter.config import mask_url
+
+log = logging.getLogger("bitrouter.store")
+
+USAGE_GROUPS = ("token", "model", "account")
+MAX_BUFFERED = 100_000  # spend rows kept in memory while the database is unreachable
+
+
+class TokenRecord(peewee.Model):
+    """A token saved with `keygen --name`, or one that was revoked."""
+
+    name = peewee.CharField(null=True)
+    account = peewee.CharField(null=True)  # the account prefix
+    issuer = peewee.CharField(null=True)  # CAIP-10
+    scope = peewee.CharField(null=True)
+    models = peewee.TextField(null=True)  # JSON list
+    iat = peewee.BigIntegerField(null=True)
+    exp = peewee.BigIntegerField(null=True)
+    budget = peewee.BigIntegerField(null=True)
+    budget_scope = peewee.CharField(null=True)
+    budget_range = peewee.TextField(null=True)  # JSON object
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    revoked = peewee.BooleanField(default=False)
+    created = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "tokens"
+
+
+class SpendLog(peewee.Model):
+    """One proxied request: who, which model, how it went, what it cost."""
+
+    time = peewee.DateTimeField(index=True)  # naive UTC
+    account = peewee.CharField(null=True)  # issuer CAIP-10; null when the server runs open
+    token_hash = peewee.CharField(max_length=64, null=True)
+    model = peewee.CharField(null=True)  # as requested by the client
+    upstream = peewee.CharField(null=True)  # provider:model_id that served it
+    protocol = peewee.CharField(null=True)  # inbound protocol: openai, anthropic, google, ...
+    status = peewee.IntegerField(default=200)
+    latency_ms = peewee.IntegerField(default=0)
+    input_tokens = peewee.IntegerField(default=0)
+    output_tokens = peewee.IntegerField(default=0)
+    cache_read_tokens = peewee.IntegerField(default=0)
+    cache_write_tokens = peewee.IntegerField(default=0)
+    reasoning_tokens = peewee.IntegerField(default=0)
+    cost_micro_usd = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "spend_logs"
+        indexes = ((("token_hash", "time"), False), (("account", "time"), False))
+
+
+MODELS = (TokenRecord, SpendLog)
+SPEND_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f != "id")
+
+
+def open_db(url: str) -> peewee.Database:
+    """Connect to a database URL, create missing tables and bind the models to it."""
+    db = connect(url)
+    db.bind(MODELS)
+    return db
+
+
+def connect(url: str) -> peewee.Database:
+    """A new peewee database for a URL with the tables created (SQLite in WAL mode)."""
+    from playhouse.db_url import connect as url_connect
+    params = {}
+    if url.split(":", 1)[0] in ("sqlite", "sqlite+pool"):
+        # WAL lets the CLI and the spend writer work while the server reads; the busy
+        # timeout makes a second writer wait instead of failing with "database is locked".
+        params["pragmas"] = {"journal_mode": "wal", "busy_timeout": 5000, "synchronous": "normal"}
+    try:
+        db = url_connect(url, **params)
+        with db.atomic():
+            for model in MODELS:  # a SchemaManager, so the models need not be bound to db
+                peewee.SchemaManager(model, db).create_all(safe=True)
+    except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
+        raise Error(f"cannot open database {mask_url(url)}: {_reason(exc, url)}") from None
+    return db
+
+
+def record_token(token_hash: str, name=None, account=None, claims=None) -> None:
+    """Save a minted token's metadata (the token text itself is never stored)."""
+    claims = claims or {}
+    row = {"token_hash": token_hash, "name": name, "account": account, "issuer": claims.get("iss"),
+           "scope": claims.get("scope"), "iat": claims.get("iat"), "exp": claims.get("exp"),
+           "budget": claims.get("budget"), "budget_scope": claims.get("budget_scope"),
+           "models": _json(claims.get("models")), "budget_range": _json(claims.get("budget_range")),
+           "created": _utcnow()}
+    _write(lambda: TokenRecord.insert(**row).on_conflict(
+        conflict_target=[TokenRecord.token_hash],
+        update={k: v for k, v in row.items() if k not in ("token_hash", "created")}).execute())
+
+
+def revoke(token_hash: str, name=None, account=None) -> None:
+    """Mark a token revoked, creating its record if it was never saved."""
+    row = {"token_hash": token_hash, "name": name, "account": account, "revoked": True,
+           "created": _utcnow()}
+    _write(lambda: TokenRecord.insert(**row).on_conflict(
+        conflict_target=[TokenRecord.token_hash], update={TokenRecord.revoked: True}).execute())
+
+
+def revoked_hashes() -> set[str]:
+    """The hashes of every revoked token."""
+    query = TokenRecord.select(TokenRecord.token_hash).where(TokenRecord.revoked == True)  # noqa: E712
+    return {row.token_hash for row in _read(lambda: list(query))}
+
+
+def totals(token_hash=None, account=None, since=None) -> tuple[int, int]:
+    """(micro-USD spent, successful requests) for a token or an account, optionally since a Unix time."""
+    query = SpendLog.select(peewee.fn.COALESCE(peewee.fn.SUM(SpendLog.cost_micro_usd), 0),
+                            peewee.fn.COUNT(SpendLog.id)).where(SpendLog.status < 400)
+    if token_hash is not None:
+        query = query.where(SpendLog.token_hash == token_hash)
+    if account is not None:
+        query = query.where(SpendLog.account == account)
+    if since is not None:
+        query = query.where(SpendLog.time >= _utc_naive(since))
+    cost, count = _read(lambda: query.tuples().get())
+    return int(cost), int(count)
+
+
+def usage(since=None, by="token") -> list[dict]:
+    """Spend grouped by token and upstream model (or by model, or account and model), costliest first."""
+    name = peewee.fn.COALESCE(TokenRecord.name, peewee.fn.SUBSTR(SpendLog.token_hash, 1, 12), "(none)")
+    account = peewee.fn.COALESCE(SpendLog.account, "(none)")
+    upstream = peewee.fn.COALESCE(SpendLog.upstream, SpendLog.model, "?")
+    keys = {"token": (name, upstream), "model": (upstream,), "account": (account, upstream)}[by]
+    cost = peewee.fn.SUM(SpendLog.cost_micro_usd)
+    query = (SpendLog.select(*keys, peewee.fn.COUNT(SpendLog.id), peewee.fn.SUM(SpendLog.input_tokens),
+                             peewee.fn.SUM(SpendLog.output_tokens), cost)
+             .join(TokenRecord, peewee.JOIN.LEFT_OUTER,
+                   on=(SpendLog.token_hash == TokenRecord.token_hash))
+             .group_by(*keys).order_by(cost.desc()))
+    if since is not None:
+        query = query.where(SpendLog.time >= _utc_naive(since))
+    rows = _read(lambda: list(query.tuples()))
+    width = len(keys)
+    return [{"keys": tuple(str(k) for k in row[:width]), "requests": int(row[width]),
+             "input_tokens": int(row[width + 1] or 0), "output_tokens": int(row[width + 2] or 0),
+             "cost": int(row[width + 3] or 0)} for row in rows]
+
+
+def cost_micro_usd(usage: dict, pricing: dict | None) -> int:
+    """The cost of one request in micro-USD from registry prices (USD per million tokens).
+
+    `input_tokens` includes cached tokens and `output_tokens` includes reasoning, as the
+    providers report them. Cache reads and writes fall back to the input price and
+    reasoning to the output price when the registry has no separate price, so a missing
+    price never makes tokens free. Rounded up: budgets must not leak fractions.
+    """
+    pricing = pricing or {}
+    price = {k: Decimal(str(pricing.get(k) or 0)) for k in ("input", "output")}
+    for key, fallback in (("cache_read", "input"), ("cache_write", "input"), ("reasoning", "output")):
+        value = pricing.get(key)
+        price[key] = price[fallback] if value is None else Decimal(str(value))
+    count = {k: max(0, int(usage.get(f"{k}_tokens") or 0))
+             for k in ("input", "output", "cache_read", "cache_write", "reasoning")}
+    plain_input = max(0, count["input"] - count["cache_read"] - count["cache_write"])
+    plain_output = max(0, count["output"] - count["reasoning"])
+    # USD per million tokens times tokens is micro-USD, so no scaling is needed.
+    total = (plain_input * price["input"] + count["cache_read"] * price["cache_read"]
+             + count["cache_write"] * price["cache_write"] + plain_output * price["output"]
+             + count["reasoning"] * price["reasoning"])
+    return int(total.to_integral_value(rounding=ROUND_CEILING))
+
+
+class SpendWriter:
+    """Writes spend rows in batches on a background OS thread; `log` never waits on the database.
+
+    The thread, its queue and its lock are the interpreter's own even when gevent has
+    monkey-patched the process: a greenlet would run SQLite calls on the event loop that
+    serves requests. Rows are flushed every `interval` seconds or `batch_size` rows;
+    `close()` writes everything still queued.
+    """
+
+    def __init__(self, url: str, interval: float = 0.2, batch_size: int = 500):
+        self.url = url
+        self.interval = interval
+        self.batch_size = batch_size
+        queue_class = _native("queue", "SimpleQueue")
+        self._queue = queue_class()
+        self._empty = importlib.import_module("_queue").Empty
+        self._lock = _native("_thread", "allocate_lock")()
+        self._done = _native("_thread", "allocate_lock")()
+        self._pending: dict = {}
+        self._closed = False
+        self._db = connect(url)  # fail at start-up, not on the first flush
+        self._db.close()  # this thread's connection; the writer thread opens its own
+        self._done.acquire()
+        _native("_thread", "start_new_thread")(self._run, ())
+
+    def log(self, row: dict) -> None:
+        """Queue one spend row (SpendLog field names; `time` may be a Unix time or omitted)."""
+        if self._closed:
+            raise RuntimeError("the spend writer is closed")
+        row = {k: row[k] for k in SPEND_FIELDS if row.get(k) is not None}
+        row["time"] = _utc_naive(row.get("time", time.time()))
+        with self._lock:
+            for key in self._keys(row):
+                cost, count = self._pending.get(key, (0, 0))
+                self._pending[key] = (cost + int(row.get("cost_micro_usd", 0)),
+                                      count + (int(row.get("status", 200)) < 400))
+        self._queue.put(row)
+
+    def pending(self, token_hash=None, account=None) -> tuple[int, int]:
+        """(micro-USD, successful requests) logged but not yet committed, for budget checks."""
+        key = ("token", token_hash) if token_hash is not None else ("account", account)
+        with self._lock:
+            return self._pending.get(key, (0, 0))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush every queued row and stop the thread; logs how many rows were lost, if any."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if not self._done.acquire(timeout=timeout):
+            log.error("spend writer did not finish within %.0f s; unwritten rows are lost", timeout)
+
+    # ------------------------------------------------------------ the writer thread
+
+    def _run(self) -> None:
+        """Collect rows until the batch is full or the interval has passed, then commit them."""
+        batch: list = []
+        deadline = None
+        failures = 0
+        stopping = False
+        try:
+            while True:
+                now = time.monotonic()
+                # A full batch goes at once, unless the last attempt failed: then the backoff wins.
+                if batch and (now >= deadline or (not failures and len(batch) >= self.batch_size)):
+                    if self._flush(batch):
+                        batch, deadline, failures = [], None, 0
+                    else:
+                        failures += 1
+                        if stopping and failures >= 5:
+                            log.error("could not write %d spend rows at shutdown; they are lost",
+                                      len(batch))
+                            self._forget(batch)
+                            break
+                        if len(batch) > MAX_BUFFERED:
+                            log.error("database unreachable: dropping %d oldest spend rows",
+                                      len(batch) - MAX_BUFFERED)
+                            self._forget(batch[:-MAX_BUFFERED])
+                            del batch[:-MAX_BUFFERED]
+                        deadline = now + min(5.0, self.interval * 2 ** failures)
+                if stopping and not batch:
+                    break
+                # Waiting on the queue doubles as the timer, so the thread sleeps while idle.
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    item = self._queue.get(timeout=wait)
+                except self._empty:
+                    continue
+                if item is _STOP:
+                    stopping = True
+                    if batch and not failures:
+                        deadline = time.monotonic()
+                    continue
+                batch.append(item)
+                if deadline is None:
+                    deadline = time.monotonic() + self.interval
+        finally:
+            self._db.close()
+            self._done.release()
+
+    def _flush(self, batch: list) -> bool:
+        """Insert a batch in one transaction; True on success."""
+        try:
+            with self._db.atomic():
+                for start in range(0, len(batch), 100):  # stay under SQLite's variable limit
+                    SpendLog.insert_many(batch[start:start + 100]).execute(self._db)
+        except Exception as exc:  # any driver error: keep the rows and retry
+            log.warning("spend log write failed (%d rows kept): %s", len(batch),
+                        _reason(exc, self.url))
+            return False
+        self._forget(batch)
+        return True
+
+    def _forget(self, rows: list) -> None:
+        """Take committed (or dropped) rows out of the pending totals."""
+        with self._lock:
+            for row in rows:
+                for key in self._keys(row):
+                    cost, count = self._pending[key]
+                    cost -= int(row.get("cost_micro_usd", 0))
+                    count -= int(row.get("status", 200)) < 400
+                    if count or cost:
+                        self._pending[key] = (cost, count)
+                    else:
+                        del self._pending[key]
+
+    @staticmethod
+    def _keys(row: dict):
+        """The pending-total keys a row counts towards."""
+        if row.get("token_hash") is not None:
+            yield ("token", row["token_hash"])
+        if row.get("account") is not None:
+            yield ("account", row["account"])
+
+
+_STOP = object()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _native(module: str, name: str):
+    """The interpreter's own object, even after gevent's monkey-patching replaced it."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        return monkey.get_original(module, name)
+    return getattr(importlib.import_module(module), name)
+
+
+def _write(operation) -> None:
+    """Run a write on the bound database, turning driver errors into a user error."""
+    db = TokenRecord._meta.database
+    try:
+        with db.atomic():
+            operation()
+    except peewee.PeeweeException as exc:
+        raise Error(f"database error: {exc}") from None
+
+
+def _read(operation):
+    """Run a read on the bound database, turning driver errors into a user error."""
+    try:
+        return operation()
+    except peewee.PeeweeException as exc:
+        raise Error(f"database error: {exc}") from None
+
+
+def _reason(exc: Exception, url: str) -> str:
+    """An exception's message with the URL's password masked."""
+    text = str(exc) or type(exc).__name__
+    return text.replace(url, mask_url(url))
+
+
+def _json(value) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _utc_naive(value) -> datetime:
+    """A Unix time (or a datetime) as the naive UTC datetime the tables store."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+    return datetime.fromtimestamp(float(value), timezone.utc).replace(tzinfo=None)
