@@ -337,7 +337,7 @@ def _primed(chunks):
 def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clock: float):
     """The streamed body: relayed frames, or re-encoded events; failures end it in-band."""
     inbound = answer.inbound
-    usage = None
+    usage, complete = None, False
     try:
         if answer.kind == "passthrough":
             parser = sse.Parser()
@@ -345,15 +345,20 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
                 yield chunk
                 for event, data in parser.feed(chunk):
                     usage = inbound.stream_usage(event, data) or usage
+                    complete = complete or inbound.is_final(event, data)
         else:
             encoder = inbound.StreamEncoder(record.model, answer.request)
             for event in answer.events():
                 if event.kind == "usage":
                     usage = event.usage
+                complete = complete or event.kind == "finish"
                 out = encoder.event(event)
                 if out:
                     yield out
-            yield encoder.finish_stream()
+            if complete:
+                yield encoder.finish_stream()
+        if not complete:  # the connection closed cleanly but the protocol's ending never came
+            raise UpstreamError("upstream stream ended before it was complete")
         record.status = 200
     except (UpstreamError, ProtocolError, ValueError) as exc:
         record.status, record.error = 502, str(exc)

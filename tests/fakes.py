@@ -37,6 +37,10 @@ class Received:
     body: dict | None
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the default backlog of 5 resets connections under load
+
+
 class FakeUpstream:
     """A threaded HTTP server on 127.0.0.1 with a replaceable behaviour."""
 
@@ -63,7 +67,7 @@ class FakeUpstream:
                 fake.received.append(req)
                 fake.write(self, fake.behaviour(req))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"

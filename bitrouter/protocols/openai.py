@@ -171,6 +171,11 @@ def stream_usage(event: str, data: str) -> Usage | None:
     return usage_of(body) if body.get("usage") else None
 
 
+def is_final(event: str, data: str) -> bool:
+    """Whether a relayed SSE event is the one that properly ends the stream."""
+    return data == "[DONE]"
+
+
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
     """The client's own body for a same-protocol upstream: only `model` changes.
 
