@@ -1,0 +1,256 @@
+"""`make bench`: what BitRouter adds over calling the upstream directly. Prints one JSON object.
+
+A fast local upstream (raw gevent sockets, canned replies) runs in its own process, BitRouter
+in another, and this process drives both with a minimal keep-alive HTTP client on gevent so
+the load generator costs as little as possible. Numbers are for this machine, one BitRouter
+process; see docs/performance.md for how to read them.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.server import StreamServer  # noqa: E402
+
+CHAT_BODY = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "m",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}).encode()
+STREAM_FRAMES = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n',
+                 b'data: {"choices":[{"index":0,"delta":{"content":"ok"}}]}\n\n',
+                 b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+                 b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}\n\n',
+                 b"data: [DONE]\n\n"]
+REQUEST = {"model": "bench", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def main() -> None:
+    """Run every measurement and print the JSON report."""
+    if sys.argv[1:2] == ["--upstream"]:
+        serve_upstream(int(sys.argv[2]))
+        return
+    report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    with Stack() as stack:
+        report["rss_mb_idle"] = stack.rss_mb()
+        report["latency_c1"] = added_latency(stack, n=2000)
+        report["throughput_c32"] = {"direct_rps": throughput(stack.direct, 32, 5.0),
+                                    "bitrouter_rps": throughput(stack.proxy, 32, 5.0)}
+        report["streaming_ttfb"] = added_ttfb(stack, n=500)
+        report["rss_mb_loaded"] = stack.rss_mb()
+    print(json.dumps(report, indent=2))
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def added_latency(stack, n: int) -> dict:
+    """Sequential non-streaming requests, direct and through BitRouter: p50/p99 and the difference."""
+    direct = sorted(timed_requests(stack.direct, n))
+    proxy = sorted(timed_requests(stack.proxy, n))
+    return {"direct_p50_ms": pct(direct, 50), "direct_p99_ms": pct(direct, 99),
+            "bitrouter_p50_ms": pct(proxy, 50), "bitrouter_p99_ms": pct(proxy, 99),
+            "added_p50_ms": round(pct(proxy, 50) - pct(direct, 50), 3),
+            "added_p99_ms": round(pct(proxy, 99) - pct(direct, 99), 3)}
+
+
+def throughput(target, concurrency: int, seconds: float) -> float:
+    """Completed requests per second with `concurrency` keep-alive clients."""
+    timed_requests(target, 200)  # warm up connections and code paths
+    done = [0]
+    deadline = time.perf_counter() + seconds
+
+    def worker():
+        client = Client(target)
+        while time.perf_counter() < deadline:
+            client.post(target.path, REQUEST)
+            done[0] += 1
+        client.close()
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(worker) for _ in range(concurrency)])
+    return round(done[0] / (time.perf_counter() - started), 1)
+
+
+def added_ttfb(stack, n: int) -> dict:
+    """Time to the first body byte of a stream, direct and through BitRouter."""
+    body = dict(REQUEST, stream=True)
+    direct = sorted(Client(stack.direct).ttfb_many(stack.direct.path, body, n))
+    proxy = sorted(Client(stack.proxy).ttfb_many(stack.proxy.path, body, n))
+    return {"direct_p50_ms": pct(direct, 50), "bitrouter_p50_ms": pct(proxy, 50),
+            "added_p50_ms": round(pct(proxy, 50) - pct(direct, 50), 3),
+            "added_p99_ms": round(pct(proxy, 99) - pct(direct, 99), 3)}
+
+
+def timed_requests(target, n: int) -> list[float]:
+    client = Client(target)
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        client.post(target.path, REQUEST)
+        times.append((time.perf_counter() - started) * 1000)
+    client.close()
+    return times
+
+
+def pct(sorted_values: list, p: float) -> float:
+    """Nearest-rank percentile, rounded to microseconds."""
+    index = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values)) - 1))
+    return round(sorted_values[index], 3)
+
+
+# ---------------------------------------------------------------- the processes
+
+
+class Target:
+    def __init__(self, port: int, path: str):
+        self.port, self.path = port, path
+
+
+class Stack:
+    """The upstream and BitRouter processes, torn down on exit."""
+
+    def __enter__(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
+        home = Path(self.tmp.name)
+        up_port, br_port = free_port(), free_port()
+        self.upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(up_port)])
+        (home / "bitrouter.yaml").write_text(json.dumps({
+            "server": {"listen": f"127.0.0.1:{br_port}"},
+            "providers": {"fast": {"derives": "openai", "api_base": f"http://127.0.0.1:{up_port}/v1",
+                                   "api_key": "bench"}},
+            "models": {"bench": {"endpoints": [{"provider": "fast", "model_id": "m"}]}}}))
+        exe = Path(sys.executable).with_name("bitrouter")
+        self.proxy_proc = subprocess.Popen([str(exe), "--home-dir", str(home), "serve"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.direct = Target(up_port, "/v1/chat/completions")
+        self.proxy = Target(br_port, "/v1/chat/completions")
+        wait_for_port(up_port)
+        wait_for_port(br_port)
+        return self
+
+    def __exit__(self, *exc):
+        for proc in (self.proxy_proc, self.upstream):
+            proc.terminate()
+            proc.wait(10)
+        self.tmp.cleanup()
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proxy_proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
+
+def serve_upstream(port: int) -> None:
+    """A minimal HTTP/1.1 keep-alive upstream: canned chat completion or SSE stream."""
+    plain = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+             + str(len(CHAT_BODY)).encode() + b"\r\n\r\n" + CHAT_BODY)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in STREAM_FRAMES) + b"0\r\n\r\n"
+    streamed = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + chunks
+
+    def handle(sock, _addr):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = b""
+        while True:
+            head, body = read_message(sock, buffer)
+            if head is None:
+                return
+            buffer = body[1]
+            sock.sendall(streamed if b'"stream": true' in body[0] or b'"stream":true' in body[0] else plain)
+    StreamServer(("127.0.0.1", port), handle, backlog=1024).serve_forever()
+
+
+# ---------------------------------------------------------------- a tiny HTTP client
+
+
+class Client:
+    """One keep-alive connection speaking just enough HTTP/1.1 for the benchmark."""
+
+    def __init__(self, target):
+        self.sock = socket.create_connection(("127.0.0.1", target.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def post(self, path: str, body: dict) -> bytes:
+        data = json.dumps(body).encode()
+        self.sock.sendall(b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+                          b"content-length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+        head, (payload, self.buffer) = read_message(self.sock, self.buffer)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"benchmark request failed: {head[:80]!r} {payload[:200]!r}")
+        return payload
+
+    def ttfb_many(self, path: str, body: dict, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            data = json.dumps(body).encode()
+            started = time.perf_counter()
+            self.sock.sendall(b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+                              b"content-length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+            first = self.sock.recv(65536)
+            times.append((time.perf_counter() - started) * 1000)
+            _, (_, self.buffer) = read_message(self.sock, first)
+        return times
+
+    def close(self):
+        self.sock.close()
+
+
+def read_message(sock, buffer: bytes):
+    """Read one HTTP message (content-length or chunked); returns (head, (body, leftover))."""
+    while b"\r\n\r\n" not in buffer:
+        data = sock.recv(65536)
+        if not data:
+            return None, (b"", b"")
+        buffer += data
+    head, buffer = buffer.split(b"\r\n\r\n", 1)
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        body = b""
+        while True:
+            while b"\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            size_line, rest = buffer.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                rest += sock.recv(65536)
+            body, buffer = body + rest[:size], rest[size + 2:]
+            if size == 0:
+                return head, (body, buffer)
+    length = 0
+    for line in lower.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(buffer) < length:
+        buffer += sock.recv(65536)
+    return head, (buffer[:length], buffer[length:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            gevent.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+if __name__ == "__main__":
+    main()
