@@ -124,8 +124,10 @@ def _interactive(home, ask) -> bool:
     plan, session = Plan(), _Session()
     print("\nBitRouter setup")
     print(f"  config: {home.config_file}\n  env:    {home.env_file}")
-    if current is not None and (current.configured_providers() or current.models):
-        print(f"\nExisting configuration: providers {', '.join(current.configured_providers()) or '(none with keys)'}"
+    # "Configured" here means saved in the files; keys exported in the shell are offered below.
+    configured = current.configured_providers() if current else []
+    if configured or (current and current.models):
+        print(f"\nExisting configuration: providers {', '.join(configured) or '(none with keys)'}"
               f"; aliases {', '.join(sorted(current.models)) or '(none)'}.")
         print("  Your answers are merged into it; everything else is kept.")
     detected = config.detect_providers(os.environ)
@@ -134,7 +136,6 @@ def _interactive(home, ask) -> bool:
         for name in detected:
             var = _key_var(name)
             print(f"  ✓ {_label(name)}  {var} = {config.mask(os.environ[var])}")
-    configured = current.configured_providers() if current else []
     chosen = _choose_providers(ask, detected, configured)
     for name in chosen:
         _builtin_key(ask, home, plan, session, name)
@@ -195,6 +196,9 @@ def _builtin_key(ask, home, plan: Plan, session: _Session, name: str) -> None:
     var = _key_var(name)
     plan.providers[name] = {"api_key": f"${{{var}}}"}
     in_env, in_file = os.environ.get(var), _env_file_values(home).get(var)
+    if in_env and _secret_problem(in_env):
+        print(f"  note: {var} in your environment cannot be stored: {_secret_problem(in_env)}")
+        in_env = None
     if in_env and ask.confirm(f"Use {var} from your environment ({config.mask(in_env)})?", default=True):
         plan.secrets[var] = in_env
         session.sources[name] = f"{config.mask(in_env)} from your environment"
@@ -310,7 +314,8 @@ def _listen_step(ask, plan: Plan, tree: dict) -> None:
     """The listen address, re-asked until it parses."""
     server = tree.get("server") if isinstance(tree.get("server"), dict) else {}
     current = str(server.get("listen") or config.DEFAULT_LISTEN)
-    answer = ask.text("Listen address (host:port)", default=current, validate=_listen_problem).strip()
+    answer = ask.text(f"Listen address (host:port; Enter keeps {current})",
+                      validate=lambda v: v.strip() and _listen_problem(v)).strip() or current
     if answer != current or "listen" not in server:
         plan.listen = answer
 
@@ -400,6 +405,9 @@ def _plan_from_answers(home, given: dict, tree: dict) -> Plan:
 def _scripted_key(plan: Plan, var: str, explicit: bool, file_values: dict, home) -> None:
     """Copy a key from the environment into .env, or note that it is still missing."""
     if os.environ.get(var):
+        problem = _secret_problem(os.environ[var])
+        if problem:
+            raise Error(f"{var}: {problem}")
         plan.secrets[var] = os.environ[var]
     elif not file_values.get(var):
         if explicit:
@@ -460,7 +468,7 @@ def _read_answers(path) -> dict:
 
 
 def _existing(home) -> tuple:
-    """The current YAML tree (for merging) and its loaded Config, if it loads."""
+    """The current YAML tree (for merging) and the Config the files alone give, if it loads."""
     import yaml
     tree = {}
     if home.config_file.exists():
@@ -471,7 +479,7 @@ def _existing(home) -> tuple:
         if not isinstance(tree, dict):
             raise Error(f"cannot merge into {home.config_file}: the top level is not a mapping")
     try:
-        return tree, config.load(home)
+        return tree, config.load(home, environ={})
     except config.ConfigError as exc:
         print(f"note: the current configuration does not load ({exc}); init will merge into it "
               "and check the result before writing")
@@ -741,8 +749,10 @@ def _listen_problem(value: str) -> str | None:
 
 
 def _secret_problem(value: str) -> str | None:
-    """Keys are single tokens: whitespace inside means a paste went wrong."""
-    return "the key contains spaces or line breaks" if re.search(r"\s", value.strip()) else None
+    """Keys are single tokens; `${` cannot be stored because .env files expand it."""
+    if re.search(r"\s", value.strip()):
+        return "the key contains spaces or line breaks"
+    return "the key contains '${', which .env files would expand" if "${" in value else None
 
 
 def _taken(tree: dict, plan: Plan) -> dict:
