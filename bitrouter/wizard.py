@@ -124,9 +124,8 @@ def _interactive(home, ask) -> bool:
     plan, session = Plan(), _Session()
     print("\nBitRouter setup")
     print(f"  config: {home.config_file}\n  env:    {home.env_file}")
-    # "Configured" here means saved in the files; keys exported in the shell are offered below.
-    configured = current.configured_providers() if current else []
-    if configured or (current and current.models):
+    configured = _saved_providers(home, tree, current)
+    if configured or current.models:
         print(f"\nExisting configuration: providers {', '.join(configured) or '(none with keys)'}"
               f"; aliases {', '.join(sorted(current.models)) or '(none)'}.")
         print("  Your answers are merged into it; everything else is kept.")
@@ -279,8 +278,9 @@ def _default_step(ask, plan: Plan, session: _Session, tree: dict, configured: li
     candidates = list(plan.providers) + [n for n in configured if n not in plan.providers]
     if not candidates:
         return
-    old = ((tree.get("models") or {}).get("default") or {}) if isinstance(tree.get("models"), dict) else {}
-    chain = [_endpoint_label(e) for e in old.get("endpoints") or []] if isinstance(old, dict) else []
+    models = tree.get("models") if isinstance(tree.get("models"), dict) else {}
+    old = models.get("default") if isinstance(models.get("default"), dict) else {}
+    chain = [_endpoint_label(e) for e in old.get("endpoints") or []]
     if chain:
         question = f"Replace the `default` alias (now {' -> '.join(chain)})?"
     else:
@@ -468,7 +468,7 @@ def _read_answers(path) -> dict:
 
 
 def _existing(home) -> tuple:
-    """The current YAML tree (for merging) and the Config the files alone give, if it loads."""
+    """The current YAML tree (for merging) and its Config; a config that does not load stops init."""
     import yaml
     tree = {}
     if home.config_file.exists():
@@ -479,11 +479,17 @@ def _existing(home) -> tuple:
         if not isinstance(tree, dict):
             raise Error(f"cannot merge into {home.config_file}: the top level is not a mapping")
     try:
-        return tree, config.load(home, environ={})
+        return tree, config.load(home)
     except config.ConfigError as exc:
-        print(f"note: the current configuration does not load ({exc}); init will merge into it "
-              "and check the result before writing")
-        return tree, None
+        raise Error(f"{exc} (fix this first: init merges its answers into the existing file)") from None
+
+
+def _saved_providers(home, tree: dict, cfg) -> list:
+    """Configured providers the files set up; a key only exported in the shell does not count."""
+    user = tree.get("providers") if isinstance(tree.get("providers"), dict) else {}
+    stored = _env_file_values(home)
+    return [n for n in cfg.configured_providers()
+            if n in user or cfg.providers[n].env_prefix + "_API_KEY" in stored]
 
 
 def _prepare(home, plan: Plan) -> tuple:
@@ -494,7 +500,7 @@ def _prepare(home, plan: Plan) -> tuple:
     except config.ConfigError as exc:
         raise Error(f"the merged configuration would be invalid, nothing was written: {exc}") from None
     old = home.config_file.read_text(encoding="utf-8") if home.config_file.exists() else ""
-    keep = old.strip() and old != home_mod.CONFIG_TEMPLATE and old != yaml_text
+    keep = bool(old.strip()) and old != home_mod.CONFIG_TEMPLATE and old != yaml_text
     backup = _backup_path(home.config_file) if keep else None
     return yaml_text, env_text, backup
 
@@ -598,7 +604,7 @@ def _backup_path(path: Path) -> Path:
 def _summary(home, plan: Plan, sources: dict, backup) -> str:
     """What will be written, with keys masked."""
     rows = [("config", f"{home.config_file}" + (f" (merged; backup {backup.name})" if backup else "")),
-            ("env file", f"{home.env_file} (0600)" + ("" if plan.secrets else ", unchanged"))]
+            ("env file", f"{home.env_file}" + (" (mode 0600)" if plan.secrets else " (unchanged)"))]
     for name, fields in plan.providers.items():
         kind = f"derives {fields['derives']}, {fields['api_base']}, " if fields.get("derives") else ""
         rows.append(("provider", f"{name}: {kind}key {sources.get(name, '')}".rstrip()))

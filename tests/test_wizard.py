@@ -442,3 +442,15 @@ def test_needs_setup_tracks_whether_anything_is_configured(tmp_path, monkeypatch
     assert wizard.needs_setup(home)  # referenced but unset
     (tmp_path / ".env").write_text(f"OPENAI_API_KEY={OPENAI_KEY}\n")
     assert not wizard.needs_setup(home)
+
+
+def test_a_config_that_does_not_load_stops_init_before_any_question(home, user):
+    (home / "bitrouter.yaml").write_text("server:\n  listen: nowhere\n")
+    before = snapshot(home)
+    w = Wizard(home, user)
+    w.see("error: ")
+    w.see("server.listen")
+    w.see("fix this first")
+    assert w.finish() == 1
+    assert "Providers to set up" not in w.output
+    assert snapshot(home) == before
