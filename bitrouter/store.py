@@ -214,18 +214,15 @@ class SpendWriter:
             raise RuntimeError("the spend writer is closed")
         row = {k: row[k] for k in SPEND_FIELDS if row.get(k) is not None}
         row["time"] = _utc_naive(row.get("time", time.time()))
-        with self._lock:
-            for key in self._keys(row):
-                cost, count = self._pending.get(key, (0, 0))
-                self._pending[key] = (cost + int(row.get("cost_micro_usd", 0)),
-                                      count + (int(row.get("status", 200)) < 400))
+        self._count(row, +1)
         self._queue.put(row)
 
     def pending(self, token_hash=None, account=None) -> tuple[int, int]:
         """(micro-USD, successful requests) logged but not yet committed, for budget checks."""
         key = ("token", token_hash) if token_hash is not None else ("account", account)
         with self._lock:
-            return self._pending.get(key, (0, 0))
+            cost, successes, _rows = self._pending.get(key, (0, 0, 0))
+        return cost, successes
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush every queued row and stop the thread; logs how many rows were lost, if any."""
@@ -299,16 +296,21 @@ class SpendWriter:
 
     def _forget(self, rows: list) -> None:
         """Take committed (or dropped) rows out of the pending totals."""
+        for row in rows:
+            self._count(row, -1)
+
+    def _count(self, row: dict, sign: int) -> None:
+        """Add a row to (or take it from) the pending totals of its token and account."""
+        cost = int(row.get("cost_micro_usd", 0))
+        success = int(int(row.get("status", 200)) < 400)
         with self._lock:
-            for row in rows:
-                for key in self._keys(row):
-                    cost, count = self._pending[key]
-                    cost -= int(row.get("cost_micro_usd", 0))
-                    count -= int(row.get("status", 200)) < 400
-                    if count or cost:
-                        self._pending[key] = (cost, count)
-                    else:
-                        del self._pending[key]
+            for key in self._keys(row):
+                total = self._pending.get(key, (0, 0, 0))
+                total = (total[0] + sign * cost, total[1] + sign * success, total[2] + sign)
+                if total[2]:  # entries go when no row of theirs is pending, not when they sum to 0
+                    self._pending[key] = total
+                else:
+                    self._pending.pop(key, None)
 
     @staticmethod
     def _keys(row: dict):

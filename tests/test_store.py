@@ -1,0 +1,198 @@
+"""The database layer: tables, the batching spend writer, budget totals and cost arithmetic."""
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+from conftest import wait_until
+
+from bitrouter import Error, store
+
+
+@pytest.fixture
+def url(tmp_path):
+    """A fresh SQLite database URL with the models bound to it."""
+    url = f"sqlite:///{tmp_path / 'bitrouter.db'}"
+    store.open_db(url)
+    return url
+
+
+def count_rows(url) -> int:
+    with sqlite3.connect(url[len("sqlite:///"):]) as conn:
+        return conn.execute("select count(*) from spend_logs").fetchone()[0]
+
+
+def row(**fields) -> dict:
+    return {"token_hash": "t" * 64, "account": "acct", "model": "default", "upstream": "openai:gpt-4o",
+            "protocol": "openai", "status": 200, "cost_micro_usd": 10, **fields}
+
+
+def test_sqlite_uses_wal_and_creates_both_tables(url):
+    with sqlite3.connect(url[len("sqlite:///"):]) as conn:
+        assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+        tables = {name for (name,) in conn.execute("select name from sqlite_master where type='table'")}
+    assert {"tokens", "spend_logs"} <= tables
+
+
+def test_unreachable_database_is_a_user_error_without_the_password():
+    with pytest.raises(Error) as caught:
+        store.open_db("postgresql://alice:s3cr3t-pw@127.0.0.1:1/bitrouter")
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert str(caught.value).startswith("cannot open database postgresql://alice:***@127.0.0.1:1/bitrouter: ")
+
+
+def test_bad_sqlite_path_is_a_user_error(tmp_path):
+    with pytest.raises(Error, match="cannot open database"):
+        store.open_db(f"sqlite:///{tmp_path}/missing-dir/x.db")
+
+
+def test_full_batches_go_without_waiting_for_the_interval(url):
+    writer = store.SpendWriter(url, interval=60, batch_size=500)
+    for i in range(1200):
+        writer.log(row(model=f"m{i}"))
+    wait_until(lambda: count_rows(url) >= 1000, what="two full batches")
+    assert count_rows(url) == 1000  # the last 200 wait for the interval or close()
+    assert writer.pending(token_hash="t" * 64) == (200 * 10, 200)
+    writer.close()
+    assert count_rows(url) == 1200
+    assert writer.pending(token_hash="t" * 64) == (0, 0)
+
+
+def test_partial_batch_goes_after_the_interval(url):
+    writer = store.SpendWriter(url, interval=0.05, batch_size=500)
+    for _ in range(3):
+        writer.log(row())
+    wait_until(lambda: count_rows(url) == 3, what="the interval flush")
+    writer.close()
+    assert count_rows(url) == 3
+
+
+def test_close_flushes_everything(url):
+    writer = store.SpendWriter(url, interval=60, batch_size=100_000)
+    for _ in range(777):
+        writer.log(row())
+    writer.close()
+    assert count_rows(url) == 777
+    writer.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        writer.log(row())
+
+
+def test_concurrent_writers_each_row_exactly_once(url):
+    writer = store.SpendWriter(url, interval=0.01, batch_size=64)
+    start = threading.Barrier(32)
+
+    def work(thread):
+        start.wait()
+        for i in range(250):
+            writer.log(row(model=f"{thread}-{i}"))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.close()
+    with sqlite3.connect(url[len("sqlite:///"):]) as conn:
+        models = [m for (m,) in conn.execute("select model from spend_logs")]
+    assert len(models) == 32 * 250
+    assert set(models) == {f"{t}-{i}" for t in range(32) for i in range(250)}
+
+
+def test_logging_never_waits_on_a_locked_database(url):
+    writer = store.SpendWriter(url, interval=0.01, batch_size=1)
+    blocker = sqlite3.connect(url[len("sqlite:///"):], isolation_level=None)
+    blocker.execute("begin exclusive")
+    try:
+        for _ in range(50):  # would hang or fail here if log() touched the database
+            writer.log(row(cost_micro_usd=3))
+        assert writer.pending(account="acct") == (150, 50)
+        assert blocker.execute("select count(*) from spend_logs").fetchone()[0] == 0
+    finally:
+        blocker.execute("rollback")
+        blocker.close()
+    writer.close()
+    assert count_rows(url) == 50
+    assert store.totals(account="acct") == (150, 50)
+
+
+def test_writer_under_gevent_monkey_patching(tmp_path):
+    script = textwrap.dedent(f"""
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent
+        from bitrouter import store
+        url = "sqlite:///{tmp_path / 'g.db'}"
+        store.open_db(url)
+        writer = store.SpendWriter(url, interval=0.01, batch_size=50)
+        def work(n):
+            for i in range(100):
+                writer.log({{"model": f"{{n}}-{{i}}", "cost_micro_usd": 1, "account": "a"}})
+                gevent.sleep(0)
+        gevent.joinall([gevent.spawn(work, n) for n in range(20)])
+        writer.close()
+        print(store.totals(account="a"))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(2000, 2000)"
+
+
+def test_totals_by_token_account_period_and_success(url):
+    writer = store.SpendWriter(url)
+    now = time.time()
+    writer.log(row(token_hash="a" * 64, account="x", cost_micro_usd=100, time=now - 7200))
+    writer.log(row(token_hash="a" * 64, account="x", cost_micro_usd=20, time=now - 10))
+    writer.log(row(token_hash="b" * 64, account="x", cost_micro_usd=3, time=now - 10))
+    writer.log(row(token_hash="a" * 64, account="x", cost_micro_usd=0, status=502, time=now - 5))
+    writer.close()
+    assert store.totals(token_hash="a" * 64) == (120, 2)
+    assert store.totals(token_hash="a" * 64, since=now - 3600) == (20, 1)
+    assert store.totals(account="x") == (123, 3)
+    assert store.totals(account="nobody") == (0, 0)
+
+
+def test_rows_keep_their_fields(url):
+    writer = store.SpendWriter(url)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+    writer.log(row(time=when, latency_ms=42, input_tokens=1, output_tokens=2, cache_read_tokens=3,
+                   cache_write_tokens=4, reasoning_tokens=5, protocol="anthropic", status=200,
+                   unknown_field="ignored"))
+    writer.close()
+    saved = store.SpendLog.get()
+    assert saved.time == datetime(2026, 1, 2, 3, 4, 5)
+    assert (saved.latency_ms, saved.input_tokens, saved.output_tokens, saved.cache_read_tokens,
+            saved.cache_write_tokens, saved.reasoning_tokens) == (42, 1, 2, 3, 4, 5)
+    assert (saved.protocol, saved.upstream, saved.model) == ("anthropic", "openai:gpt-4o", "default")
+
+
+def test_record_and_revoke(url):
+    store.record_token("h1", name="ci", account="P", claims={"iss": "solana:x:y", "scope": "api",
+                                                           "models": ["a*"], "exp": 5})
+    store.revoke("h1", name="ci", account="P")
+    store.revoke("h2")  # never saved: still revocable
+    assert store.revoked_hashes() == {"h1", "h2"}
+    saved = store.TokenRecord.get(store.TokenRecord.token_hash == "h1")
+    assert (saved.name, saved.scope, saved.models, saved.exp, saved.revoked) == ("ci", "api", '["a*"]', 5, True)
+
+
+@pytest.mark.parametrize("usage, pricing, cost", [
+    ({"input_tokens": 1000, "output_tokens": 500}, {"input": 2.5, "output": 10}, 7500),
+    ({"input_tokens": 1000, "cache_read_tokens": 800, "output_tokens": 0},
+     {"input": 2.5, "cache_read": 0.25, "output": 10}, 200 * 2.5 + 800 * 0.25),
+    ({"input_tokens": 1000, "cache_write_tokens": 1000}, {"input": 1, "cache_write": 1.25}, 1250),
+    ({"input_tokens": 1000, "cache_read_tokens": 1000}, {"input": 2}, 2000),  # no cache price: input's
+    ({"output_tokens": 500, "reasoning_tokens": 200}, {"output": 10}, 5000),
+    ({"output_tokens": 500, "reasoning_tokens": 200}, {"output": 10, "reasoning": 20}, 7000),
+    ({"input_tokens": 3}, {"input": 0.1}, 1),  # 0.3 micro-USD rounds up, exactly
+    ({"input_tokens": 10, "output_tokens": 10}, None, 0),
+    ({}, {"input": 5, "output": 5}, 0),
+    ({"input_tokens": 5, "cache_read_tokens": 9}, {"input": 1, "cache_read": 1}, 9),  # never negative
+])
+def test_cost_micro_usd(usage, pricing, cost):
+    assert store.cost_micro_usd(usage, pricing) == cost
