@@ -4,6 +4,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bitrouter import Error
+
 CONFIG_NAME = "bitrouter.yaml"
 
 CONFIG_TEMPLATE = """\
@@ -82,12 +84,16 @@ def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_d
         root = _absolute(home_dir, cwd)
     elif (cwd / CONFIG_NAME).is_file():
         root = cwd
-    elif environ.get("BITROUTER_HOME") and Path(environ["BITROUTER_HOME"]).is_dir():
+    elif environ.get("BITROUTER_HOME") and _absolute(environ["BITROUTER_HOME"], cwd).is_dir():
         root = _absolute(environ["BITROUTER_HOME"], cwd)
     else:
         root = Path(environ.get("HOME") or Path.home()) / ".bitrouter"
         if not root.exists():
-            scaffold(root)
+            try:
+                scaffold(root)
+            except OSError as exc:
+                raise Error(f"cannot create the home directory {root}: {exc.strerror} "
+                            "(use --home-dir or BITROUTER_HOME)") from None
     home = at(root)
     overrides = {"config_file": config_file, "env_file": env_file, "run_dir": run_dir,
                  "logs_dir": logs_dir}
