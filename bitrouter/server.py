@@ -99,6 +99,7 @@ def build_app(srv: Server) -> bottle.Bottle:
     """The bottle application with every route bound to one Server."""
     app = bottle.Bottle(catchall=False)
     openai = protocols.get("openai")
+    responses = protocols.get("responses")
 
     @app.get("/health")
     def health():
@@ -111,6 +112,19 @@ def build_app(srv: Server) -> bottle.Bottle:
     @app.post("/v1/chat/completions")
     def chat():
         return relay(srv, openai)
+
+    @app.post("/v1/responses")
+    def responses_create():
+        return relay(srv, responses)
+
+    @app.post("/v1/responses/input_tokens")
+    def responses_input_tokens():
+        def count():
+            authenticate(srv, srv.runtime, "api")
+            body = read_json(srv.runtime.cfg)
+            srv.runtime.router.resolve(responses.model_of(body))
+            return _json(responses.count_input_tokens(body))
+        return _guard(responses, count)
 
     @app.get("/admin/routes")
     def routes():

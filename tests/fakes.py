@@ -155,3 +155,94 @@ def error(status: int, message: str = "fake failure", headers=None) -> Reply:
     """An OpenAI-shaped error reply."""
     return Reply(status=status, body={"error": {"message": message, "type": "fake_error"}},
                  headers=headers or {})
+
+
+# ---------------------------------------------------------------- OpenAI Responses
+# Written out by hand from the API reference (not produced by bitrouter code), so tests
+# compare BitRouter against the real wire format rather than against itself.
+
+RESPONSES_USAGE = {"input_tokens": 11, "input_tokens_details": {"cached_tokens": 4},
+                   "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 18}
+
+
+def responses_body(text="hello from fake", model="fake-model", calls=(), reasoning="", usage=None,
+                   status="completed", incomplete=None):
+    """A Responses `response` object: optional reasoning item, a message, function_call items.
+
+    calls: (call_id, name, arguments) triples.
+    """
+    output = []
+    if reasoning:
+        output.append({"id": "rs_fake", "type": "reasoning", "encrypted_content": "enc-fake",
+                       "summary": [{"type": "summary_text", "text": reasoning}]})
+    if text:
+        output.append({"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant",
+                       "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    output += [{"id": f"fc_fake{i}", "type": "function_call", "status": "completed", "call_id": call_id,
+                "name": name, "arguments": arguments} for i, (call_id, name, arguments) in enumerate(calls)]
+    return {"id": "resp_fake", "object": "response", "created_at": 1, "status": status, "error": None,
+            "incomplete_details": {"reason": incomplete} if incomplete else None, "model": model,
+            "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "usage": usage or RESPONSES_USAGE}
+
+
+def responses_frames(words=("hello", " from", " fake"), model="fake-model", calls=(), reasoning="",
+                     usage=None, status="completed", incomplete=None, fail=None):
+    """SSE frames of a Responses stream as OpenAI sends them: `event:` lines, sequence numbers.
+
+    The stream ends with response.completed (or .incomplete); `fail` (a message) ends it
+    with response.failed instead, after the text.
+    """
+    seq = iter(range(1000))
+
+    def ev(kind, **fields):
+        body = {"type": kind, "sequence_number": next(seq), **fields}
+        return f"event: {kind}\ndata: {json.dumps(body)}\n\n".encode()
+
+    final = responses_body("".join(words), model, calls, reasoning, usage, status, incomplete)
+    shell = {**final, "status": "in_progress", "output": [], "usage": None}
+    frames = [ev("response.created", response=shell), ev("response.in_progress", response=shell)]
+    for index, item in enumerate(final["output"]):
+        if item["type"] == "reasoning":
+            frames.append(ev("response.output_item.added", output_index=index, item={**item, "summary": []}))
+            frames.append(ev("response.reasoning_summary_part.added", item_id=item["id"], output_index=index,
+                             summary_index=0, part={"type": "summary_text", "text": ""}))
+            frames.append(ev("response.reasoning_summary_text.delta", item_id=item["id"], output_index=index,
+                             summary_index=0, delta=reasoning))
+            frames.append(ev("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
+                             summary_index=0, text=reasoning))
+        elif item["type"] == "message":
+            frames.append(ev("response.output_item.added", output_index=index,
+                             item={**item, "status": "in_progress", "content": []}))
+            frames.append(ev("response.content_part.added", item_id=item["id"], output_index=index,
+                             content_index=0, part={"type": "output_text", "text": "", "annotations": []}))
+            frames += [ev("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                          delta=w, logprobs=[]) for w in words]
+            if fail:
+                return frames + [ev("response.failed", response={**final, "status": "failed", "output": [],
+                                                                   "error": {"code": "server_error",
+                                                                             "message": fail}})]
+            frames.append(ev("response.output_text.done", item_id=item["id"], output_index=index,
+                             content_index=0, text=item["content"][0]["text"], logprobs=[]))
+            frames.append(ev("response.content_part.done", item_id=item["id"], output_index=index,
+                             content_index=0, part=item["content"][0]))
+        else:
+            frames.append(ev("response.output_item.added", output_index=index,
+                             item={**item, "status": "in_progress", "arguments": ""}))
+            half = len(item["arguments"]) // 2
+            for piece in (item["arguments"][:half], item["arguments"][half:]):
+                frames.append(ev("response.function_call_arguments.delta", item_id=item["id"],
+                                 output_index=index, delta=piece))
+            frames.append(ev("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                             arguments=item["arguments"]))
+        frames.append(ev("response.output_item.done", output_index=index, item=item))
+    terminal = "response.incomplete" if status == "incomplete" else "response.completed"
+    return frames + [ev(terminal, response=final)]
+
+
+def openai_responses(req: Received) -> Reply:
+    """Default Responses behaviour: a streamed or plain answer echoing the model asked for."""
+    body = req.body or {}
+    if body.get("stream"):
+        return Reply(frames=responses_frames(model=body.get("model", "fake-model")))
+    return Reply(body=responses_body(model=body.get("model", "fake-model")))

@@ -1,0 +1,482 @@
+"""OpenAI Responses API: the mapping rules (table-driven) and the endpoint through a real server."""
+
+import json
+
+import openai
+import pytest
+import requests
+
+from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
+from bitrouter.protocols import responses
+from conftest import ServerProcess
+from fakes import (FakeUpstream, Reply, chat_completion, chat_stream, error, openai_chat, openai_responses,
+                   responses_body, responses_frames)
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def decode(**body):
+    return responses.decode_request({"model": "m", **body})
+
+
+def shape(req: Request) -> list:
+    """Messages as (role, [(kind, text-or-id, name)]) for compact comparisons."""
+    def part(p):
+        if p.kind == "tool_call":
+            return ("tool_call", p.id, p.name, p.arguments)
+        if p.kind == "tool_result":
+            return ("tool_result", p.id, p.name, [c.text for c in p.content], p.is_error)
+        if p.kind == "image":
+            return ("image", p.url or p.data, p.media_type)
+        return (p.kind, p.text)
+    return [(m.role, [part(p) for p in m.parts]) for m in req.messages]
+
+
+# ---------------------------------------------------------------- inbound: request decoding
+
+
+DECODE_CASES = {
+    "string input is one user turn": (
+        {"input": "hi"},
+        [("user", [("text", "hi")])]),
+    "earlier assistant turns stay assistant turns": (
+        {"input": [{"role": "user", "content": "a"},
+                   {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "b"}]},
+                   {"role": "user", "content": [{"type": "input_text", "text": "c"}]}]},
+        [("user", [("text", "a")]), ("assistant", [("text", "b")]), ("user", [("text", "c")])]),
+    "one turn's reasoning, message and calls merge; outputs get the call's name": (
+        {"input": [{"role": "user", "content": "weather?"},
+                   {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "think"}]},
+                   {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+                   {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+                   {"type": "function_call", "call_id": "call_2", "name": "get_time", "arguments": ""},
+                   {"type": "function_call_output", "call_id": "call_1", "output": "18C"},
+                   {"type": "function_call_output", "call_id": "call_2",
+                    "output": [{"type": "input_text", "text": "noon"}, {"type": "input_text", "text": "UTC"}]},
+                   {"role": "user", "content": "thanks"}]},
+        [("user", [("text", "weather?")]),
+         ("assistant", [("reasoning", "think"), ("text", "ok"),
+                        ("tool_call", "call_1", "get_weather", '{"city":"Paris"}'),
+                        ("tool_call", "call_2", "get_time", "{}")]),
+         ("tool", [("tool_result", "call_1", "get_weather", ["18C"], False),
+                   ("tool_result", "call_2", "get_time", ["noon", "UTC"], False)]),
+         ("user", [("text", "thanks")])]),
+    "images by URL and by data URL": (
+        {"input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": "https://x/cat.png"},
+            {"type": "input_image", "image_url": "data:image/jpeg;base64,QUJD"}]}]},
+        [("user", [("image", "https://x/cat.png", ""), ("image", "QUJD", "image/jpeg")])]),
+    "refusal parts are kept as assistant text": (
+        {"input": [{"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}]},
+        [("assistant", [("text", "no")])]),
+}
+
+
+@pytest.mark.parametrize("body,expected", DECODE_CASES.values(), ids=DECODE_CASES.keys())
+def test_decode_input_items(body, expected):
+    assert shape(decode(**body)) == expected
+
+
+def test_decode_system_sources_in_order():
+    req = decode(instructions="be terse", input=[{"role": "developer", "content": "use metric"},
+                                                 {"role": "user", "content": "hi"},
+                                                 {"role": "system", "content": [{"type": "input_text", "text": "late"}]}])
+    assert [p.text for p in req.system] == ["be terse", "use metric", "late"]
+    assert shape(req) == [("user", [("text", "hi")])]
+
+
+def test_decode_reasoning_item_keeps_raw_text_id_and_encrypted_content():
+    req = decode(input=[{"type": "reasoning", "id": "rs_9", "encrypted_content": "opaque",
+                         "summary": [{"type": "summary_text", "text": "short"}],
+                         "content": [{"type": "reasoning_text", "text": "long"}]}])
+    part = req.messages[0].parts[0]
+    assert (part.kind, part.text, part.id, part.signature) == ("reasoning", "long", "rs_9", "opaque")
+
+
+PARAM_CASES = {
+    "sampling and limits": (
+        {"max_output_tokens": 50, "temperature": 0.2, "top_p": 0.9, "parallel_tool_calls": False},
+        {"max_tokens": 50, "temperature": 0.2, "top_p": 0.9, "parallel_tool_calls": False}),
+    "json schema format": (
+        {"text": {"format": {"type": "json_schema", "name": "w", "schema": WEATHER, "strict": True}}},
+        {"response_format": {"type": "json_schema", "name": "w", "schema": WEATHER, "strict": True}}),
+    "json object format": ({"text": {"format": {"type": "json_object"}}}, {"response_format": {"type": "json_object"}}),
+    "text format is no format": ({"text": {"format": {"type": "text"}, "verbosity": "low"}}, {"response_format": None}),
+    "reasoning effort": ({"reasoning": {"effort": "high", "summary": "auto"}}, {"reasoning": {"effort": "high"}}),
+    "safety identifier is the user": ({"safety_identifier": "u-1"}, {"user": "u-1"}),
+    "function tools": (
+        {"tools": [{"type": "function", "name": "get_weather", "description": "d", "parameters": WEATHER}]},
+        {"tools": [Tool("get_weather", "d", WEATHER)]}),
+    "tool_choice required": ({"tool_choice": "required"}, {"tool_choice": "required"}),
+    "tool_choice named function": (
+        {"tool_choice": {"type": "function", "name": "get_weather"}}, {"tool_choice": {"name": "get_weather"}}),
+    "allowed_tools narrows the tools": (
+        {"tools": [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}],
+         "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "b"}]}},
+        {"tools": [Tool("b")], "tool_choice": "required"}),
+}
+
+
+@pytest.mark.parametrize("body,expected", PARAM_CASES.values(), ids=PARAM_CASES.keys())
+def test_decode_parameters(body, expected):
+    req = decode(input="hi", **body)
+    assert {key: getattr(req, key) for key in expected} == expected
+
+
+REJECT_CASES = {
+    "previous_response_id": ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    "conversation": ({"conversation": "conv_1"}, "conversation"),
+    "background": ({"background": True}, "background"),
+    "item_reference": ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "item_reference"),
+    "hosted tool": ({"tools": [{"type": "web_search"}]}, "web_search"),
+    "custom tool": ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "custom"),
+    "hosted tool call item": ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "web_search_call"),
+    "file input": ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input_file"),
+    "image by file id": ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+                         "file_id"),
+    "unknown role": ({"input": [{"role": "critic", "content": "x"}]}, "critic"),
+    "hosted tool choice": ({"tool_choice": {"type": "file_search"}}, "file_search"),
+    "unknown format": ({"text": {"format": {"type": "grammar"}}}, "grammar"),
+    "no input": ({"input": None}, "input"),
+}
+
+
+@pytest.mark.parametrize("body,needle", REJECT_CASES.values(), ids=REJECT_CASES.keys())
+def test_untranslatable_requests_are_clear_400s(body, needle):
+    with pytest.raises(ProtocolError) as info:
+        decode(**{"input": "hi", **body})
+    assert info.value.status == 400 and needle in str(info.value)
+
+
+# ---------------------------------------------------------------- inbound: response encoding
+
+
+def test_encode_response_items_in_part_order_with_usage():
+    resp = Response(id="chatcmpl-1", model="up-model", finish_reason="tool_calls",
+                    usage=Usage(input=10, output=6, cache_read=3, cache_write=1, reasoning=2),
+                    parts=[Part("reasoning", text="hm", signature="sig"), Part("text", text="a"),
+                           Part("text", text="b"), Part("tool_call", id="call_1", name="f", arguments="")])
+    body = responses.encode_response(resp, "asked")
+    assert body["id"].startswith("resp_") and body["object"] == "response" and body["status"] == "completed"
+    assert body["model"] == "up-model"
+    kinds = [item["type"] for item in body["output"]]
+    assert kinds == ["reasoning", "message", "function_call"]
+    reasoning, message, call = body["output"]
+    assert reasoning["summary"] == [{"type": "summary_text", "text": "hm"}] and reasoning["encrypted_content"] == "sig"
+    assert message["content"][0]["text"] == "ab" and message["role"] == "assistant"
+    assert (call["call_id"], call["name"], call["arguments"]) == ("call_1", "f", "{}")
+    assert body["usage"] == {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 1},
+                             "output_tokens": 6, "output_tokens_details": {"reasoning_tokens": 2},
+                             "total_tokens": 16}
+
+
+@pytest.mark.parametrize("reason,status,detail", [("stop", "completed", None), ("tool_calls", "completed", None),
+                                                  ("length", "incomplete", "max_output_tokens"),
+                                                  ("content_filter", "incomplete", "content_filter"),
+                                                  ("error", "failed", None)])
+def test_finish_reasons_become_status(reason, status, detail):
+    body = responses.encode_response(Response("x", "m", [Part("text", text="t")], reason), "m")
+    assert body["status"] == status
+    assert (body["incomplete_details"] or {}).get("reason") == detail
+    assert (body["error"] is not None) == (status == "failed")
+
+
+# ---------------------------------------------------------------- upstream: request encoding
+
+
+def unified(*messages, **fields) -> Request:
+    return Request(model="m", messages=list(messages), **fields)
+
+
+def test_encode_request_items_and_fields():
+    req = unified(Message("user", [Part("text", text="hi"), Part("image", data="QUJD", media_type="image/png")]),
+                  Message("assistant", [Part("text", text="let me check"),
+                                        Part("tool_call", id="call_1", name="get_weather", arguments='{"city":"P"}')]),
+                  Message("tool", [Part("tool_result", id="call_1", content=[Part("text", text="boom")], is_error=True)]),
+                  system=[Part("text", text="one"), Part("text", text="two")],
+                  tools=[Tool("get_weather", "d", WEATHER)], tool_choice={"name": "get_weather"},
+                  parallel_tool_calls=False, max_tokens=99, temperature=0.5, top_p=0.7, top_k=40, stop=["END"],
+                  response_format={"type": "json_schema", "name": "w", "schema": WEATHER, "strict": True},
+                  reasoning={"budget_tokens": 8000}, stream=True, user="u")
+    body = responses.encode_request(req, "gpt-x")
+    assert body["model"] == "gpt-x" and body["store"] is False and body["stream"] is True
+    assert body["instructions"] == "one\n\ntwo"
+    assert body["input"] == [
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "hi"},
+            {"type": "input_image", "image_url": "data:image/png;base64,QUJD", "detail": "auto"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "let me check"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"P"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "Error: boom"}]
+    assert body["tools"] == [{"type": "function", "name": "get_weather", "description": "d",
+                              "parameters": WEATHER, "strict": False}]
+    assert body["tool_choice"] == {"type": "function", "name": "get_weather"}
+    assert (body["parallel_tool_calls"], body["max_output_tokens"], body["temperature"], body["top_p"]) == \
+        (False, 99, 0.5, 0.7)
+    assert body["text"] == {"format": {"type": "json_schema", "name": "w", "schema": WEATHER, "strict": True}}
+    assert body["reasoning"] == {"effort": "medium"}
+    assert body["safety_identifier"] == "u"
+    assert "top_k" not in body and "stop" not in body  # the Responses API has neither
+
+
+def test_encode_request_replays_only_openai_reasoning():
+    req = unified(Message("assistant", [Part("reasoning", text="mine", id="rs_1", signature="enc"),
+                                        Part("reasoning", text="claude's", signature="anthropic-sig"),
+                                        Part("text", text="answer")]))
+    items = responses.encode_request(req, "m")["input"]
+    assert items[0] == {"type": "reasoning", "id": "rs_1", "encrypted_content": "enc",
+                        "summary": [{"type": "summary_text", "text": "mine"}]}
+    assert [i["type"] for i in items] == ["reasoning", "message"]
+
+
+def test_tool_result_with_image_becomes_an_output_list():
+    req = unified(Message("tool", [Part("tool_result", id="c", content=[Part("text", text="see"),
+                                                                        Part("image", url="https://x/p.png")])]))
+    assert responses.encode_request(req, "m")["input"][0]["output"] == [
+        {"type": "input_text", "text": "see"}, {"type": "input_image", "image_url": "https://x/p.png", "detail": "auto"}]
+
+
+# ---------------------------------------------------------------- upstream: response decoding
+
+
+def test_decode_response_items_usage_and_finish():
+    resp = responses.decode_response(responses_body("hi", calls=[("call_1", "f", '{"a":1}')], reasoning="hm"))
+    assert [(p.kind, p.text or p.id) for p in resp.parts] == [("reasoning", "hm"), ("text", "hi"), ("tool_call", "call_1")]
+    assert resp.parts[0].signature == "enc-fake" and resp.parts[0].id == "rs_fake"
+    assert resp.finish_reason == "tool_calls"
+    assert resp.usage == Usage(input=11, output=7, cache_read=4, reasoning=2)
+    assert responses.decode_response(responses_body(status="incomplete", incomplete="max_output_tokens")
+                                     ).finish_reason == "length"
+    with pytest.raises(ProtocolError) as info:
+        responses.decode_response({**responses_body(), "status": "failed", "error": {"message": "melted"}})
+    assert info.value.status == 502 and "melted" in str(info.value)
+
+
+def decoded(frames) -> list:
+    parser, decoder = sse.Parser(), responses.StreamDecoder()
+    return [ev for f in frames for name, data in parser.feed(f) for ev in decoder.feed(name, data)]
+
+
+def test_stream_decoder_events():
+    events = decoded(responses_frames(words=("a", "b"), calls=[("call_1", "f", '{"x":1}')], reasoning="r"))
+    assert [(e.kind, e.text or e.id or e.reason) for e in events] == [
+        ("start", "resp_fake"), ("reasoning", "r"), ("text", "a"), ("text", "b"),
+        ("tool_call", "call_1"), ("tool_args", '{"x'), ("tool_args", '":1}'), ("finish", "tool_calls"), ("usage", "")]
+    assert events[-1].usage == Usage(input=11, output=7, cache_read=4, reasoning=2)
+
+
+def test_stream_decoder_takes_calls_announced_only_when_done():
+    item = {"type": "function_call", "call_id": "call_9", "name": "g", "arguments": '{"k":2}'}
+    frames = [sse.frame({"type": "response.output_item.done", "output_index": 0, "item": item}, "response.output_item.done"),
+              sse.frame({"type": "response.completed", "response": responses_body(text="")}, "response.completed")]
+    assert [(e.kind, e.id or e.text or e.reason) for e in decoded(frames)] == [
+        ("start", ""), ("tool_call", "call_9"), ("tool_args", '{"k":2}'), ("finish", "tool_calls"), ("usage", "")]
+
+
+@pytest.mark.parametrize("frame", [
+    sse.frame({"type": "response.failed", "response": {"error": {"message": "melted"}}}, "response.failed"),
+    sse.frame({"type": "error", "message": "melted", "code": "server_error"}, "error")])
+def test_stream_decoder_raises_on_upstream_failure(frame):
+    with pytest.raises(ProtocolError, match="melted"):
+        decoded(responses_frames()[:3] + [frame])
+
+
+def test_passthrough_helpers():
+    completed = responses_frames()[-1].decode().split("data: ", 1)[1].strip()
+    assert responses.is_final("response.completed", completed) and responses.is_final("", completed)
+    assert not responses.is_final("response.output_text.delta", '{"type":"response.output_text.delta"}')
+    assert responses.stream_usage("response.completed", completed) == Usage(11, 7, 4, 0, 2)
+    assert responses.stream_usage("response.created", '{"type":"response.created","usage":null}') is None
+    assert responses.passthrough_body({"model": "a", "previous_response_id": "r"}, "b", True) == \
+        {"model": "b", "previous_response_id": "r"}
+
+
+# ---------------------------------------------------------------- through a real server
+
+
+@pytest.fixture(scope="module")
+def fakes():
+    with FakeUpstream(openai_chat) as chat, FakeUpstream(openai_responses) as resp:
+        yield {"chat": chat, "resp": resp}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, fakes):
+    home = tmp_path_factory.mktemp("responses-home")
+    cfg = {"providers": {
+        "chat": {"derives": "openai", "api_base": fakes["chat"].url + "/v1", "api_key": "chat-key"},
+        "resp": {"derives": "openai", "api_protocol": "responses", "api_base": fakes["resp"].url + "/v1",
+                 "api_key": "resp-key"}}}
+    srv = ServerProcess(home, cfg)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def default_behaviours(request):
+    """Each test starts from the fakes' default behaviour (module-scoped fakes are shared)."""
+    if "fakes" in request.fixturenames:
+        fakes = request.getfixturevalue("fakes")
+        fakes["chat"].behaviour, fakes["resp"].behaviour = openai_chat, openai_responses
+
+
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="client-key", max_retries=0)
+
+
+def raw_events(resp) -> list:
+    """(event line, parsed data) pairs of an SSE reply."""
+    parser = sse.Parser()
+    return [(name, json.loads(data)) for chunk in resp.iter_content(None) for name, data in parser.feed(chunk)]
+
+
+def test_sdk_against_chat_upstream(server, fakes):
+    fakes["chat"].behaviour = lambda req: Reply(body=chat_completion(
+        "four", usage={"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14,
+                       "prompt_tokens_details": {"cached_tokens": 6},
+                       "completion_tokens_details": {"reasoning_tokens": 3}}))
+    resp = client(server).responses.create(model="chat:gpt-x", instructions="be terse", input="2+2?",
+                                           max_output_tokens=20)
+    assert resp.output_text == "four" and resp.status == "completed"
+    assert (resp.usage.input_tokens, resp.usage.input_tokens_details.cached_tokens, resp.usage.output_tokens,
+            resp.usage.output_tokens_details.reasoning_tokens, resp.usage.total_tokens) == (9, 6, 5, 3, 14)
+    sent = fakes["chat"].received[-1].body
+    assert sent["messages"] == [{"role": "system", "content": "be terse"}, {"role": "user", "content": "2+2?"}]
+    assert sent["max_completion_tokens"] == 20
+
+
+def test_sdk_stream_helper_accepts_the_event_sequence(server):
+    with client(server).responses.stream(model="chat:gpt-x", input="hi") as stream:
+        deltas = [ev.delta for ev in stream if ev.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == "hello from fake" and final.output_text == "hello from fake"
+    assert final.usage.input_tokens == 5 and final.usage.output_tokens == 3
+
+
+def test_stream_wire_format(server):
+    resp = requests.post(server.url + "/v1/responses", json={"model": "chat:gpt-x", "input": "hi", "stream": True},
+                         stream=True, timeout=30)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = raw_events(resp)
+    assert all(name == data["type"] for name, data in events)
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    kinds = [name for name, _ in events]
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added"] + ["response.output_text.delta"] * 3 + [
+        "response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    ids = {data["response"]["id"] for name, data in events if "response" in data}
+    assert len(ids) == 1
+    done = events[-1][1]["response"]
+    assert done["status"] == "completed" and done["usage"]["total_tokens"] == 8
+    assert done["output"][0]["content"][0]["text"] == "hello from fake"
+
+
+def test_streamed_tool_calls_from_chat_upstream(server, fakes):
+    def chunk(delta, finish=None):
+        body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return sse.frame(body)
+    call = lambda i, **f: {"tool_calls": [{"index": i, **f}]}  # noqa: E731
+    frames = [chunk({"role": "assistant", "content": "checking"}),
+              chunk(call(0, id="call_a", type="function", function={"name": "get_weather", "arguments": ""})),
+              chunk(call(1, id="call_b", type="function", function={"name": "get_weather", "arguments": '{"city":'})),
+              chunk(call(0, function={"arguments": '{"city":"Paris"}'})),  # interleaved deltas
+              chunk(call(1, function={"arguments": '"Rome"}'})),
+              chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
+    fakes["chat"].behaviour = lambda req: Reply(frames=frames)
+    with client(server).responses.stream(model="chat:gpt-x", input="weather in Paris and Rome?") as stream:
+        final = stream.get_final_response()
+    calls = [(i.call_id, i.name, json.loads(i.arguments)) for i in final.output if i.type == "function_call"]
+    assert calls == [("call_a", "get_weather", {"city": "Paris"}), ("call_b", "get_weather", {"city": "Rome"})]
+    assert final.output[0].type == "message" and final.output_text == "checking"
+
+
+def test_passthrough_to_responses_upstream_keeps_state_fields(server, fakes):
+    body = {"model": "resp:gpt-5", "input": "again", "previous_response_id": "resp_prev", "store": True,
+            "include": ["reasoning.encrypted_content"], "tools": [{"type": "web_search"}]}
+    resp = requests.post(server.url + "/v1/responses", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    sent = fakes["resp"].received[-1]
+    assert sent.path == "/v1/responses" and sent.headers["authorization"] == "Bearer resp-key"
+    assert sent.body == {**body, "model": "gpt-5"}
+    assert resp.json()["id"] == "resp_fake"
+
+
+def test_streaming_passthrough_relays_upstream_events(server):
+    with client(server).responses.stream(model="resp:gpt-5", input="hi") as stream:
+        final = stream.get_final_response()
+    assert final.id == "resp_fake" and final.output_text == "hello from fake"
+
+
+def test_state_needing_request_to_chat_upstream_is_a_400(server, fakes):
+    before = len(fakes["chat"].received)
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).responses.create(model="chat:gpt-x", input="again", previous_response_id="resp_prev")
+    assert "previous_response_id" in info.value.message
+    assert info.value.body["type"] == "invalid_request_error"
+    assert len(fakes["chat"].received) == before
+
+
+def test_chat_client_against_responses_upstream(server, fakes):
+    oa = client(server)
+    resp = oa.chat.completions.create(
+        model="resp:gpt-5", messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}], max_tokens=30)
+    assert resp.choices[0].message.content == "hello from fake"
+    assert resp.usage.prompt_tokens == 11 and resp.usage.prompt_tokens_details.cached_tokens == 4
+    assert resp.usage.completion_tokens_details.reasoning_tokens == 2
+    sent = fakes["resp"].received[-1].body
+    assert sent["instructions"] == "sys" and sent["store"] is False and sent["max_output_tokens"] == 30
+    assert sent["input"] == [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
+    assert sent["tools"][0]["strict"] is False
+    chunks = list(oa.chat.completions.create(model="resp:gpt-5", messages=[{"role": "user", "content": "hi"}],
+                                             stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hello from fake"
+    assert chunks[-1].usage.total_tokens == 18
+    assert fakes["resp"].received[-1].body["stream"] is True
+
+
+def test_upstream_failure_mid_stream_reaches_chat_client_as_error(server, fakes):
+    fakes["resp"].behaviour = lambda req: Reply(frames=responses_frames(fail="model melted"))
+    resp = requests.post(server.url + "/v1/chat/completions", stream=True, timeout=30,
+                         json={"model": "resp:gpt-5", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    frames = [line for line in resp.iter_lines() if line.startswith(b"data: ")]
+    errors = [json.loads(f[6:]) for f in frames if b'"error"' in f]
+    assert errors and "model melted" in errors[0]["error"]["message"]
+
+
+def test_chat_upstream_dropping_mid_stream_ends_responses_stream_with_error(server, fakes):
+    fakes["chat"].behaviour = lambda req: Reply(frames=chat_stream(), disconnect_after=2)
+    with pytest.raises(openai.APIError):
+        with client(server).responses.stream(model="chat:gpt-x", input="hi") as stream:
+            for _ in stream:
+                pass
+    resp = requests.post(server.url + "/v1/responses", json={"model": "chat:gpt-x", "input": "hi", "stream": True},
+                         stream=True, timeout=30)
+    name, data = raw_events(resp)[-1]
+    assert name == "error" and data["type"] == "error" and data["error"]["message"]
+
+
+def test_upstream_http_error_is_openai_shaped(server, fakes):
+    fakes["chat"].behaviour = lambda req: error(400, "bad temperature")
+    resp = requests.post(server.url + "/v1/responses", json={"model": "chat:gpt-x", "input": "hi"}, timeout=30)
+    assert resp.status_code == 400 and resp.json()["error"]["message"] == "bad temperature"
+
+
+@pytest.mark.parametrize("body,status", [({"input": "hi"}, 400), ({"model": "chat:x", "input": 7}, 400),
+                                         ({"model": "nope", "input": "hi"}, 404)])
+def test_bad_requests_get_openai_shaped_errors(server, body, status):
+    resp = requests.post(server.url + "/v1/responses", json=body, timeout=30)
+    assert resp.status_code == status and set(resp.json()["error"]) >= {"message", "type"}
+
+
+def test_mock_provider_speaks_responses(server):
+    resp = client(server).responses.create(model="mock:echo", input="echo me")
+    assert resp.output_text == "echo me"
+
+
+def test_input_tokens_counts(server):
+    short = client(server).responses.input_tokens.count(model="chat:gpt-x", input="hi")
+    long = client(server).responses.input_tokens.count(model="chat:gpt-x", input="hi " * 400,
+                                                       instructions="be terse")
+    assert short.object == "response.input_tokens" and 0 < short.input_tokens < long.input_tokens
