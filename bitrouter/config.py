@@ -160,7 +160,8 @@ def mask(secret: str) -> str:
 
 def mask_url(url: str) -> str:
     """Hide the password in a database URL."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+    # Greedy up to the last `@` before the path: an unencoded `@` may sit in the password.
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
 
 
 # ---------------------------------------------------------------- helpers
@@ -221,8 +222,9 @@ def _build(path: Path, tree: dict, env: dict, home, unset: list) -> Config:
     routing = v.section(tree, "routing", ROUTING_DEFAULTS)
     providers = _resolve_providers(v, tree.get("providers"), env)
     models = _resolve_models(v, tree.get("models"), providers, routing)
-    database = v.mapping(tree.get("database") or {}, "database")
+    database = v.mapping(tree.get("database"), "database")
     v.keys(database, "database", ("url",))
+    v.strings(database, "database", ("url",))
     db_url = home.db_url or env.get("BITROUTER_DATABASE_URL") or database.get("url") or home.default_db_url
     return Config(path=path, server=server, upstream=v.section(tree, "upstream", UPSTREAM_DEFAULTS),
                   routing=routing, auth=auth,
@@ -232,7 +234,7 @@ def _build(path: Path, tree: dict, env: dict, home, unset: list) -> Config:
 
 def _resolve_providers(v, user, env: dict) -> dict:
     """Merge user providers over the registry, resolve derives, then apply env overrides."""
-    user = v.mapping(user or {}, "providers")
+    user = v.mapping(user, "providers")
     merged = {name: {"api_protocol": p["api_protocol"], "api_base": p["api_base"],
                      "env_prefix": p["env_prefix"], "auth": p["auth"],
                      "default_headers": dict(p.get("default_headers", {})),
@@ -242,8 +244,9 @@ def _resolve_providers(v, user, env: dict) -> dict:
         where = f"providers.{name}"
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             v.fail(where, "provider names may use letters, digits, '.', '_' and '-' only")
-        fields = v.mapping(fields or {}, where)
+        fields = v.mapping(fields, where)
         v.keys(fields, where, PROVIDER_KEYS)
+        v.strings(fields, where, ("api_key", "api_base", "api_protocol", "derives", "env_prefix", "auth"))
         entry = merged.setdefault(name, {})
         if "api_protocol" in fields and "api_base" not in fields and "_protocols" in entry:
             # Choosing another protocol of a built-in picks that protocol's documented base URL.
@@ -252,6 +255,8 @@ def _resolve_providers(v, user, env: dict) -> dict:
     resolved = {}
     for name in user:
         _derive(v, name, merged, [])
+        if "env_prefix" not in merged[name]:
+            merged[name]["env_prefix"] = _own_prefix(v, name, merged)
     for name, entry in merged.items():
         resolved[name] = _finish_provider(v, name, entry, env)
     return resolved
@@ -274,13 +279,26 @@ def _derive(v, name: str, merged: dict, chain: list) -> dict:
         v.fail(where, f"unknown provider {parent!r}{_suggest(parent, merged)}")
     base = _derive(v, parent, merged, chain + [name])
     for key in ("api_protocol", "auth", "models", "_protocols"):
-        entry.setdefault(key, base.get(key))
+        if key in base:
+            entry.setdefault(key, base[key])
     if "api_base" not in entry:
         protocol = entry.get("api_protocol")
         entry["api_base"] = base.get("_protocols", {}).get(protocol) or base.get("api_base")
-    entry.setdefault("env_prefix", re.sub(r"[^A-Z0-9]", "_", name.upper()))
     del entry["derives"]
     return entry
+
+
+def _own_prefix(v, name: str, merged: dict) -> str:
+    """The env prefix of a provider that names none: its own name, upper-cased.
+
+    It must not be another provider's: `OpenAI` deriving `openai` would read OPENAI_API_KEY.
+    """
+    prefix = re.sub(r"[^A-Z0-9]", "_", name.upper())
+    owner = next((n for n, e in merged.items() if n != name and e.get("env_prefix") == prefix), None)
+    if owner:
+        v.fail(f"providers.{name}", f"its env prefix {prefix} belongs to provider {owner!r}; "
+                                    "set env_prefix explicitly")
+    return prefix
 
 
 def _finish_provider(v, name: str, entry: dict, env: dict) -> Provider:
@@ -301,8 +319,8 @@ def _finish_provider(v, name: str, entry: dict, env: dict) -> Provider:
     if not isinstance(base, str) or not re.match(r"^(https?|mock)://[^\s/]+", base):
         v.fail(where + ".api_base", f"not an http(s) URL: {base!r}")
     v.choice(entry.get("auth") or "bearer", where + ".auth", registry.AUTH_STYLES)
-    headers = v.mapping(entry.get("default_headers") or {}, where + ".default_headers")
-    models = v.mapping(entry.get("models") or {}, where + ".models")
+    headers = v.mapping(entry.get("default_headers"), where + ".default_headers")
+    models = v.mapping(entry.get("models"), where + ".models")
     return Provider(name=name, api_protocol=protocol, api_base=base.rstrip("/"), api_key=str(key),
                     env_prefix=str(prefix), auth=entry.get("auth") or "bearer",
                     default_headers={str(k): str(val) for k, val in headers.items()},
@@ -312,9 +330,9 @@ def _finish_provider(v, name: str, entry: dict, env: dict) -> Provider:
 def _resolve_models(v, user, providers: dict, routing: dict) -> dict:
     """Validate the `models:` aliases against the resolved providers."""
     aliases = {}
-    for name, spec in v.mapping(user or {}, "models").items():
+    for name, spec in v.mapping(user, "models").items():
         where = f"models.{name}"
-        spec = v.mapping(spec or {}, where)
+        spec = v.mapping(spec, where)
         v.keys(spec, where, ALIAS_KEYS)
         strategy = spec.get("strategy", "priority")
         v.choice(strategy, where + ".strategy", STRATEGIES)
@@ -335,6 +353,7 @@ def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
         raw = {"provider": provider, "model_id": model_id}
     raw = v.mapping(raw, where)
     v.keys(raw, where, ENDPOINT_KEYS)
+    v.strings(raw, where, ("provider", "api_key", "api_base"))
     provider = raw.get("provider")
     if provider not in providers:
         v.fail(where + ".provider", f"unknown provider {provider!r}{_suggest(str(provider), providers)}")
@@ -363,6 +382,8 @@ class _Validator:
         raise ConfigError(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
 
     def mapping(self, node, where: str) -> dict:
+        if node is None:  # an empty YAML section (`server:`) means "no settings"
+            return {}
         if not isinstance(node, dict):
             self.fail(where, f"must be a mapping, got {type(node).__name__}")
         return node
@@ -375,7 +396,12 @@ class _Validator:
 
     def choice(self, value, where: str, allowed) -> None:
         if value not in allowed:
-            self.fail(where, f"must be one of {', '.join(allowed)}, got {value!r}")
+            self.fail(where, f"must be one of {', '.join(allowed)}, got {value!r}{_suggest(str(value), allowed)}")
+
+    def strings(self, node: dict, where: str, names) -> None:
+        for key in names:
+            if node.get(key) is not None and not isinstance(node[key], str):
+                self.fail(f"{where}.{key}", f"must be a string, got {type(node[key]).__name__} (quote it)")
 
     def number(self, value, where: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -383,7 +409,7 @@ class _Validator:
         return value
 
     def section(self, tree: dict, name: str, defaults: dict) -> dict:
-        node = self.mapping(tree.get(name) or {}, name)
+        node = self.mapping(tree.get(name), name)
         self.keys(node, name, defaults)
         merged = {**defaults, **node}
         for key, default in defaults.items():
