@@ -1,6 +1,6 @@
 """The `bitrouter` command line: a thin python-fire front over the feature modules."""
 
-import os
+import functools
 import sys
 
 import bitrouter
@@ -33,20 +33,32 @@ class BitRouter:
         from bitrouter import server
         server.serve(self._home())
 
-    def start(self):
-        """Start the server as a background daemon and wait until it is healthy."""
-        from bitrouter import daemon
-        daemon.start(self._home())
+    def start(self, timeout=None):
+        """Start the server as a background daemon and wait until it is healthy.
 
-    def stop(self):
-        """Stop the daemon, letting in-flight requests finish first."""
+        Args:
+          timeout: seconds to wait for GET /health to answer (default 20).
+        """
         from bitrouter import daemon
-        daemon.stop(self._home())
+        daemon.start(self._home(), timeout)
 
-    def restart(self):
-        """Stop the daemon if it runs, then start it again."""
+    def stop(self, timeout=None):
+        """Stop the daemon, letting in-flight requests finish first.
+
+        Args:
+          timeout: seconds to wait before SIGKILL (default: server.drain_timeout + 10).
+        """
         from bitrouter import daemon
-        daemon.restart(self._home())
+        daemon.stop(self._home(), timeout)
+
+    def restart(self, timeout=None):
+        """Stop the daemon if it runs, then start it again.
+
+        Args:
+          timeout: seconds each for the stop and the start (defaults as for stop and start).
+        """
+        from bitrouter import daemon
+        daemon.restart(self._home(), timeout)
 
     def reload(self):
         """Reload the configuration of the running server without dropping requests."""
@@ -114,16 +126,17 @@ class BitRouter:
 def main(argv=None) -> None:
     """Entry point: run one command, print user errors as `error: ...` (exit 1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv in (["--version"], ["-V"]):
-        print(f"bitrouter {bitrouter.__version__}")
-        return
     try:
         paths, rest = split_global_flags(argv)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    os.environ.setdefault("PAGER", "cat")  # help is printed plainly, never through a pager
-    if rest[:1] in ([], ["serve"]) and not _wants_help(rest):
+    if rest in (["--version"], ["-V"]):
+        print(f"bitrouter {bitrouter.__version__}")
+        return
+    if _wants_help(rest):
+        _show_help(rest)
+    if rest[:1] in ([], ["serve"]):
         # The server runs on gevent; it must patch sockets and ssl before fire (asyncio)
         # and urllib3 import them, or HTTPS upstreams would block the event loop.
         from gevent import monkey
@@ -135,9 +148,14 @@ def main(argv=None) -> None:
             from bitrouter import tui
             tui.run_default(commands._home())
         else:
+            _check_usage(rest)
             fire.Fire(commands, command=rest, name="bitrouter")
     except bitrouter.Error as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # an unwritable home, an unreadable file: the user can fix these
+        print(f"error: {exc.filename}: {exc.strerror}" if exc.filename else f"error: {exc}",
+              file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -164,3 +182,34 @@ def split_global_flags(argv: list) -> tuple[dict, list]:
 
 def _wants_help(argv: list) -> bool:
     return any(a in ("-h", "--help") for a in argv)
+
+
+def _show_help(rest: list) -> None:
+    """Print the help of the command in rest on stdout, never through a pager, and exit."""
+    import contextlib
+    import io
+
+    import fire
+    # `cmd -- --help` is fire's own form: it shows help without calling cmd or saying "INFO: ...".
+    command = [a for a in rest[:1] if not a.startswith("-")] + ["--", "--help"]
+    text, code = io.StringIO(), 0
+    try:
+        # fire pages only when stdout is a terminal: a StringIO never is.
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            fire.Fire(BitRouter(), command=command, name="bitrouter")
+    except SystemExit as exc:
+        code = exc.code or 0
+    (sys.stderr if code else sys.stdout).write(text.getvalue())
+    sys.exit(code)
+
+
+def _check_usage(rest: list) -> None:
+    """Parse the command against do-nothing stand-ins, so a usage error (exit 2) runs nothing.
+
+    fire calls a command before it notices unconsumed arguments: `bitrouter stop now` would
+    stop the daemon and only then fail.
+    """
+    import fire
+    stand_ins = {name: functools.wraps(fn)(lambda *args, **kwargs: None)
+                 for name, fn in vars(BitRouter).items() if callable(fn) and not name.startswith("_")}
+    fire.Fire(type("BitRouter", (), stand_ins)(), command=rest, name="bitrouter")
