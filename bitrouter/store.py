@@ -11,7 +11,6 @@ import logging
 import sys
 import time
 from datetime import datetime, timezone
-from decimal import ROUND_CEILING, Decimal
 
 import peewee
 
@@ -72,17 +71,22 @@ MODELS = (TokenRecord, SpendLog)
 SPEND_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f != "id")
 
 
-def open_db(url: str) -> peewee.Database:
-    """Connect to a database URL, create missing tables and bind the models to it."""
-    db = connect(url)
+def open_db(url: str, shared: bool = False) -> peewee.Database:
+    """Connect to a database URL, create missing tables and bind the models to it.
+
+    `shared` keeps one connection for the whole process instead of one per thread: right
+    for a gevent server, whose greenlets would each open (and leak) a connection otherwise,
+    and whose database calls never yield mid-query.
+    """
+    db = connect(url, thread_safe=not shared)
     db.bind(MODELS)
     return db
 
 
-def connect(url: str) -> peewee.Database:
+def connect(url: str, thread_safe: bool = True) -> peewee.Database:
     """A new peewee database for a URL with the tables created (SQLite in WAL mode)."""
     from playhouse.db_url import connect as url_connect
-    params = {}
+    params = {"thread_safe": thread_safe}
     if url.split(":", 1)[0] in ("sqlite", "sqlite+pool"):
         # WAL lets the CLI and the spend writer work while the server reads; the busy
         # timeout makes a second writer wait instead of failing with "database is locked".
@@ -157,30 +161,6 @@ def usage(since=None, by="token") -> list[dict]:
     return [{"keys": tuple(str(k) for k in row[:width]), "requests": int(row[width]),
              "input_tokens": int(row[width + 1] or 0), "output_tokens": int(row[width + 2] or 0),
              "cost": int(row[width + 3] or 0)} for row in rows]
-
-
-def cost_micro_usd(usage: dict, pricing: dict | None) -> int:
-    """The cost of one request in micro-USD from registry prices (USD per million tokens).
-
-    `input_tokens` includes cached tokens and `output_tokens` includes reasoning, as the
-    providers report them. Cache reads and writes fall back to the input price and
-    reasoning to the output price when the registry has no separate price, so a missing
-    price never makes tokens free. Rounded up: budgets must not leak fractions.
-    """
-    pricing = pricing or {}
-    price = {k: Decimal(str(pricing.get(k) or 0)) for k in ("input", "output")}
-    for key, fallback in (("cache_read", "input"), ("cache_write", "input"), ("reasoning", "output")):
-        value = pricing.get(key)
-        price[key] = price[fallback] if value is None else Decimal(str(value))
-    count = {k: max(0, int(usage.get(f"{k}_tokens") or 0))
-             for k in ("input", "output", "cache_read", "cache_write", "reasoning")}
-    plain_input = max(0, count["input"] - count["cache_read"] - count["cache_write"])
-    plain_output = max(0, count["output"] - count["reasoning"])
-    # USD per million tokens times tokens is micro-USD, so no scaling is needed.
-    total = (plain_input * price["input"] + count["cache_read"] * price["cache_read"]
-             + count["cache_write"] * price["cache_write"] + plain_output * price["output"]
-             + count["reasoning"] * price["reasoning"])
-    return int(total.to_integral_value(rounding=ROUND_CEILING))
 
 
 class SpendWriter:
