@@ -206,8 +206,8 @@ def _show_help(rest: list) -> None:
 def _check_usage(rest: list) -> None:
     """Parse the command against do-nothing stand-ins, so a usage error (exit 2) runs nothing.
 
-    fire calls a command before it notices unconsumed arguments: `bitrouter stop now` would
-    stop the daemon and only then fail.
+    fire calls a command before it notices unconsumed arguments: `bitrouter init --provider
+    openai --bogus` would write the config and only then fail.
     """
     import fire
     stand_ins = {name: functools.wraps(fn)(lambda *args, **kwargs: None)
