@@ -1,0 +1,56 @@
+"""Wall time of `bitrouter --help` and `bitrouter status`: median of N runs, printed as JSON.
+
+Usage: python scripts/bench_cli.py [--runs N] [--bin PATH]
+The target is under 150 ms each; "ok" says whether both medians meet it. Runs in a throwaway
+home with the developer's keys removed from the environment, so it measures a fresh machine.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_MS = 150.0
+
+
+def main() -> None:
+    """Parse arguments, time each command, print the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--bin", default=str(Path(sys.executable).with_name("bitrouter")))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items()
+               if not k.endswith("_API_KEY") and not k.startswith("BITROUTER")}
+        env["HOME"] = tmp
+        commands = {"--help": [args.bin, "--help"], "status": [args.bin, "--home-dir", tmp, "status"]}
+        results = {name: measure(argv, env, args.runs) for name, argv in commands.items()}
+    print(json.dumps({"runs": args.runs, "target_ms": TARGET_MS, "commands": results,
+                      "ok": all(r["median_ms"] < TARGET_MS for r in results.values())}, indent=2))
+
+
+def measure(argv: list, env: dict, runs: int) -> dict:
+    """Run argv once to warm the page cache, then `runs` times; wall-clock statistics in ms."""
+    run_once(argv, env)
+    samples = [run_once(argv, env) for _ in range(runs)]
+    return {"median_ms": round(statistics.median(samples), 1), "min_ms": round(min(samples), 1),
+            "max_ms": round(max(samples), 1)}
+
+
+def run_once(argv: list, env: dict) -> float:
+    """Milliseconds for one run; a failing command aborts the benchmark."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = (time.perf_counter() - start) * 1000
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.decode()[-500:]}")
+    return elapsed
+
+
+if __name__ == "__main__":
+    main()
