@@ -15,11 +15,12 @@ import socket
 import time
 
 import bottle
+from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 
 from bitrouter import Error, config, protocols
 from bitrouter.metrics import Metrics, Record, cost_micro_usd
-from bitrouter.protocols import ProtocolError, sse
+from bitrouter.protocols import ProtocolError, Usage, sse
 from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
 from bitrouter.upstream import Pools, UpstreamError
 
@@ -100,6 +101,8 @@ def build_app(srv: Server) -> bottle.Bottle:
     app = bottle.Bottle(catchall=False)
     openai = protocols.get("openai")
     responses = protocols.get("responses")
+    anthropic = protocols.get("anthropic")
+    google = protocols.get("google")
 
     @app.get("/health")
     def health():
@@ -126,6 +129,33 @@ def build_app(srv: Server) -> bottle.Bottle:
             return _json(responses.count_input_tokens(body))
         return _guard(responses, count)
 
+    @app.post("/v1/messages")
+    def messages():
+        return relay(srv, anthropic)
+
+    @app.post("/v1/messages/count_tokens")
+    def messages_count_tokens():
+        return count_tokens(srv, anthropic)
+
+    @app.post("/v1beta/models/<target:path>")
+    @app.post("/v1/models/<target:path>")
+    def gemini(target):
+        model, _, action = target.rpartition(":")
+        if action == "countTokens":
+            return count_tokens(srv, google, model)
+        if action in ("generateContent", "streamGenerateContent"):
+            return relay(srv, google, model, action)
+        return _error(google, 404, f"no method {action!r} here; BitRouter serves generateContent, "
+                                   "streamGenerateContent and countTokens")
+
+    @app.get("/v1beta/models")
+    def gemini_models():
+        return _guard(google, lambda: _json(google.model_list(_model_ids(srv.runtime))))
+
+    @app.get("/v1beta/models/<name:path>")
+    def gemini_model(name):
+        return _guard(google, lambda: _json(_gemini_model(srv.runtime, name)))
+
     @app.get("/admin/routes")
     def routes():
         return _admin(srv, lambda: _json({"routes": srv.runtime.router.listing()}))
@@ -138,7 +168,12 @@ def build_app(srv: Server) -> bottle.Bottle:
     def remove_route(name):
         return _admin(srv, lambda: _remove_route(srv, name))
 
-    app.default_error_handler = lambda err: _error(openai, err.status_code, err.body or err.status_line)
+    def default_error(err):  # unknown paths and wrong methods, in the shape the path's clients parse
+        path = bottle.request.path
+        inbound = anthropic if path.startswith("/v1/messages") else \
+            google if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path) else openai
+        return _error(inbound, err.status_code, err.body or err.status_line)
+    app.default_error_handler = default_error
     return app
 
 
@@ -173,7 +208,9 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         bottle.response.set_header("x-bitrouter-overhead-ms", f"{overhead:.2f}")
         bottle.response.content_type = "text/event-stream"
         bottle.response.set_header("cache-control", "no-cache")
-        return _stream_reply(srv, rt, answer, record, clock)
+        body = _stream_reply(srv, rt, answer, record, clock)
+        ping, interval = getattr(inbound, "KEEPALIVE", b""), rt.cfg.server["ping_interval"]
+        return _keepalive(body, ping, interval) if ping and interval > 0 else body
     try:
         payload, usage = answer.finish(model)
     except (ProtocolError, ValueError, KeyError, TypeError) as exc:
@@ -185,6 +222,17 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
     bottle.response.set_header("x-bitrouter-overhead-ms", f"{record.latency_ms - call.upstream_ms:.2f}")
     bottle.response.content_type = JSON
     return payload
+
+
+def count_tokens(srv: Server, inbound, path_model: str | None = None):
+    """Serve a token-count request with the inbound protocol's estimate (no upstream call)."""
+    def count():
+        rt = srv.runtime
+        identity = authenticate(srv, rt, "api")
+        body = read_json(rt.cfg)
+        authorize_route(srv, identity, rt.router.resolve(inbound.model_of(body, path_model)))
+        return _json(inbound.count_tokens(body))
+    return _guard(inbound, count)
 
 
 # AUTH HOOK: access control plugs in here (accounts issue); until then the server is open.
@@ -303,6 +351,7 @@ class _Call:
     def _unified(self):
         if self.unified is None:
             self.unified = self.inbound.decode_request(self.body)
+            self.unified.stream = self.stream  # Gemini streams by method, not by a body field
         return self.unified
 
     def _headers(self, provider, upstream, key: str) -> dict:
@@ -358,7 +407,7 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
             for chunk in answer.payload:
                 yield chunk
                 for event, data in parser.feed(chunk):
-                    usage = inbound.stream_usage(event, data) or usage
+                    usage = _running_usage(usage, inbound.stream_usage(event, data))
                     complete = complete or inbound.is_final(event, data)
         else:
             encoder = inbound.StreamEncoder(record.model, answer.request)
@@ -378,12 +427,57 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
         record.status, record.error = 502, str(exc)
         log.warning("stream from %s broke: %s", answer.endpoint.label, exc)
         yield inbound.stream_error(502, str(exc))
-    except GeneratorExit:  # the client went away
+    except (GeneratorExit, GreenletExit):  # the client went away
         record.status, record.error = 499, "client disconnected"
         raise
     finally:
         _close(answer.payload)
         _finish(srv, rt, answer, record, usage, clock)
+
+
+def _keepalive(body, frame: bytes, interval: float):
+    """Relay a streamed body, adding `frame` whenever nothing was sent for `interval` seconds.
+
+    The body runs in its own greenlet feeding a queue, so a silent upstream read cannot
+    hold the keep-alive back; only protocols with a keep-alive frame pay for the hand-off.
+    """
+    import gevent.queue
+
+    queue = gevent.queue.Queue()
+
+    def pump():
+        try:
+            for chunk in body:
+                queue.put(chunk)
+            queue.put(None)
+        except BaseException as exc:  # re-raised in the request's own greenlet
+            queue.put(exc)
+
+    worker = gevent.spawn(pump)
+    try:
+        while True:
+            try:
+                item = queue.get(timeout=interval)
+            except gevent.queue.Empty:
+                yield frame
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        worker.kill()  # a client that left stops the upstream read too
+
+
+def _running_usage(prior, found):
+    """Streams report running totals, some in pieces (Anthropic: input first, output last)."""
+    if found is None or prior is None:
+        return found or prior
+    return Usage(input=max(prior.input, found.input), output=max(prior.output, found.output),
+                 cache_read=max(prior.cache_read, found.cache_read),
+                 cache_write=max(prior.cache_write, found.cache_write),
+                 reasoning=max(prior.reasoning, found.reasoning))
 
 
 def _finish(srv: Server, rt: Runtime, answer: _Answer, record: Record, usage, clock: float) -> None:
@@ -469,6 +563,17 @@ def _error(inbound, status: int, message: str, headers=None, raw: bytes = b""):
     for name, value in (headers or {}).items():
         resp.set_header(name, value)
     return resp
+
+
+def _model_ids(rt: Runtime) -> list:
+    return [m["id"] for m in list_models(rt)["data"]]
+
+
+def _gemini_model(rt: Runtime, name: str) -> dict:
+    name = name.removeprefix("models/")
+    if name not in _model_ids(rt):
+        raise HttpError(404, f"model {name!r} is not served here")
+    return protocols.get("google").model_entry(name)
 
 
 def _json(data) -> str:

@@ -246,3 +246,157 @@ def openai_responses(req: Received) -> Reply:
     if body.get("stream"):
         return Reply(frames=responses_frames(model=body.get("model", "fake-model")))
     return Reply(body=responses_body(model=body.get("model", "fake-model")))
+
+
+# ---------------------------------------------------------------- Anthropic Messages
+# Written out by hand from the Messages API reference, like the sections above.
+
+ANTHROPIC_USAGE = {"input_tokens": 10, "cache_read_input_tokens": 20, "cache_creation_input_tokens": 5,
+                   "output_tokens": 7, "output_tokens_details": {"thinking_tokens": 3}}
+TOOL_ARGS = {"city": "Paris"}  # what the fakes' models pass when they call a tool
+
+
+def anthropic_message(text="hello from fake", model="fake-claude", calls=(), thinking="", stop_reason=None,
+                      usage=None):
+    """A Messages `message`: an optional thinking block, a text block, tool_use blocks.
+
+    calls: (id, name, input) triples.
+    """
+    content = [{"type": "thinking", "thinking": thinking, "signature": "sig-fake"}] if thinking else []
+    if text:
+        content.append({"type": "text", "text": text})
+    content += [{"type": "tool_use", "id": call_id, "name": name, "input": args} for call_id, name, args in calls]
+    return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop_reason or ("tool_use" if calls else "end_turn"), "stop_sequence": None,
+            "usage": usage or ANTHROPIC_USAGE}
+
+
+def anthropic_frames(words=("hello", " from", " fake"), model="fake-claude", calls=(), thinking="",
+                     stop_reason=None, usage=None, fail=None):
+    """SSE frames of a Messages stream as Anthropic sends them: `event:` lines, a ping, indexed blocks.
+
+    message_delta carries only output_tokens, as older API versions and compatible
+    providers do; `fail` (a message) ends the stream with `event: error` after the text.
+    """
+    def ev(kind, **fields):
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+    usage = usage or ANTHROPIC_USAGE
+    final = anthropic_message("".join(words), model, calls, thinking, stop_reason, usage)
+    start = {**final, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    frames = [ev("message_start", message=start), ev("ping")]
+    for index, block in enumerate(final["content"]):
+        if block["type"] == "thinking":
+            frames.append(ev("content_block_start", index=index,
+                             content_block={"type": "thinking", "thinking": "", "signature": ""}))
+            frames.append(ev("content_block_delta", index=index,
+                             delta={"type": "thinking_delta", "thinking": thinking}))
+            frames.append(ev("content_block_delta", index=index,
+                             delta={"type": "signature_delta", "signature": "sig-fake"}))
+        elif block["type"] == "text":
+            frames.append(ev("content_block_start", index=index, content_block={"type": "text", "text": ""}))
+            frames += [ev("content_block_delta", index=index, delta={"type": "text_delta", "text": w})
+                       for w in words]
+            if fail:
+                return frames + [ev("error", error={"type": "overloaded_error", "message": fail})]
+        else:
+            frames.append(ev("content_block_start", index=index, content_block={**block, "input": {}}))
+            args = json.dumps(block["input"])
+            for piece in (args[:len(args) // 2], args[len(args) // 2:]):
+                frames.append(ev("content_block_delta", index=index,
+                                 delta={"type": "input_json_delta", "partial_json": piece}))
+        frames.append(ev("content_block_stop", index=index))
+    frames.append(ev("message_delta", delta={"stop_reason": final["stop_reason"], "stop_sequence": None},
+                     usage={"output_tokens": usage["output_tokens"]}))
+    return frames + [ev("message_stop")]
+
+
+def anthropic_upstream(req: Received) -> Reply:
+    """Default Anthropic behaviour: call the first tool offered unless the last turn answers a
+    call; after a tool result, say what the tool said; otherwise `hello from fake`."""
+    body = req.body or {}
+    model = body.get("model", "fake-claude")
+    last = (body.get("messages") or [{}])[-1].get("content")
+    results = [b for b in last if b.get("type") == "tool_result"] if isinstance(last, list) else []
+    calls, words = (), ("hello", " from", " fake")
+    if results:
+        content = results[-1].get("content")
+        said = content if isinstance(content, str) else "".join(b.get("text", "") for b in content or [])
+        words = ("tool said: ", said)
+    elif body.get("tools"):
+        calls, words = (("toolu_fake1", body["tools"][0]["name"], TOOL_ARGS),), ()
+    if body.get("stream"):
+        return Reply(frames=anthropic_frames(words, model, calls))
+    return Reply(body=anthropic_message("".join(words), model, calls))
+
+
+def anthropic_error(status: int, message: str = "fake failure", kind: str = "invalid_request_error") -> Reply:
+    """An Anthropic-shaped error reply."""
+    return Reply(status=status, body={"type": "error", "error": {"type": kind, "message": message}})
+
+
+# ---------------------------------------------------------------- Google Gemini
+# Written out by hand from the Gemini API reference, like the sections above.
+
+GEMINI_USAGE = {"promptTokenCount": 30, "cachedContentTokenCount": 20, "candidatesTokenCount": 4,
+                "thoughtsTokenCount": 3, "totalTokenCount": 37}
+
+
+def gemini_response(text="hello from fake", model="fake-gemini", calls=(), thought="", finish="STOP",
+                    usage=None):
+    """A GenerateContentResponse: an optional thought part, a text part, functionCall parts.
+
+    calls: (name, args) pairs; Gemini gives them no ids and says STOP for them.
+    """
+    parts = [{"text": thought, "thought": True, "thoughtSignature": "c2lnLWZha2U="}] if thought else []
+    if text:
+        parts.append({"text": text})
+    parts += [{"functionCall": {"name": name, "args": args}} for name, args in calls]
+    return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
+            "usageMetadata": usage or GEMINI_USAGE, "modelVersion": model, "responseId": "resp-fake"}
+
+
+def gemini_frames(words=("hello", " from", " fake"), model="fake-gemini", calls=(), thought="", finish="STOP",
+                  usage=None, fail=None):
+    """`data:` frames of a streamGenerateContent?alt=sse reply: no event lines and no [DONE].
+
+    Usage rides on the last frame with the finish reason; `fail` (a message) ends the
+    stream with an error object after the text.
+    """
+    def frame(parts, **extra):
+        candidate = {"content": {"role": "model", "parts": parts}, "index": 0}
+        body = {"candidates": [{**candidate, **extra}], "modelVersion": model, "responseId": "resp-fake"}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    frames = [frame([{"text": thought, "thought": True}])] if thought else []
+    frames += [frame([{"text": w}]) for w in words]
+    if fail:
+        return frames + [b"data: " + json.dumps({"error": {"code": 503, "message": fail,
+                                                           "status": "UNAVAILABLE"}}).encode() + b"\n\n"]
+    last = [{"functionCall": {"name": name, "args": args}} for name, args in calls] or [{"text": ""}]
+    body = json.loads(frame(last, finishReason=finish)[6:])
+    body["usageMetadata"] = usage or GEMINI_USAGE
+    return frames + [b"data: " + json.dumps(body).encode() + b"\n\n"]
+
+
+def gemini_upstream(req: Received) -> Reply:
+    """Default Gemini behaviour, steered like anthropic_upstream; streams when the path says so."""
+    body = req.body or {}
+    model = req.path.split("/models/", 1)[-1].split(":", 1)[0]
+    parts = ((body.get("contents") or [{}])[-1]).get("parts") or []
+    results = [p["functionResponse"] for p in parts if "functionResponse" in p]
+    tools = [fd for t in body.get("tools") or [] for fd in t.get("functionDeclarations") or []]
+    calls, words = (), ("hello", " from", " fake")
+    if results:
+        said = results[-1].get("response") or {}
+        words = ("tool said: ", str(said.get("output", said)))
+    elif tools:
+        calls, words = ((tools[0]["name"], TOOL_ARGS),), ()
+    if ":streamGenerateContent" in req.path:
+        return Reply(frames=gemini_frames(words, model, calls))
+    return Reply(body=gemini_response("".join(words), model, calls))
+
+
+def gemini_error(status: int, message: str = "fake failure", code: str = "INVALID_ARGUMENT") -> Reply:
+    """A Google-shaped error reply."""
+    return Reply(status=status, body={"error": {"code": status, "message": message, "status": code}})

@@ -13,6 +13,7 @@ Same-protocol traffic never touches the unified model: the body is forwarded wit
 """
 
 import importlib
+import json
 from dataclasses import dataclass, field
 
 FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "error")
@@ -137,3 +138,40 @@ class ProtocolError(Exception):
 def get(name: str):
     """The module implementing one wire protocol."""
     return importlib.import_module(f"bitrouter.protocols.{name}")
+
+
+def error_message(status: int, body: bytes) -> str:
+    """The message in an upstream error body: `{"error": {"message"}}` (OpenAI, Anthropic, Google), else its text."""
+    try:
+        data = json.loads(body)
+        err = (data[0] if isinstance(data, list) and data else data).get("error")
+    except (ValueError, AttributeError):
+        return body[:300].decode("utf-8", "replace").strip()
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err or body[:300].decode("utf-8", "replace"))
+
+
+def estimate_tokens(req: Request) -> int:
+    """A prompt's size in tokens, estimated without a tokenizer (for the count-tokens endpoints).
+
+    About four characters per token over the text, tool calls, results and tool schemas,
+    plus a flat charge per image and per message; good for budgeting, not for billing.
+    """
+    chars = sum(len(p.text) for p in req.system) + len(json.dumps([t.__dict__ for t in req.tools]))
+    images = 0
+    for msg in req.messages:
+        for p in msg.parts:
+            inner = p.content if p.kind == "tool_result" else [p]
+            chars += sum(len(c.text) + len(c.name) + len(c.arguments) for c in inner)
+            images += sum(c.kind == "image" for c in inner)
+    return -(-chars // 4) + 765 * images + 3 * len(req.messages)
+
+
+def arguments_object(arguments: str) -> dict:
+    """Tool-call arguments (a JSON string) as the object Anthropic and Gemini want; non-objects are wrapped."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {"arguments": arguments}
+    return value if isinstance(value, dict) else {"arguments": value}

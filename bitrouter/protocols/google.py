@@ -1,0 +1,523 @@
+"""Google Gemini (`POST /v1beta/models/{model}:generateContent` and friends), both directions.
+
+Gemini has no tool-call ids: calls get stable ids on the way in (`call_<turn>_<part>`, or
+the optional `id` the client sent) and each functionResponse is paired with the latest
+model turn's calls by id, then by name, then by position. On the way out the function
+name of each result is resolved from the call it answers.
+"""
+
+import json
+import secrets
+
+from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
+                                 arguments_object, error_message, estimate_tokens, sse)
+
+NAME = "google"
+FIXED_HEADERS = {}
+FORWARD_HEADERS = ()
+ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
+# Google's documented placeholder for function calls that came from another model and so
+# carry no thought signature of Gemini's own (Gemini 3 refuses such calls otherwise).
+FOREIGN_SIGNATURE = "skip_thought_signature_validator"
+
+# ---------------------------------------------------------------- inbound
+
+
+def model_of(body: dict, path_model: str | None = None) -> str:
+    """The model named in the path; `contents` must be an array."""
+    contents = body.get("contents", (body.get("generateContentRequest") or {}).get("contents"))
+    if not isinstance(contents, list):
+        raise ProtocolError("contents: an array of Content objects is required")
+    if not path_model:
+        raise ProtocolError("the model belongs in the path: models/{model}:generateContent")
+    return path_model
+
+
+def wants_stream(body: dict, action: str | None = None) -> bool:
+    """Gemini streams by method (`:streamGenerateContent`), not by a body field."""
+    return action == "streamGenerateContent"
+
+
+def decode_request(body: dict) -> Request:
+    """GenerateContentRequest -> unified Request."""
+    req = Request(model=body.get("model") or "", messages=[], system=_system_parts(body.get("systemInstruction")))
+    pending = []  # [id, name] of the latest model turn's calls not answered yet
+    for i, content in enumerate(body["contents"]):
+        if not isinstance(content, dict) or not isinstance(content.get("parts", []), list):
+            raise ProtocolError(f"contents[{i}]: a Content object with a parts array is required")
+        role = content.get("role") or "user"
+        if role == "model":
+            pending = []
+            parts = [_model_part(part, i, k, pending) for k, part in enumerate(content.get("parts") or [])]
+            req.messages.append(Message("assistant", [p for p in parts if p]))
+        elif role in ("user", "function", "tool"):
+            results, rest = [], []
+            for k, part in enumerate(content.get("parts") or []):
+                if not isinstance(part, dict):
+                    raise ProtocolError(f"contents[{i}].parts[{k}]: must be an object")
+                if "functionResponse" in part:
+                    results.append(_result_part(part["functionResponse"] or {}, f"call_{i}_{k}", pending))
+                else:
+                    rest += _media_parts(part)
+            if results:
+                req.messages.append(Message("tool", results))
+            if rest or not results:
+                req.messages.append(Message("user", rest))
+        else:
+            raise ProtocolError(f"contents[{i}].role: must be 'user' or 'model', not {role!r}")
+    for tool in body.get("tools") or []:
+        for fd in (tool or {}).get("functionDeclarations") or []:
+            schema = fd.get("parametersJsonSchema") or json_schema(fd.get("parameters") or {})
+            req.tools.append(Tool(fd.get("name", ""), fd.get("description") or "", schema))
+    calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    allowed = calling.get("allowedFunctionNames") or []
+    req.tool_choice = _MODE_IN.get(calling.get("mode"))
+    if req.tool_choice == "required" and len(allowed) == 1:
+        req.tool_choice = {"name": allowed[0]}
+    config = body.get("generationConfig") or {}
+    req.max_tokens = config.get("maxOutputTokens")
+    req.temperature = config.get("temperature")
+    req.top_p = config.get("topP")
+    req.top_k = config.get("topK")
+    req.stop = list(config.get("stopSequences") or [])
+    if config.get("responseMimeType") == "application/json":
+        schema = config.get("responseJsonSchema") or json_schema(config.get("responseSchema") or {})
+        req.response_format = {"type": "json_schema", "name": "response", "schema": schema, "strict": None} \
+            if schema else {"type": "json_object"}
+    req.reasoning = _decode_thinking(config.get("thinkingConfig") or {})
+    return req
+
+
+def encode_response(resp: Response, model: str) -> dict:
+    """Unified Response -> GenerateContentResponse."""
+    parts = [_response_part(p) for p in resp.parts if p.kind in ("text", "reasoning", "tool_call")]
+    candidate = {"content": {"role": "model", "parts": parts or [{"text": ""}]},
+                 "finishReason": _FINISH_OUT.get(resp.finish_reason, "STOP"), "index": 0}
+    return {"candidates": [candidate], "usageMetadata": encode_usage(resp.usage),
+            "modelVersion": resp.model or model, "responseId": resp.id or _response_id()}
+
+
+class StreamEncoder:
+    """Unified stream events -> `data:` frames of GenerateContentResponse; no [DONE]."""
+
+    def __init__(self, model: str, request: Request):
+        self.model = model
+        self.id = _response_id()
+        self.calls = {}  # unified tool index -> [id, name, argument fragments], sent whole
+        self.any_calls = False
+        self.finish_reason = None
+        self.usage = None
+
+    def event(self, ev: Event) -> bytes:
+        kind = ev.kind
+        if kind == "text" or kind == "reasoning":
+            part = {"text": ev.text, "thought": True} if kind == "reasoning" else {"text": ev.text}
+            return self._frame(self._flush() + [part])
+        if kind == "tool_call":
+            self.calls[ev.index] = [ev.id, ev.name, []]
+            self.any_calls = True
+        elif kind == "tool_args":
+            call = self.calls.get(ev.index)
+            if call:
+                call[2].append(ev.text)
+        elif kind == "start":
+            self.id, self.model = ev.id or self.id, ev.model or self.model
+        elif kind == "finish":
+            self.finish_reason = ev.reason
+        elif kind == "usage":
+            self.usage = ev.usage
+        return b""
+
+    def finish_stream(self) -> bytes:
+        parts = self._flush()
+        reason = "tool_calls" if self.any_calls and self.finish_reason in (None, "stop") else self.finish_reason
+        candidate = {"content": {"role": "model", "parts": parts or [{"text": ""}]},
+                     "finishReason": _FINISH_OUT.get(reason, "STOP"), "index": 0}
+        return sse.frame({"candidates": [candidate], "usageMetadata": encode_usage(self.usage or Usage()),
+                          "modelVersion": self.model, "responseId": self.id})
+
+    def _flush(self) -> list:
+        """Gemini sends each function call whole: the calls completed so far, as parts."""
+        parts = [_call_part(call_id, name, "".join(args)) for call_id, name, args in self.calls.values()]
+        self.calls.clear()
+        return parts
+
+    def _frame(self, parts: list) -> bytes:
+        return sse.frame({"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}],
+                          "modelVersion": self.model, "responseId": self.id})
+
+
+def stream_error(status: int, message: str) -> bytes:
+    """The final frame of a broken stream: Google's error object (the SDK raises on it)."""
+    return sse.frame(error_body(status, message))
+
+
+def error_body(status: int, message: str) -> dict:
+    """Google's error object."""
+    return {"error": {"code": status, "message": message, "status": _STATUS.get(status, "INTERNAL")}}
+
+
+def count_tokens(body: dict) -> dict:
+    """`:countTokens`: an estimate (see protocols.estimate_tokens), not Gemini's tokenizer."""
+    return {"totalTokens": estimate_tokens(decode_request(body.get("generateContentRequest") or body))}
+
+
+def usage_of(body: dict) -> Usage:
+    """Usage from a GenerateContentResponse's usageMetadata (prompt includes cached; thoughts apart)."""
+    u = body.get("usageMetadata") or {}
+    thoughts = u.get("thoughtsTokenCount") or 0
+    return Usage(input=(u.get("promptTokenCount") or 0) + (u.get("toolUsePromptTokenCount") or 0),
+                 output=(u.get("candidatesTokenCount") or 0) + thoughts,
+                 cache_read=u.get("cachedContentTokenCount") or 0, reasoning=thoughts)
+
+
+def stream_usage(event: str, data: str) -> Usage | None:
+    """Usage in a relayed frame (Gemini repeats the running totals; the last one counts)."""
+    if '"usageMetadata"' not in data:
+        return None
+    return usage_of(json.loads(data))
+
+
+def is_final(event: str, data: str) -> bool:
+    """Whether a relayed frame is the one that ends the stream: it carries the finish reason."""
+    return '"finishReason"' in data
+
+
+def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
+    """The client's own body: the model travels in the URL, so nothing changes."""
+    return body
+
+
+def model_list(ids: list) -> dict:
+    """`GET /v1beta/models` reply for the given model names."""
+    return {"models": [model_entry(i) for i in ids]}
+
+
+def model_entry(model_id: str) -> dict:
+    """One Model resource."""
+    return {"name": "models/" + model_id, "baseModelId": model_id, "version": "bitrouter",
+            "displayName": model_id, "supportedGenerationMethods": list(ACTIONS)}
+
+
+# ---------------------------------------------------------------- upstream
+
+
+def request_url(api_base: str, model_id: str, stream: bool) -> str:
+    base = api_base if api_base.endswith(("/v1beta", "/v1")) else api_base + "/v1beta"
+    model = model_id if model_id.startswith("models/") else "models/" + model_id
+    return f"{base}/{model}:streamGenerateContent?alt=sse" if stream else f"{base}/{model}:generateContent"
+
+
+def encode_request(req: Request, model_id: str) -> dict:
+    """Unified Request -> GenerateContentRequest."""
+    body = {"contents": _encode_contents(req.messages)}
+    if req.system:
+        body["systemInstruction"] = {"parts": [{"text": p.text} for p in req.system if p.text]}
+    if req.tools:
+        declarations = []
+        for t in req.tools:
+            fd = {"name": t.name, "description": t.description}
+            if t.parameters:
+                fd["parametersJsonSchema"] = t.parameters  # full JSON Schema; `parameters` is a subset
+            declarations.append(fd)
+        body["tools"] = [{"functionDeclarations": declarations}]
+        if req.tool_choice:
+            calling = {"mode": "ANY" if isinstance(req.tool_choice, dict) else _MODE_OUT[req.tool_choice]}
+            if isinstance(req.tool_choice, dict):
+                calling["allowedFunctionNames"] = [req.tool_choice["name"]]
+            body["toolConfig"] = {"functionCallingConfig": calling}
+    config = {}
+    _set(config, "maxOutputTokens", req.max_tokens)
+    _set(config, "temperature", req.temperature)
+    _set(config, "topP", req.top_p)
+    _set(config, "topK", req.top_k)
+    if req.stop:
+        config["stopSequences"] = req.stop
+    if req.response_format:
+        config["responseMimeType"] = "application/json"
+        if req.response_format.get("schema"):
+            config["responseJsonSchema"] = req.response_format["schema"]
+    thinking = _encode_thinking(req.reasoning)
+    if thinking:
+        config["thinkingConfig"] = thinking
+    if config:
+        body["generationConfig"] = config
+    return body
+
+
+def decode_response(body: dict) -> Response:
+    """GenerateContentResponse -> unified Response."""
+    candidate = (body.get("candidates") or [{}])[0]
+    parts = []
+    for part in (candidate.get("content") or {}).get("parts") or []:
+        parts += _reply_parts(part)
+    reason = candidate.get("finishReason")
+    if not body.get("candidates") and (body.get("promptFeedback") or {}).get("blockReason"):
+        reason = "SAFETY"
+    return Response(id=body.get("responseId", ""), model=body.get("modelVersion", ""), parts=parts,
+                    finish_reason=_finish_in(reason, any(p.kind == "tool_call" for p in parts)),
+                    usage=usage_of(body))
+
+
+class StreamDecoder:
+    """Gemini `data:` frames (each a GenerateContentResponse) -> unified stream events."""
+
+    def __init__(self):
+        self.started = False
+        self.calls = 0
+        self.usage = None
+        self.finished = False
+
+    def feed(self, event: str, data: str) -> list:
+        chunk = json.loads(data)
+        if isinstance(chunk, list):  # an error relayed as a JSON array
+            chunk = chunk[0] if chunk else {}
+        if chunk.get("error"):
+            raise ProtocolError((chunk["error"] or {}).get("message") or "upstream stream error", 502)
+        out = []
+        if not self.started:
+            self.started = True
+            out.append(Event("start", id=chunk.get("responseId", ""), model=chunk.get("modelVersion", "")))
+        candidate = (chunk.get("candidates") or [{}])[0]
+        for part in (candidate.get("content") or {}).get("parts") or []:
+            for p in _reply_parts(part):
+                if p.kind == "tool_call":
+                    out.append(Event("tool_call", index=self.calls, id=p.id, name=p.name))
+                    out.append(Event("tool_args", index=self.calls, text=p.arguments))
+                    self.calls += 1
+                elif p.text:
+                    out.append(Event(p.kind, text=p.text))
+        if chunk.get("usageMetadata"):
+            self.usage = usage_of(chunk)
+        reason = candidate.get("finishReason")
+        if reason:
+            self.finished = True
+            out.append(Event("finish", reason=_finish_in(reason, self.calls > 0)))
+        if self.usage and self.finished and (reason or chunk.get("usageMetadata")):
+            out.append(Event("usage", usage=self.usage))  # with the finish, and any later correction
+        return out
+
+
+def encode_usage(u: Usage) -> dict:
+    """Unified Usage -> usageMetadata: candidates exclude the thinking tokens, counted apart."""
+    out = {"promptTokenCount": u.input, "candidatesTokenCount": max(0, u.output - u.reasoning),
+           "totalTokenCount": u.input + u.output}
+    if u.cache_read:
+        out["cachedContentTokenCount"] = u.cache_read
+    if u.reasoning:
+        out["thoughtsTokenCount"] = u.reasoning
+    return out
+
+
+def json_schema(schema):
+    """Gemini's OpenAPI-style Schema (upper-case types, `nullable`) -> plain JSON Schema."""
+    if isinstance(schema, list):
+        return [json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "type" and isinstance(value, str):
+            out["type"] = value.lower()
+        elif key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {name: json_schema(s) for name, s in value.items()}
+        elif key in ("items", "anyOf", "oneOf", "allOf", "not", "additionalProperties"):
+            out[key] = json_schema(value)
+        elif key != "nullable":
+            out[key] = value
+    if schema.get("nullable") and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 402: "FAILED_PRECONDITION", 403: "PERMISSION_DENIED",
+           404: "NOT_FOUND", 405: "NOT_FOUND", 409: "ABORTED", 413: "INVALID_ARGUMENT",
+           429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
+           502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+             "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR"}
+_FINISH_OUT = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY",
+               "error": "OTHER"}
+_MODE_IN = {"AUTO": "auto", "VALIDATED": "auto", "NONE": "none", "ANY": "required"}
+_MODE_OUT = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+_LEVEL_IN = {"MINIMAL": "low", "LOW": "low", "MEDIUM": "medium", "HIGH": "high", "XHIGH": "high"}
+_EFFORT_BUDGET = {"minimal": 512, "low": 2048, "medium": 8192, "high": 24576}
+_OUTPUT_KEYS = ("output", "result", "content")  # how clients name a function's result
+
+
+def _system_parts(system) -> list:
+    """systemInstruction as a Content object (or a bare string) -> text Parts, in order."""
+    if isinstance(system, str):
+        return [Part("text", text=system)] if system else []
+    parts = system.get("parts") or [] if isinstance(system, dict) else []
+    return [Part("text", text=p["text"]) for p in parts if isinstance(p, dict) and p.get("text")]
+
+
+def _model_part(part: dict, i: int, k: int, pending: list) -> Part | None:
+    """One part of a model turn; function calls get the client's id or a stable minted one."""
+    if not isinstance(part, dict):
+        raise ProtocolError(f"contents[{i}].parts[{k}]: must be an object")
+    call = part.get("functionCall")
+    if call is not None:
+        call_id = call.get("id") or f"call_{i}_{k}"
+        pending.append([call_id, call.get("name", "")])
+        return Part("tool_call", id=call_id, name=call.get("name", ""), arguments=json.dumps(call.get("args") or {}))
+    if part.get("thought") and "text" in part:
+        return Part("reasoning", text=part["text"], signature=part.get("thoughtSignature") or "")
+    media = _media_parts(part)
+    return media[0] if media else None
+
+
+def _result_part(response: dict, fallback_id: str, pending: list) -> Part:
+    """A functionResponse, paired with the call it answers (id, else name, else position)."""
+    name = response.get("name", "")
+    match = next((c for c in pending if response.get("id") and c[0] == response["id"]), None) \
+        or next((c for c in pending if c[1] == name), None) or (pending[0] if pending else None)
+    if match:
+        pending.remove(match)
+    call_id = response.get("id") or (match[0] if match else fallback_id)
+    value = response.get("response")
+    is_error = isinstance(value, dict) and "error" in value and not any(k in value for k in _OUTPUT_KEYS)
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _OUTPUT_KEYS + ("error",):
+        value = next(iter(value.values()))
+    text = value if isinstance(value, str) else json.dumps(value)
+    content = [Part("text", text=text)]
+    for extra in response.get("parts") or []:  # multimodal function responses
+        content += _media_parts(extra)
+    return Part("tool_result", id=call_id, name=name or (match[1] if match else ""), content=content,
+                is_error=is_error)
+
+
+def _media_parts(part: dict) -> list:
+    """Text, inline data and file URIs; code-execution parts have no unified form."""
+    if "text" in part:
+        return [Part("text", text=part["text"])] if part["text"] else []
+    if "inlineData" in part:
+        blob = part["inlineData"] or {}
+        return [Part("image", data=blob.get("data") or "", media_type=blob.get("mimeType") or "image/png")]
+    if "fileData" in part:
+        ref = part["fileData"] or {}
+        return [Part("image", url=ref.get("fileUri") or "", media_type=ref.get("mimeType") or "")]
+    return []
+
+
+def _decode_thinking(thinking: dict) -> dict | None:
+    budget = thinking.get("thinkingBudget")
+    if budget is not None:
+        if budget == 0:
+            return None
+        return {"budget_tokens": budget} if budget > 0 else {"effort": "medium"}  # -1: dynamic
+    level = str(thinking.get("thinkingLevel") or "").upper()
+    return {"effort": _LEVEL_IN[level]} if level in _LEVEL_IN else None
+
+
+def _encode_thinking(reasoning) -> dict | None:
+    if not reasoning:
+        return None
+    budget = reasoning.get("budget_tokens") or _EFFORT_BUDGET.get(reasoning.get("effort"))
+    return {"thinkingBudget": budget, "includeThoughts": True} if budget else None
+
+
+def _encode_contents(messages: list) -> list:
+    """Unified messages -> Contents; results carry their call's function name, turns are merged."""
+    names = {p.id: p.name for m in messages if m.role == "assistant" for p in m.parts if p.kind == "tool_call"}
+    out = []
+    for msg in messages:
+        role = "model" if msg.role == "assistant" else "user"
+        parts = []
+        for p in msg.parts:
+            parts += _request_parts(p, names)
+        if role == "model":
+            first_call = next((p for p in parts if "functionCall" in p), None)
+            if first_call is not None and "thoughtSignature" not in first_call:
+                first_call["thoughtSignature"] = FOREIGN_SIGNATURE
+        if not parts:
+            continue
+        if out and out[-1]["role"] == role:
+            out[-1]["parts"] += parts
+        else:
+            out.append({"role": role, "parts": parts})
+    return out
+
+
+def _request_parts(p: Part, names: dict) -> list:
+    if p.kind == "text":
+        return [{"text": p.text}] if p.text else []
+    if p.kind == "image":
+        if p.url:
+            return [{"fileData": {"mimeType": p.media_type or _guess_type(p.url), "fileUri": p.url}}]
+        return [{"inlineData": {"mimeType": p.media_type or "image/png", "data": p.data}}]
+    if p.kind == "tool_call":
+        return [{"functionCall": {"name": p.name, "args": arguments_object(p.arguments)}}]
+    if p.kind == "tool_result":
+        text = "\n".join(c.text for c in p.content if c.kind == "text")
+        response = {"name": p.name or names.get(p.id, ""), "response": {"error" if p.is_error else "output": text}}
+        media = []
+        for c in p.content:
+            if c.kind == "image":
+                media += _request_parts(c, names)
+        return [{"functionResponse": response}] + media
+    if p.kind == "reasoning" and p.signature:
+        return [{"text": p.text, "thought": True, "thoughtSignature": p.signature}]
+    return []
+
+
+def _reply_parts(part: dict) -> list:
+    """Parts of a model reply; function calls get fresh unique ids (Gemini sends none or its own)."""
+    call = part.get("functionCall")
+    if call is not None:
+        return [Part("tool_call", id=call.get("id") or "call_" + secrets.token_hex(12), name=call.get("name", ""),
+                     arguments=json.dumps(call.get("args") or {}))]
+    if "text" in part and part.get("thought"):
+        return [Part("reasoning", text=part["text"], signature=part.get("thoughtSignature") or "")]
+    if "text" in part:
+        return [Part("text", text=part["text"])] if part["text"] else []
+    return []
+
+
+def _response_part(p: Part) -> dict:
+    if p.kind == "reasoning":
+        part = {"text": p.text, "thought": True}
+        if p.signature:
+            part["thoughtSignature"] = p.signature
+        return part
+    if p.kind == "tool_call":
+        return _call_part(p.id, p.name, p.arguments)
+    return {"text": p.text}
+
+
+def _call_part(call_id: str, name: str, arguments: str) -> dict:
+    call = {"name": name, "args": arguments_object(arguments)}
+    if call_id:
+        call["id"] = call_id  # clients echo it in functionResponse.id, which keeps pairing exact
+    return {"functionCall": call}
+
+
+def _finish_in(reason, has_calls: bool) -> str:
+    if reason in (None, "STOP"):
+        return "tool_calls" if has_calls else "stop"
+    if reason == "MAX_TOKENS":
+        return "length"
+    if reason in _FILTERED:
+        return "content_filter"
+    return "error" if reason in ("MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL") else "stop"
+
+
+def _guess_type(url: str) -> str:
+    ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
+    return _EXT_TYPES.get(ext, "image/jpeg")
+
+
+_EXT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+              "webp": "image/webp", "pdf": "application/pdf"}
+
+
+def _response_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def _set(body: dict, key: str, value) -> None:
+    if value is not None:
+        body[key] = value
