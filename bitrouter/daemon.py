@@ -1,17 +1,499 @@
-"""Running BitRouter in the background: start, stop, restart, reload and status."""
+"""Running BitRouter in the background: start, stop, restart, reload and status.
 
-from bitrouter import config
+The server process owns `<run>/bitrouter.pid`: it locks the file (flock) for its whole
+life, writes its pid at once and its URL and start time once listening, and removes the
+file on exit. A pid file whose lock nobody holds is stale, whatever process now has that
+pid, so the CLI cleans it and never signals it. The same module sets up the server's log
+file: size-rotated, one line per request plus lifecycle events, secrets scrubbed.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from logging.handlers import RotatingFileHandler
+
+from bitrouter import Error, config, metrics
+
+log = logging.getLogger("bitrouter")
+
+START_TIMEOUT = 20.0  # seconds `start` waits for GET /health
+STOP_GRACE = 10.0  # seconds `stop` waits beyond the server's drain_timeout before SIGKILL
+RELOAD_TIMEOUT = 30.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+@dataclass
+class Daemon:
+    """A live server of this home, as its pid file describes it (url and started once listening)."""
+
+    pid: int | None
+    url: str | None = None
+    started: float | None = None
+
+
+def start(home, timeout: float | None = None, verb: str = "started") -> Daemon:
+    """Spawn `bitrouter serve` detached and wait until it answers GET /health."""
+    config.load(home)  # a broken config fails here, before anything is spawned
+    timeout = START_TIMEOUT if timeout is None else float(timeout)
+    current = running(home)
+    if current:
+        raise Error(f"daemon is already running{_who(current)}")
+    home.run_dir.mkdir(parents=True, exist_ok=True)
+    home.logs_dir.mkdir(parents=True, exist_ok=True)
+    with open(home.log_file, "ab") as out:
+        offset = out.tell()
+        command = [sys.executable, "-m", "bitrouter", *home.cli_args(), "serve"]
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise Error(f"the server exited during startup (exit code {child.returncode})"
+                        + _log_tail(home, offset))
+        ready = _read(home.pid_file)
+        if ready and ready.pid == child.pid and ready.url and _health(ready.url)[0]:
+            print(f"bitrouter daemon {verb} (pid {ready.pid}) on {ready.url}", flush=True)
+            return ready
+        time.sleep(0.05)
+    _terminate(child)
+    raise Error(f"the server did not answer GET /health within {timeout:g}s, so it was stopped "
+                f"(raise the limit with --timeout)" + _log_tail(home, offset))
+
+
+def stop(home, timeout: float | None = None) -> None:
+    """SIGTERM the server, wait for its drain (bounded), SIGKILL as the last resort."""
+    current = _require(home)
+    if timeout is None:
+        timeout = _drain_timeout(home) + STOP_GRACE
+    clock = time.monotonic()
+    _signal(home, current, signal.SIGTERM)
+    if not _wait_gone(home, current.pid, float(timeout)):
+        print(f"warning: the server (pid {current.pid}) did not stop within {timeout:g}s; killing it",
+              file=sys.stderr)
+        _signal(home, current, signal.SIGKILL)
+        if not _wait_gone(home, current.pid, 5.0):
+            raise Error(f"pid {current.pid} survived SIGKILL")
+    print(f"bitrouter daemon stopped (pid {current.pid}, {time.monotonic() - clock:.2f}s)", flush=True)
+
+
+def restart(home, timeout: float | None = None) -> None:
+    """Stop the server if it runs (config checked first), then start it again."""
+    config.load(home)  # never stop a working server for a config that cannot start
+    if running(home):
+        stop(home, timeout)
+    start(home, timeout, verb="restarted")
+
+
+def reload(home, timeout: float = RELOAD_TIMEOUT) -> None:
+    """Ask the running server to reload its configuration and report its answer."""
+    current = _require(home)
+    try:
+        status, body = _http("POST", current.url + "/admin/reload", timeout)
+    except OSError as exc:
+        _hangup(home, current, f"the server did not answer over HTTP ({exc})")
+        return
+    if status in (401, 403):  # auth is on and this CLI has no admin token: the signal needs none
+        _hangup(home, current, "POST /admin/reload needs an admin token")
+        return
+    if status != 200:
+        message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
+        raise Error(message or f"the server answered HTTP {status}")
+    print("configuration reloaded", flush=True)
+    for note in body.get("notes") or []:
+        print(f"note: {note}", flush=True)
+
+
+def running(home) -> Daemon | None:
+    """The live server of this home, or None (a stale pid file is removed on the way)."""
+    if not _locked(home.pid_file):
+        return None
+    return _read(home.pid_file) or Daemon(pid=None)  # locked but not written yet: starting
 
 
 def status_text(home) -> str:
-    """The `bitrouter status` report: paths, configuration summary and daemon state."""
-    lines = [("daemon", "stopped"), ("home", home.root), ("config", home.config_file),
-             ("env", home.env_file), ("runtime", home.run_dir), ("logs", home.logs_dir)]
-    cfg = config.load(home)
+    """The `bitrouter status` report: daemon state, paths, configuration summary."""
+    lines = _daemon_lines(running(home))
+    lines += [("home", home.root), ("config", home.config_file), ("env", home.env_file),
+              ("runtime", home.run_dir), ("logs", home.logs_dir)]
+    try:
+        cfg = config.load(home)
+    except config.ConfigError as exc:  # the daemon state is still worth showing
+        lines.append(("error", exc))
+        return _columns(lines)
     lines += [("database", config.mask_url(cfg.database_url)), ("listen", cfg.listen),
               ("providers", ", ".join(cfg.configured_providers()) or "(none configured)")]
     if cfg.models:
         lines.append(("models", ", ".join(sorted(cfg.models))))
     if cfg.unset_vars:
         lines.append(("unset", ", ".join(f"${{{v}}}" for v in cfg.unset_vars)))
+    return _columns(lines)
+
+
+# ---------------------------------------------------------------- server side
+
+
+class PidFile:
+    """The server's claim on its run dir: a locked pid file, removed when released."""
+
+    def __init__(self, path, fd: int):
+        self.path = path
+        self.fd = fd
+
+    def publish(self, url: str) -> None:
+        """Record that the server is listening: pid, connectable URL and start time."""
+        data = f"{os.getpid()}\n{url}\n{time.time():.3f}\n".encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+
+    def release(self) -> None:
+        """Remove the file (if it is still ours) and drop the lock."""
+        try:
+            if _inode(self.path) == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+
+
+@contextmanager
+def pid_file(home):
+    """Claim `<run>/bitrouter.pid` for this process; Error if another server holds it."""
+    path = home.pid_file
+    home.run_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 1.0
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                other = _read(path)
+                who = f" (pid {other.pid})" if other else ""
+                raise Error(f"another BitRouter server{who} is already running with run dir {home.run_dir}") from None
+            time.sleep(0.05)  # a CLI probe holds the lock for an instant; a server holds it for good
+            continue
+        if _inode(path) != os.fstat(fd).st_ino:  # its previous owner removed it meanwhile
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        break
+    claim = PidFile(path, fd)
+    try:
+        yield claim
+    finally:
+        claim.release()
+
+
+def detached(home) -> bool:
+    """Whether this process's stderr is the server log, as `bitrouter start` spawns it."""
+    try:
+        return _same_stat(os.fstat(2), os.stat(home.log_file))
+    except OSError:
+        return False
+
+
+@contextmanager
+def server_log(home, srv, echo: bool = True):
+    """While serving, log to <logs>/bitrouter.log, and to stderr too when echo (the foreground)."""
+    home.logs_dir.mkdir(parents=True, exist_ok=True)
+    follows_stdio = detached(home)
+    handlers = [_RotatingLog(home.log_file, srv, follows_stdio)]
+    if echo and not follows_stdio:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logger = logging.getLogger("bitrouter")
+    previous = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(_Redact(srv))
+        logger.addHandler(handler)
+    srv.metrics.listeners.append(log_request)
+    try:
+        yield
+    finally:
+        srv.metrics.listeners.remove(log_request)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.level, logger.propagate = previous
+
+
+def log_request(record) -> None:
+    """One log line per finished request (a Metrics listener)."""
+    line = (f"request {record.protocol} model={_field(record.model)} upstream={_field(record.upstream or '-')} "
+            f"status={record.status} latency={record.latency_ms:.0f}ms "
+            f"tokens={record.usage.input}/{record.usage.output} stream={'yes' if record.stream else 'no'} "
+            f"attempts={record.attempts}")
+    if record.account:
+        line += f" account={_field(record.account)}"
+    if record.error:
+        line += f" error={json.dumps(record.error[:300])}"
+    log.info(line)
+
+
+def connect_url(host: str, port: int) -> str:
+    """The URL a local client uses to reach a listener (loopback for the wildcard addresses)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _RotatingLog(RotatingFileHandler):
+    """Size-rotated log whose limits follow reloads; a daemon's stdout/stderr follow it too."""
+
+    def __init__(self, path, srv, follows_stdio: bool):
+        self.srv = srv
+        self.follows_stdio = follows_stdio
+        super().__init__(path, encoding="utf-8")
+        self._limits()
+
+    def shouldRollover(self, record) -> bool:
+        self._limits()
+        return super().shouldRollover(record)
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        if self.follows_stdio:  # stray output (tracebacks, prints) keeps going to the live file
+            for fd in (1, 2):
+                os.dup2(self.stream.fileno(), fd)
+
+    def _limits(self) -> None:
+        limits = self.srv.runtime.cfg.logging
+        self.backupCount = int(limits["backups"])
+        # With no backups there is nothing to rotate into: the file simply grows.
+        self.maxBytes = int(limits["max_bytes"]) if self.backupCount else 0
+
+
+# Credentials that are not in the configuration: bearer headers, JWTs, common key shapes.
+_SECRET = re.compile(r"(?i)\bbearer\s+[\w.~+/=-]+|\bsk-[\w-]{8,}|\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"
+                     r"|\bAIza[\w-]{20,}")
+
+
+class _Redact(logging.Filter):
+    """Scrubs API keys and tokens from log lines: the configured keys plus common key shapes."""
+
+    def __init__(self, srv):
+        super().__init__()
+        self.srv = srv
+        self._runtime = None
+        self._keys = []
+
+    def filter(self, record) -> bool:
+        rt = self.srv.runtime
+        if rt is not self._runtime:  # recomputed once per reload, not per line
+            self._runtime, self._keys = rt, metrics.secrets_of(rt.cfg)
+        message = record.getMessage()
+        clean = _SECRET.sub("[redacted]", metrics.redact(message, self._keys))
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+# ---------------------------------------------------------------- client side helpers
+
+
+def _require(home) -> Daemon:
+    current = running(home)
+    if current is None:
+        raise Error("daemon is not running")
+    if current.pid is None or current.url is None:
+        raise Error("the server is still starting; try again in a moment")
+    return current
+
+
+def _signal(home, current: Daemon, sig) -> None:
+    """Send sig after checking the pid really is a BitRouter process."""
+    if not _is_bitrouter(current.pid):
+        raise Error(f"{home.pid_file} names pid {current.pid}, which is not a BitRouter server; "
+                    "not signalling it")
+    try:
+        os.kill(current.pid, sig)
+    except ProcessLookupError:
+        pass  # it exited on its own meanwhile
+    except PermissionError:
+        raise Error(f"not permitted to signal pid {current.pid} (is the server running as another user?)") from None
+
+
+def _hangup(home, current: Daemon, why: str) -> None:
+    _signal(home, current, signal.SIGHUP)
+    print(f"{why}; sent SIGHUP instead. The outcome is logged in {home.log_file}", flush=True)
+
+
+def _wait_gone(home, pid: int, timeout: float) -> bool:
+    """Wait until the server released its pid file lock and its process has exited."""
+    deadline = time.monotonic() + timeout
+    while _locked(home.pid_file) or not _exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _exited(pid: int) -> bool:
+    """Whether pid is gone or a zombie (EPERM means it lives, under another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:  # gone meanwhile; without /proc, kill() has said it lives
+        return os.path.isdir("/proc/self")
+
+
+def _locked(path) -> bool:
+    """Whether a live server holds the pid file's lock; a stale file is removed under the lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        if _inode(path) == os.fstat(fd).st_ino:
+            os.unlink(path)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _read(path) -> Daemon | None:
+    """Parse the pid file: `pid` alone while starting, `pid\\nurl\\nstarted\\n` once listening."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = text.split("\n")
+    if not lines[0].strip().isdigit():
+        return None
+    if len(lines) < 4 or not text.endswith("\n"):  # not (completely) published yet
+        return Daemon(pid=int(lines[0]))
+    try:
+        return Daemon(pid=int(lines[0]), url=lines[1], started=float(lines[2]))
+    except ValueError:
+        return Daemon(pid=int(lines[0]))
+
+
+def _is_bitrouter(pid: int) -> bool:
+    """Whether pid runs BitRouter, by its command line where /proc shows it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")  # no /proc on this system: the held lock is the proof
+    except PermissionError:
+        return True  # hidden by hidepid: the held lock is the proof
+    return any(os.path.basename(arg).startswith(b"bitrouter") for arg in argv)
+
+
+def _health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    try:
+        status, body = _http("GET", url + "/health", timeout)
+    except OSError as exc:
+        return False, f"not answering ({exc})"
+    if status == 200 and body.get("status") == "ok":
+        return True, "ok"
+    return False, f"unhealthy (HTTP {status})"
+
+
+def _http(method: str, url: str, timeout: float):
+    """(status, JSON body or {}); OSError when the server cannot be reached."""
+    import urllib3
+    try:
+        resp = urllib3.PoolManager(retries=False).request(method, url, timeout=timeout)
+    except urllib3.exceptions.HTTPError as exc:
+        raise OSError(str(getattr(exc, "reason", None) or exc).split(": ")[-1]) from None
+    try:
+        body = json.loads(resp.data)
+    except ValueError:
+        body = {}
+    return resp.status, body if isinstance(body, dict) else {}
+
+
+def _terminate(child) -> None:
+    child.terminate()
+    try:
+        child.wait(5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _drain_timeout(home) -> float:
+    try:
+        return float(config.load(home).server["drain_timeout"])
+    except config.ConfigError:  # the file may have been broken since the server started
+        return config.SERVER_DEFAULTS["drain_timeout"]
+
+
+def _log_tail(home, offset: int, count: int = 15) -> str:
+    """The last lines the child wrote to the log, indented for an error message."""
+    try:
+        with open(home.log_file, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode("utf-8", "replace").splitlines()[-count:]
+    except OSError:
+        return ""
+    if not lines:
+        return f" (nothing was written to {home.log_file})"
+    return f"; last lines of {home.log_file}:\n" + "\n".join("    " + line for line in lines)
+
+
+def _daemon_lines(current: Daemon | None) -> list:
+    if current is None:
+        return [("daemon", "stopped")]
+    if current.url is None:
+        return [("daemon", f"starting (pid {current.pid})" if current.pid else "starting")]
+    ok, health = _health(current.url)
+    return [("daemon", f"running (pid {current.pid})"), ("url", current.url),
+            ("uptime", _duration(time.time() - current.started)), ("health", health)]
+
+
+def _duration(seconds: float) -> str:
+    """3d 4h 5m, 2h 3m 4s, 5m 6s or 7s."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m")] + ([] if days else [(secs, "s")])
+    shown = [f"{n}{unit}" for n, unit in parts if n]
+    return " ".join(shown) or "0s"
+
+
+def _columns(lines: list) -> str:
     return "\n".join(f"{label + ':':<11}{value}" for label, value in lines)
+
+
+def _who(current: Daemon) -> str:
+    pid = f" (pid {current.pid})" if current.pid else " (starting)"
+    return pid + (f" on {current.url}" if current.url else "")
+
+
+def _field(value: str) -> str:
+    """A client-supplied value for a log line: quoted when it could break the line's format."""
+    return value if re.fullmatch(r"[\w.:/@+-]+", value) else json.dumps(value)
+
+
+def _inode(path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _same_stat(a, b) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
