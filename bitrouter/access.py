@@ -1,0 +1,202 @@
+"""Access control for the server: trust, auth modes, token checks, model allowlists, budgets.
+
+One Gate lives as long as the server. It verifies tokens once and caches the result by the
+token's hash; any change to `<home>/.keys` (a new account, a revocation stamp) or a reloaded
+configuration clears that cache before the next request is checked. Finished requests go
+to the spend log through the Gate's metrics listener.
+"""
+
+import logging
+import os
+import time
+from dataclasses import replace
+
+from bitrouter import Error, accounts, config, store, tokens
+from bitrouter.tokens import AuthError
+
+log = logging.getLogger("bitrouter")
+
+CACHE_LIMIT = 10_000  # verified tokens kept; the cache starts afresh when full
+# A change within this many seconds of the last one may share its mtime (coarse file
+# system clocks), so `.keys` is re-read on every request until it has been quiet this long.
+RACY_SECONDS = 2.0
+_UNSEEN = object()
+TOKEN_HINT = "send it as Authorization: Bearer <token>, x-api-key, x-goog-api-key or ?key="
+
+
+def credential(headers, query) -> str | None:
+    """The presented token: Authorization Bearer, then x-api-key, x-goog-api-key, then ?key=."""
+    for part in (headers.get("authorization") or "").split(","):
+        part = part.strip()
+        if part[:7].lower() == "bearer ":
+            return part[7:].strip() or None
+    for name in ("x-api-key", "x-goog-api-key"):
+        value = (headers.get(name) or "").strip()
+        if value:
+            return value
+    return (query.get("key") or "").strip() or None
+
+
+def configured_issuers(cfg) -> set[str]:
+    """`auth.trusted_issuers` entries that are Solana CAIP-10 ids or base58 Ed25519 keys."""
+    found = set()
+    for entry in cfg.auth["trusted_issuers"]:
+        address = str(entry).rsplit(":", 1)[-1]
+        try:
+            valid = len(accounts.b58decode(address)) == 32 and (
+                ":" not in str(entry) or str(entry).startswith("solana:"))
+        except ValueError:
+            valid = False
+        if valid:
+            found.add(str(entry))
+        else:
+            log.warning("auth.trusted_issuers: ignoring %r (not a Solana CAIP-10 id or base58 key)", entry)
+    return found
+
+
+class Gate:
+    """Decides who may use the server, which models, and whether their budget allows it."""
+
+    def __init__(self, home, cfg, metrics=None):
+        self.home = home
+        self._cache: dict = {}
+        self._apply(cfg)
+        self._load_keys(self._keys_signature(), revocations=False)  # the database is not open yet
+        host, port = cfg.host_port
+        if self.mode == "auto" and not self.trusted and not self.loopback:
+            raise Error(f"refusing to serve without authentication on {host}:{port}: no issuer is "
+                        "trusted. Create an account (`bitrouter account -g`) and use "
+                        "`bitrouter keygen` tokens, list auth.trusted_issuers, or set auth.mode: open")
+        if not self.required:
+            log.warning("authentication is off (%s): anyone who can reach %s:%s may use the "
+                        "configured providers", "auth.mode open" if self.mode == "open"
+                        else "no trusted issuers yet; loopback only", host, port)
+        elif not self.trusted:
+            log.warning("auth.mode is on but no issuer is trusted: every request will be refused")
+        self.db = store.open_db(cfg.database_url, shared=True)
+        self.revoked = store.revoked_hashes()
+        self.writer = store.SpendWriter(cfg.database_url)
+        if metrics is not None:
+            metrics.listeners.append(self.record)
+
+    def authenticate(self, cfg, token, scope: str):
+        """The token's Claims (None when the server runs open); AuthError 401/403 otherwise."""
+        self._refresh(cfg)
+        if not self.required:
+            return None
+        if not token:
+            raise AuthError(401, f"missing token: {TOKEN_HINT}")
+        digest = tokens.token_hash(token)
+        claims = self._cache.get(digest)
+        now = time.time()
+        if claims is None or (claims.exp is not None and now >= claims.exp + self.leeway):
+            claims = tokens.verify(token, self.trusted, now=now, leeway=self.leeway,
+                                   revoked=self.revoked)
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[digest] = claims
+        if scope == "admin" and claims.scope != "admin":
+            raise AuthError(403, "this route needs an admin token (keygen --scope admin)")
+        return claims
+
+    def authorize(self, claims, route):
+        """The route narrowed to the endpoints the token's models allow; 403 if none, 402 over budget."""
+        if claims is None:
+            return route
+        if claims.models and not tokens.model_allowed(claims.models, route.name):
+            allowed = [e for e in route.endpoints if tokens.model_allowed(claims.models, e.label)]
+            if not allowed:
+                raise AuthError(403, f"model {route.name!r} is not allowed for this token "
+                                     f"(allowed: {', '.join(claims.models)})")
+            route = replace(route, endpoints=allowed)
+        self._check_budget(claims)
+        return route
+
+    def record(self, rec) -> None:
+        """Metrics listener: queue a finished request for the spend log.
+
+        Refusals with no identity (401s) are left out: there is no one to bill, and a flood
+        of bad credentials must not fill the database.
+        """
+        if rec.status == 401 and not rec.account:
+            return
+        usage = rec.usage
+        row = {"time": rec.started, "account": rec.account or None, "token_hash": rec.token_hash or None,
+               "model": rec.model, "upstream": rec.upstream or None, "protocol": rec.protocol,
+               "status": rec.status, "latency_ms": int(rec.latency_ms),
+               "input_tokens": usage.input, "output_tokens": usage.output,
+               "cache_read_tokens": usage.cache_read, "cache_write_tokens": usage.cache_write,
+               "reasoning_tokens": usage.reasoning, "cost_micro_usd": rec.cost_micro_usd}
+        try:
+            self.writer.log(row)
+        except RuntimeError:  # finished after shutdown began (drain timeout passed)
+            log.warning("spend row for request %s dropped: the spend writer is closed", rec.id)
+
+    def close(self) -> None:
+        """Write every queued spend row and close the database."""
+        self.writer.close()
+        self.db.close()
+
+    # ------------------------------------------------------------ helpers
+
+    def _apply(self, cfg) -> None:
+        """Adopt a (re)loaded configuration: mode, clock skew, trusted issuers."""
+        self.cfg = cfg
+        self.mode = cfg.auth["mode"]
+        self.leeway = cfg.auth["clock_skew"]
+        self.loopback = config.is_loopback(cfg.host_port[0])
+        self.configured = configured_issuers(cfg)
+        self._keys_seen = _UNSEEN  # so the next check re-reads accounts and revocations
+
+    def _refresh(self, cfg) -> None:
+        """Pick up a reload, a new or removed account, or a revocation, before checking."""
+        if cfg is not self.cfg:
+            self._apply(cfg)
+        seen = self._keys_signature()
+        if seen != self._keys_seen or (seen and time.time() - seen[0] / 1e9 < RACY_SECONDS):
+            self._load_keys(seen)
+
+    def _load_keys(self, seen, revocations=True) -> None:
+        """Re-read local accounts (and revocations); clear the verification cache."""
+        self.trusted = accounts.trusted_issuers(self.home) | self.configured
+        if revocations:
+            try:
+                self.revoked = store.revoked_hashes()
+            except Error as exc:
+                log.error("cannot read revocations: %s", exc)
+                raise AuthError(503, "cannot check token revocations: the database is unavailable") from None
+        # Open only where nobody else can connect: with no trusted issuer on a public
+        # address (reachable after a reload removed them), every request is refused.
+        self.required = self.mode == "on" or (self.mode == "auto" and (bool(self.trusted) or not self.loopback))
+        self._cache.clear()
+        self._keys_seen = seen
+
+    def _keys_signature(self):
+        """(mtime_ns, inode) of `.keys`; renames inside it (accounts, revocation stamps) change it."""
+        try:
+            st = os.stat(self.home.keys_dir)
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_ino
+
+    def _check_budget(self, claims) -> None:
+        """402 once the token (or its account) has spent its budget or used up its rounds."""
+        limit = claims.budget_range or {}
+        if claims.budget is None and limit.get("type") != "rounds":
+            return
+        key = {"account": claims.iss} if claims.budget_scope == "account" else {"token_hash": claims.token_hash}
+        since = time.time() - limit["seconds"] if limit.get("type") == "duration" else None
+        try:
+            spent, rounds = store.totals(since=since, **key)
+        except Error as exc:
+            log.error("cannot read spend totals: %s", exc)
+            raise AuthError(503, "cannot check the budget: the database is unavailable") from None
+        queued, queued_rounds = self.writer.pending(**key)
+        spent, rounds = spent + queued, rounds + queued_rounds
+        whose = "account" if "account" in key else "token"
+        if limit.get("type") == "rounds" and rounds >= limit["count"]:
+            raise AuthError(402, f"budget exhausted: this {whose} has used all {limit['count']} rounds")
+        if claims.budget is not None and spent >= claims.budget:
+            window = f" in the last {limit['seconds']} s" if since is not None else ""
+            raise AuthError(402, f"budget exhausted: this {whose} spent {spent} of {claims.budget} "
+                                 f"micro-USD{window}")
