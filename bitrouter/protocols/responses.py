@@ -310,9 +310,9 @@ def encode_request(req: Request, model_id: str) -> dict:
         body["tools"] = [{"type": "function", "name": t.name, "description": t.description,
                           "parameters": t.parameters or {"type": "object", "properties": {}}, "strict": False}
                          for t in req.tools]
-    if isinstance(req.tool_choice, dict):
+    if isinstance(req.tool_choice, dict) and req.tools:
         body["tool_choice"] = {"type": "function", "name": req.tool_choice["name"]}
-    elif req.tool_choice:
+    elif req.tool_choice and req.tools:  # OpenAI rejects a tool_choice without tools
         body["tool_choice"] = req.tool_choice
     if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
