@@ -122,12 +122,7 @@ def build_app(srv: Server) -> bottle.Bottle:
 
     @app.post("/v1/responses/input_tokens")
     def responses_input_tokens():
-        def count():
-            authenticate(srv, srv.runtime, "api")
-            body = read_json(srv.runtime.cfg)
-            srv.runtime.router.resolve(responses.model_of(body))
-            return _json(responses.count_input_tokens(body))
-        return _guard(responses, count)
+        return count_tokens(srv, responses)
 
     @app.post("/v1/messages")
     def messages():

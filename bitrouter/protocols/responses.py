@@ -14,7 +14,8 @@ import json
 import secrets
 import time
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
+from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
+                                 error_message, estimate_tokens, sse)
 from bitrouter.protocols import openai as chat
 
 NAME = "responses"
@@ -266,22 +267,9 @@ def is_final(event: str, data: str) -> bool:
     return any(f'"{kind}"' in data for kind in TERMINAL) and json.loads(data).get("type") in TERMINAL
 
 
-def count_input_tokens(body: dict) -> dict:
-    """`/v1/responses/input_tokens`: the prompt's size, estimated without a tokenizer.
-
-    About four characters per token over the text, tool calls, results and tool schemas,
-    plus a flat charge per image and per message; good for budgeting, not for billing.
-    """
-    req = decode_request(body)
-    chars = sum(len(p.text) for p in req.system) + len(json.dumps([t.__dict__ for t in req.tools]))
-    images = 0
-    for msg in req.messages:
-        for p in msg.parts:
-            inner = p.content if p.kind == "tool_result" else [p]
-            chars += sum(len(c.text) + len(c.name) + len(c.arguments) for c in inner)
-            images += sum(c.kind == "image" for c in inner)
-    tokens = -(-chars // 4) + 765 * images + 3 * len(req.messages)
-    return {"object": "response.input_tokens", "input_tokens": tokens}
+def count_tokens(body: dict) -> dict:
+    """`/v1/responses/input_tokens`: an estimate (see protocols.estimate_tokens), not OpenAI's tokenizer."""
+    return {"object": "response.input_tokens", "input_tokens": estimate_tokens(decode_request(body))}
 
 
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
@@ -400,11 +388,6 @@ class StreamDecoder:
             self.calls[index] = True
             out.append(Event("tool_args", index=index, text=item["arguments"]))
         return out
-
-
-def error_message(status: int, body: bytes) -> str:
-    """The human message inside an upstream error body."""
-    return chat.error_message(status, body)
 
 
 def encode_usage(u: Usage) -> dict:
