@@ -514,11 +514,13 @@ def _usage(u: dict) -> Usage:
 
 
 def _merge_usage(prior: Usage, u: dict) -> Usage:
-    """message_delta counts are cumulative; the input side is only there on newer API versions."""
+    """message_delta counts are cumulative, but only newer API versions repeat the input side."""
+    merged = _usage(u)
     if u.get("input_tokens") is None:
-        u = dict(u, input_tokens=prior.input - prior.cache_read - prior.cache_write,
-                 cache_read_input_tokens=prior.cache_read, cache_creation_input_tokens=prior.cache_write)
-    return _usage(u)
+        merged.input, merged.cache_read, merged.cache_write = prior.input, prior.cache_read, prior.cache_write
+    if not u.get("output_tokens_details"):
+        merged.reasoning = prior.reasoning
+    return merged
 
 
 @functools.lru_cache(maxsize=1)
