@@ -400,3 +400,42 @@ def gemini_upstream(req: Received) -> Reply:
 def gemini_error(status: int, message: str = "fake failure", code: str = "INVALID_ARGUMENT") -> Reply:
     """A Google-shaped error reply."""
     return Reply(status=status, body={"error": {"code": status, "message": message, "status": code}})
+
+
+# ---------------------------------------------------------------- several protocols at once
+
+API_PATHS = {"anthropic": "", "openai": "/v1", "google": ""}  # what each built-in's api_base ends with
+
+
+def protocol_config(fakes: dict, model_id: str) -> dict:
+    """A config with a provider `up-<protocol>` per fake (deriving that built-in, pointing at the
+    fake) and an alias `via-<protocol>` to `model_id` on it."""
+    providers = {f"up-{name}": {"derives": name, "api_base": fake.url + API_PATHS[name], "api_key": f"key-{name}"}
+                 for name, fake in fakes.items()}
+    models = {f"via-{name}": {"endpoints": [{"provider": f"up-{name}", "model_id": model_id}]} for name in fakes}
+    return {"providers": providers, "models": models}
+
+
+class Fleet:
+    """Fake upstreams by protocol name, each with a default behaviour that reset() restores."""
+
+    def __init__(self, defaults: dict):
+        self.defaults = defaults
+        self.fakes = {name: FakeUpstream(behaviour) for name, behaviour in defaults.items()}
+
+    def __enter__(self):
+        for fake in self.fakes.values():
+            fake.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for fake in self.fakes.values():
+            fake.__exit__(*exc)
+
+    def __getitem__(self, name: str) -> FakeUpstream:
+        return self.fakes[name]
+
+    def reset(self) -> None:
+        """Default behaviours again, and nothing received."""
+        for name, fake in self.fakes.items():
+            fake.behaviour, fake.received = self.defaults[name], []

@@ -10,8 +10,9 @@ import requests
 from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
 from bitrouter.protocols import anthropic as proto
 from conftest import ServerProcess, wait_until
-from fakes import (ANTHROPIC_USAGE, TOOL_ARGS, FakeUpstream, Reply, anthropic_error, anthropic_frames,
-                   anthropic_message, anthropic_upstream, chat_completion, chat_stream, error, gemini_upstream)
+from fakes import (ANTHROPIC_USAGE, TOOL_ARGS, FakeUpstream, Fleet, Reply, anthropic_error, anthropic_frames,
+                   anthropic_message, anthropic_upstream, chat_completion, chat_stream, error, gemini_upstream,
+                   protocol_config)
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 PNG = "iVBORw0KGgo="
@@ -371,16 +372,6 @@ def test_passthrough_helpers():
 # ---------------------------------------------------------------- through a real server
 
 
-def config(**fakes):
-    """Providers up-<protocol>, each pointing at its fake, and an alias via-<protocol> for each."""
-    bases = {"anthropic": "", "openai": "/v1", "google": ""}
-    providers = {f"up-{name}": {"derives": name, "api_base": fake.url + bases[name], "api_key": f"key-{name}"}
-                 for name, fake in fakes.items()}
-    models = {f"via-{name}": {"endpoints": [{"provider": f"up-{name}", "model_id": "claude-sonnet-4-5"}]}
-              for name in fakes}
-    return {"providers": providers, "models": models}
-
-
 def chat_tools(req) -> Reply:
     """A chat model that calls the first tool offered, then reports what the tool said."""
     body = req.body or {}
@@ -410,23 +401,17 @@ DEFAULTS = {"anthropic": anthropic_upstream, "openai": chat_tools, "google": gem
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """One server over one fake upstream per protocol, shared by the tests below."""
-    fakes = {name: FakeUpstream(behaviour) for name, behaviour in DEFAULTS.items()}
-    for fake in fakes.values():
-        fake.__enter__()
-    server = ServerProcess(tmp_path_factory.mktemp("home"), config(**fakes))
-    yield server, fakes
-    server.stop()
-    for fake in fakes.values():
-        fake.__exit__(None, None, None)
+    with Fleet(DEFAULTS) as fleet:
+        server = ServerProcess(tmp_path_factory.mktemp("home"), protocol_config(fleet.fakes, "claude-sonnet-4-5"))
+        yield server, fleet
+        server.stop()
 
 
 @pytest.fixture
 def server(world):
     """The shared server, its fakes back to their default behaviour with nothing received."""
-    srv, fakes = world
-    for name, fake in fakes.items():
-        fake.behaviour, fake.received = DEFAULTS[name], []
-    return srv
+    world[1].reset()
+    return world[0]
 
 
 @pytest.fixture
@@ -545,7 +530,8 @@ def test_fast_streams_carry_no_pings(server):
 def test_pings_fill_long_silences(start_server):
     gate = threading.Event()
     with FakeUpstream(lambda req: Reply(frames=anthropic_frames(), gate=gate)) as fake:
-        server = start_server({**config(anthropic=fake), "server": {"ping_interval": 0.1}})
+        cfg = protocol_config({"anthropic": fake}, "claude-sonnet-4-5")
+        server = start_server({**cfg, "server": {"ping_interval": 0.1}})
         resp = requests.post(server.url + "/v1/messages", stream=True,
                              json={"model": "via-anthropic", "max_tokens": 10, "messages": ASK, "stream": True})
         lines = resp.iter_lines()

@@ -10,8 +10,8 @@ from google.genai import errors, types
 from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
 from bitrouter.protocols import google as proto
 from conftest import ServerProcess
-from fakes import (GEMINI_USAGE, TOOL_ARGS, FakeUpstream, Reply, anthropic_error, anthropic_upstream,
-                   chat_completion, chat_stream, gemini_error, gemini_frames, gemini_response, gemini_upstream)
+from fakes import (TOOL_ARGS, Fleet, Reply, anthropic_error, anthropic_upstream, chat_completion, chat_stream,
+                   gemini_error, gemini_frames, gemini_response, gemini_upstream, protocol_config)
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 PNG = "iVBORw0KGgo="
@@ -61,7 +61,8 @@ DECODE_CASES = {
     "inline data and file URIs": (
         [user({"text": "look"}, {"inlineData": {"mimeType": "image/jpeg", "data": PNG}},
               {"fileData": {"mimeType": "application/pdf", "fileUri": "https://x/doc.pdf"}})],
-        [("user", [("text", "look"), ("image", PNG, "image/jpeg"), ("image", "https://x/doc.pdf", "application/pdf")])]),
+        [("user", [("text", "look"), ("image", PNG, "image/jpeg"),
+                   ("image", "https://x/doc.pdf", "application/pdf")])]),
     "calls get stable ids; responses pair by name whatever their order, then text follows": (
         [user({"text": "weather and time?"}),
          model({"text": "hmm", "thought": True, "thoughtSignature": "c2ln"}, call("get_weather", TOOL_ARGS),
@@ -374,16 +375,6 @@ def test_passthrough_helpers():
 # ---------------------------------------------------------------- through a real server
 
 
-def config(**fakes):
-    """Providers up-<protocol>, each pointing at its fake, and an alias via-<protocol> for each."""
-    bases = {"anthropic": "", "openai": "/v1", "google": ""}
-    providers = {f"up-{name}": {"derives": name, "api_base": fake.url + bases[name], "api_key": f"key-{name}"}
-                 for name, fake in fakes.items()}
-    models = {f"via-{name}": {"endpoints": [{"provider": f"up-{name}", "model_id": "gemini-2.5-flash"}]}
-              for name in fakes}
-    return {"providers": providers, "models": models}
-
-
 def chat_tools(req) -> Reply:
     """A chat model that calls the first tool offered, then reports what the tool said (plain only)."""
     body = req.body or {}
@@ -403,23 +394,17 @@ DEFAULTS = {"google": gemini_upstream, "anthropic": anthropic_upstream, "openai"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """One server over one fake upstream per protocol, shared by the tests below."""
-    fakes = {name: FakeUpstream(behaviour) for name, behaviour in DEFAULTS.items()}
-    for fake in fakes.values():
-        fake.__enter__()
-    server = ServerProcess(tmp_path_factory.mktemp("home"), config(**fakes))
-    yield server, fakes
-    server.stop()
-    for fake in fakes.values():
-        fake.__exit__(None, None, None)
+    with Fleet(DEFAULTS) as fleet:
+        server = ServerProcess(tmp_path_factory.mktemp("home"), protocol_config(fleet.fakes, "gemini-2.5-flash"))
+        yield server, fleet
+        server.stop()
 
 
 @pytest.fixture
 def server(world):
     """The shared server, its fakes back to their default behaviour with nothing received."""
-    srv, fakes = world
-    for name, fake in fakes.items():
-        fake.behaviour, fake.received = DEFAULTS[name], []
-    return srv
+    world[1].reset()
+    return world[0]
 
 
 @pytest.fixture
@@ -488,7 +473,8 @@ def test_passthrough_uses_the_provider_key_and_never_the_clients(server, up, str
     assert sent.headers["x-goog-api-key"] == "key-google"
     assert "client-secret" not in json.dumps(sent.headers) + sent.path
     raw = requests.post(server.url + "/v1beta/models/via-google:generateContent?key=client-secret",
-                        json={"contents": [{"parts": [{"text": "hi"}]}]}, headers={"authorization": "Bearer client-secret"})
+                        json={"contents": [{"parts": [{"text": "hi"}]}]},
+                        headers={"authorization": "Bearer client-secret"})
     assert raw.status_code == 200
     sent = up["google"].received[-1]
     assert "key=" not in sent.path and "authorization" not in sent.headers

@@ -7,7 +7,8 @@ import secrets
 
 from bitrouter import registry
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, error_message, estimate_tokens, sse)
+                                 arguments_object, estimate_tokens, sse)
+from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "anthropic"
 FIXED_HEADERS = {"anthropic-version": "2023-06-01"}
@@ -20,8 +21,11 @@ DEFAULT_MAX_TOKENS = 4096  # when neither the client nor the catalog says how lo
 
 def model_of(body: dict, path_model: str | None = None) -> str:
     """The requested model name; a missing one (or missing messages) is a 400."""
-    _require(body, "messages", list)
-    return _require(body, "model", str)
+    if not isinstance(body.get("messages"), list):
+        raise ProtocolError("messages: Field required (an array of messages)")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ProtocolError("model: Field required (a non-empty string)")
+    return body["model"]
 
 
 def wants_stream(body: dict, action: str | None = None) -> bool:
@@ -342,14 +346,6 @@ _ANTHROPIC_ONLY = {"redacted_thinking", "server_tool_use", "web_search_tool_resu
                    "text_editor_code_execution_tool_result", "container_upload", "mcp_tool_use",
                    "mcp_tool_result"}
 _BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
-
-
-def _require(body: dict, key: str, kind: type):
-    value = body.get(key)
-    if not isinstance(value, kind) or (kind is str and not value):
-        what = "a non-empty string" if kind is str else "an array"
-        raise ProtocolError(f"{key}: Field required and must be {what}")
-    return value
 
 
 def _system_parts(system) -> list:

@@ -10,7 +10,8 @@ import json
 import secrets
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, error_message, estimate_tokens, sse)
+                                 arguments_object, estimate_tokens, sse)
+from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "google"
 FIXED_HEADERS = {}
