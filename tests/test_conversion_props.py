@@ -208,7 +208,7 @@ def test_responses_bodies_survive_every_protocol(protocol, body):
 # Usage fields each protocol can express (the rest is lost on the wire, by design).
 USAGE_FIELDS = {"openai": ("input", "output", "cache_read", "reasoning"),
                 "responses": ("input", "output", "cache_read", "cache_write", "reasoning"),
-                "anthropic": ("input", "output", "cache_read", "cache_write"),
+                "anthropic": ("input", "output", "cache_read", "cache_write", "reasoning"),
                 "google": ("input", "output", "cache_read", "reasoning")}
 
 

@@ -16,7 +16,8 @@ from google import genai
 from google.genai import types
 
 from conftest import ServerProcess
-from fakes import FakeUpstream, Reply, chat_completion, responses_body, responses_frames
+from fakes import (FakeUpstream, Reply, anthropic_frames, anthropic_message, chat_completion, gemini_frames,
+                   gemini_response, responses_body, responses_frames)
 
 INBOUND = ("chat", "responses", "anthropic", "google")
 UPSTREAM = ("chat", "responses", "anthropic", "google")
@@ -280,49 +281,19 @@ def responses_model(body, stream):
 def anthropic_model(body, stream):
     answered = any(block.get("type") == "tool_result" for m in body.get("messages", [])
                    if isinstance(m.get("content"), list) for block in m["content"])
-    usage = {"input_tokens": 20, "output_tokens": 9}
-    block = {"type": "text", "text": ANSWER} if answered else \
-        {"type": "tool_use", "id": CALL_IDS["anthropic"], "name": "get_weather", "input": ARGS}
-    stop = "end_turn" if answered else "tool_use"
-    message = {"id": "msg_m", "type": "message", "role": "assistant", "model": "m", "content": [block],
-               "stop_reason": stop, "stop_sequence": None, "usage": usage}
+    calls = [] if answered else [(CALL_IDS["anthropic"], "get_weather", ARGS)]
     if not stream:
-        return Reply(body=message)
-
-    def ev(kind, **fields):
-        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
-    frames = [ev("message_start", message={**message, "content": [], "stop_reason": None,
-                                           "usage": {"input_tokens": 20, "output_tokens": 1}})]
-    if answered:
-        frames.append(ev("content_block_start", index=0, content_block={"type": "text", "text": ""}))
-        frames += [ev("content_block_delta", index=0, delta={"type": "text_delta", "text": w}) for w in _words(ANSWER)]
-    else:
-        frames.append(ev("content_block_start", index=0, content_block={**block, "input": {}}))
-        args = json.dumps(ARGS)
-        frames += [ev("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": piece})
-                   for piece in (args[:5], args[5:])]
-    frames += [ev("content_block_stop", index=0),
-               ev("message_delta", delta={"stop_reason": stop, "stop_sequence": None}, usage={"output_tokens": 9}),
-               ev("message_stop")]
-    return Reply(frames=frames)
+        return Reply(body=anthropic_message(ANSWER if answered else "", calls=calls))
+    return Reply(frames=anthropic_frames(_words(ANSWER) if answered else (), calls=calls))
 
 
 def google_model(body, stream):
     answered = any("functionResponse" in part for content in body.get("contents", [])
                    for part in content.get("parts", []))
-    parts = [{"text": w} for w in _words(ANSWER)] if answered else \
-        [{"functionCall": {"name": "get_weather", "args": ARGS}}]
-    usage = {"promptTokenCount": 20, "candidatesTokenCount": 9, "totalTokenCount": 29}
-
-    def chunk(parts, finish=None):
-        candidate = {"content": {"role": "model", "parts": parts}, "index": 0}
-        if finish:
-            candidate["finishReason"] = finish
-        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "m", "responseId": "g1"}
+    calls = [] if answered else [("get_weather", ARGS)]
     if not stream:
-        return Reply(body=chunk([{"text": ANSWER}] if answered else parts, "STOP"))
-    frames = [chunk([p]) for p in parts[:-1]] + [chunk(parts[-1:], "STOP")]
-    return Reply(frames=[b"data: " + json.dumps(f).encode() + b"\r\n\r\n" for f in frames])
+        return Reply(body=gemini_response(ANSWER if answered else "", calls=calls))
+    return Reply(frames=gemini_frames(_words(ANSWER) if answered else (), calls=calls))
 
 
 MODELS = {"chat": chat_model, "responses": responses_model, "anthropic": anthropic_model, "google": google_model}

@@ -66,6 +66,13 @@ DECODE_CASES = {
             {"type": "input_image", "image_url": "https://x/cat.png"},
             {"type": "input_image", "image_url": "data:image/jpeg;base64,QUJD"}]}]},
         [("user", [("image", "https://x/cat.png", ""), ("image", "QUJD", "image/jpeg")])]),
+    "files by data, by bare base64 with a filename, by URL": (
+        {"input": [{"role": "user", "content": [
+            {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,UERG"},
+            {"type": "input_file", "filename": "notes.txt", "file_data": "SGk="},
+            {"type": "input_file", "file_url": "https://x/report.pdf"}]}]},
+        [("user", [("image", "UERG", "application/pdf"), ("image", "SGk=", "text/plain"),
+                   ("image", "https://x/report.pdf", "application/pdf")])]),
     "refusal parts are kept as assistant text": (
         {"input": [{"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}]},
         [("assistant", [("text", "no")])]),
@@ -131,7 +138,8 @@ REJECT_CASES = {
     "hosted tool": ({"tools": [{"type": "web_search"}]}, "web_search"),
     "custom tool": ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "custom"),
     "hosted tool call item": ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "web_search_call"),
-    "file input": ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input_file"),
+    "file by file id": ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+                        "file_id"),
     "image by file id": ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
                          "file_id"),
     "unknown role": ({"input": [{"role": "critic", "content": "x"}]}, "critic"),
@@ -227,6 +235,14 @@ def test_encode_request_replays_only_openai_reasoning():
     assert items[0] == {"type": "reasoning", "id": "rs_1", "encrypted_content": "enc",
                         "summary": [{"type": "summary_text", "text": "mine"}]}
     assert [i["type"] for i in items] == ["reasoning", "message"]
+
+
+def test_files_go_upstream_as_input_file():
+    req = unified(Message("user", [Part("image", data="UERG", media_type="application/pdf"),
+                                   Part("image", url="https://x/r.pdf", media_type="application/pdf")]))
+    assert responses.encode_request(req, "m")["input"][0]["content"] == [
+        {"type": "input_file", "filename": "file.pdf", "file_data": "data:application/pdf;base64,UERG"},
+        {"type": "input_file", "file_url": "https://x/r.pdf"}]
 
 
 def test_tool_result_with_image_becomes_an_output_list():

@@ -404,6 +404,9 @@ _TERMINAL_EVENT = {"completed": "response.completed", "incomplete": "response.in
                    "failed": "response.failed"}
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 _HOSTED = "runs on OpenAI's servers"
+_FILE_TYPES = {"pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv",
+               "json": "application/json", "html": "text/html"}
+_EXTENSIONS = {media: ext for ext, media in _FILE_TYPES.items()}
 
 
 def _decode_items(items: list, req: Request) -> None:
@@ -465,15 +468,30 @@ def _content_part(part, where: str) -> Part:
         return Part("text", text=part.get("text") or "")
     if kind == "refusal":
         return Part("text", text=part.get("refusal") or "")
-    if kind == "input_image":
-        url = part.get("image_url")
-        if not url:
-            raise ProtocolError(f"{where}: input_image needs an image_url (file_id needs files stored at OpenAI)")
-        if url.startswith("data:") and ";base64," in url:
-            head, data = url[5:].split(";base64,", 1)
-            return Part("image", data=data, media_type=head or "image/png")
-        return Part("image", url=url)
+    if kind == "input_image" and part.get("image_url"):
+        return _media(part["image_url"], "image/png")
+    if kind == "input_file" and (part.get("file_data") or part.get("file_url")):
+        if part.get("file_url"):
+            return Part("image", url=part["file_url"], media_type=_FILE_TYPES.get(_extension(part["file_url"]), ""))
+        data = part["file_data"]
+        return _media(data if data.startswith("data:") else
+                      f"data:{_FILE_TYPES.get(_extension(part.get('filename') or ''), 'application/pdf')};base64,{data}",
+                      "application/pdf")
+    if kind in ("input_image", "input_file"):
+        raise ProtocolError(f"{where}: {kind} by file_id needs files stored at OpenAI; send the data or a URL")
     raise ProtocolError(f"{where}: content type {kind!r} cannot be translated for a non-Responses upstream")
+
+
+def _media(url: str, default_type: str) -> Part:
+    """An image or file from a URL or a data: URL (unified `image` parts carry any media type)."""
+    if url.startswith("data:") and ";base64," in url:
+        head, data = url[5:].split(";base64,", 1)
+        return Part("image", data=data, media_type=head or default_type)
+    return Part("image", url=url)
+
+
+def _extension(name: str) -> str:
+    return name.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
 def _output_parts(output, i: int) -> list:
@@ -567,6 +585,11 @@ def _encode_message(msg: Message) -> list:
 
 
 def _encode_part(p: Part, role: str) -> dict:
+    if p.kind == "image" and p.media_type and not p.media_type.startswith("image/"):  # a PDF or other file
+        if p.url:
+            return {"type": "input_file", "file_url": p.url}
+        return {"type": "input_file", "filename": "file." + _EXTENSIONS.get(p.media_type, "bin"),
+                "file_data": f"data:{p.media_type};base64,{p.data}"}
     if p.kind == "image":
         return {"type": "input_image", "image_url": p.url or f"data:{p.media_type or 'image/png'};base64,{p.data}",
                 "detail": "auto"}
