@@ -16,7 +16,7 @@ from google import genai
 from google.genai import types
 
 from conftest import ServerProcess
-from fakes import (FakeUpstream, Reply, anthropic_frames, anthropic_message, chat_completion, gemini_frames,
+from fakes import (Fleet, Reply, anthropic_frames, anthropic_message, chat_completion, gemini_frames,
                    gemini_response, responses_body, responses_frames)
 
 INBOUND = ("chat", "responses", "anthropic", "google")
@@ -36,13 +36,9 @@ CALL_IDS = {"chat": "call_W1", "responses": "call_W1", "anthropic": "toolu_W1", 
 @pytest.fixture(scope="module")
 def upstreams():
     """One scripted fake model per upstream protocol."""
-    fakes = {name: FakeUpstream(lambda req, name=name: MODELS[name](req.body or {}, _streamed(name, req)))
-             for name in UPSTREAM}
-    for fake in fakes.values():
-        fake.__enter__()
-    yield fakes
-    for fake in fakes.values():
-        fake.__exit__(None, None, None)
+    with Fleet({name: lambda req, name=name: MODELS[name](req.body or {}, _streamed(name, req))
+                for name in UPSTREAM}) as fleet:
+        yield fleet
 
 
 @pytest.fixture(scope="module")

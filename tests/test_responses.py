@@ -9,7 +9,7 @@ import requests
 from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
 from bitrouter.protocols import responses
 from conftest import ServerProcess
-from fakes import (FakeUpstream, Reply, chat_completion, chat_stream, error, openai_chat, openai_responses,
+from fakes import (Fleet, Reply, chat_completion, chat_stream, error, openai_chat, openai_responses,
                    responses_body, responses_frames)
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -311,29 +311,28 @@ def test_passthrough_helpers():
 
 
 @pytest.fixture(scope="module")
-def fakes():
-    with FakeUpstream(openai_chat) as chat, FakeUpstream(openai_responses) as resp:
-        yield {"chat": chat, "resp": resp}
+def world(tmp_path_factory):
+    """One server over a fake Chat and a fake Responses upstream, shared by the tests below."""
+    with Fleet({"chat": openai_chat, "resp": openai_responses}) as fleet:
+        cfg = {"providers": {
+            "chat": {"derives": "openai", "api_base": fleet["chat"].url + "/v1", "api_key": "chat-key"},
+            "resp": {"derives": "openai", "api_protocol": "responses", "api_base": fleet["resp"].url + "/v1",
+                     "api_key": "resp-key"}}}
+        server = ServerProcess(tmp_path_factory.mktemp("responses-home"), cfg)
+        yield server, fleet
+        server.stop()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, fakes):
-    home = tmp_path_factory.mktemp("responses-home")
-    cfg = {"providers": {
-        "chat": {"derives": "openai", "api_base": fakes["chat"].url + "/v1", "api_key": "chat-key"},
-        "resp": {"derives": "openai", "api_protocol": "responses", "api_base": fakes["resp"].url + "/v1",
-                 "api_key": "resp-key"}}}
-    srv = ServerProcess(home, cfg)
-    yield srv
-    srv.stop()
+@pytest.fixture
+def server(world):
+    """The shared server, its fakes back to their default behaviour with nothing received."""
+    world[1].reset()
+    return world[0]
 
 
-@pytest.fixture(autouse=True)
-def default_behaviours(request):
-    """Each test starts from the fakes' default behaviour (module-scoped fakes are shared)."""
-    if "fakes" in request.fixturenames:
-        fakes = request.getfixturevalue("fakes")
-        fakes["chat"].behaviour, fakes["resp"].behaviour = openai_chat, openai_responses
+@pytest.fixture
+def fakes(world):
+    return world[1]
 
 
 def client(server) -> openai.OpenAI:
