@@ -8,7 +8,7 @@ import requests
 
 from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
 from bitrouter.protocols import responses
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_until
 from fakes import (Fleet, Reply, chat_completion, chat_stream, error, openai_chat, openai_responses,
                    responses_body, responses_frames)
 
@@ -421,6 +421,25 @@ def test_streaming_passthrough_relays_upstream_events(server):
     with client(server).responses.stream(model="resp:gpt-5", input="hi") as stream:
         final = stream.get_final_response()
     assert final.id == "resp_fake" and final.output_text == "hello from fake"
+
+
+@pytest.mark.parametrize("client_path,body", [
+    ("/v1/responses", {"model": "resp:gpt-5", "input": "hi", "stream": True}),  # pass-through
+    ("/v1/chat/completions", {"model": "resp:gpt-5", "messages": [{"role": "user", "content": "hi"}],
+                              "stream": True})])  # translated
+def test_streamed_usage_is_recorded_with_cache_and_reasoning(server, client_path, body):
+    def metrics():
+        return requests.get(server.url + "/admin/metrics?recent=1", timeout=5).json()
+    before = metrics()["totals"]["since_start"]["requests"]
+    resp = requests.post(server.url + client_path, json=body, stream=True, timeout=30)
+    assert resp.status_code == 200 and resp.content
+
+    def finished():
+        snapshot = metrics()
+        return snapshot["recent"][0] if snapshot["totals"]["since_start"]["requests"] > before else None
+    latest = wait_until(finished, what="the request's record")
+    assert latest["status"] == 200
+    assert latest["usage"] == {"input": 11, "output": 7, "cache_read": 4, "cache_write": 0, "reasoning": 2}
 
 
 def test_state_needing_request_to_chat_upstream_is_a_400(server, fakes):
