@@ -442,6 +442,44 @@ def test_streamed_usage_is_recorded_with_cache_and_reasoning(server, client_path
     assert latest["usage"] == {"input": 11, "output": 7, "cache_read": 4, "cache_write": 0, "reasoning": 2}
 
 
+CODEX_TURN = {
+    "model": "chat:gpt-x", "instructions": "You are Codex.", "stream": True, "store": False,
+    "include": ["reasoning.encrypted_content"], "prompt_cache_key": "session-1", "tool_choice": "auto",
+    "parallel_tool_calls": False, "reasoning": {"effort": "high", "summary": "auto"}, "text": {"verbosity": "low"},
+    "tools": [{"type": "function", "name": "shell", "description": "Run a command", "strict": False,
+               "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}},
+                              "required": ["command"], "additionalProperties": False}}],
+    "input": [
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "sandbox: read-only"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<environment_context/>"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": None, "encrypted_content": "gAAAA-opaque"},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_ls", "name": "shell",
+         "arguments": '{"command":["ls"]}'},
+        {"type": "function_call_output", "call_id": "call_ls", "output": "README.md\nsetup.cfg"},
+        {"type": "message", "role": "assistant", "id": "msg_1",
+         "content": [{"type": "output_text", "text": "Two files.", "annotations": []}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "thanks"}]}]}
+
+
+def test_codex_shaped_turn_translates_to_chat(server, fakes):
+    resp = requests.post(server.url + "/v1/responses", json=CODEX_TURN, stream=True, timeout=30)
+    assert resp.status_code == 200 and raw_events(resp)[-1][0] == "response.completed"
+    sent = fakes["chat"].received[-1].body
+    assert sent["messages"] == [
+        {"role": "system", "content": "You are Codex.\n\nsandbox: read-only"},
+        {"role": "user", "content": "<environment_context/>"},
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_ls", "type": "function", "function": {"name": "shell", "arguments": '{"command":["ls"]}'}}]},
+        {"role": "tool", "tool_call_id": "call_ls", "content": "README.md\nsetup.cfg"},
+        {"role": "assistant", "content": "Two files."},
+        {"role": "user", "content": "thanks"}]
+    assert (sent["reasoning_effort"], sent["parallel_tool_calls"], sent["tool_choice"]) == ("high", False, "auto")
+    assert sent["tools"][0]["function"]["name"] == "shell"
+    assert not {"store", "include", "prompt_cache_key", "text", "instructions", "input"} & set(sent)
+
+
 def test_state_needing_request_to_chat_upstream_is_a_400(server, fakes):
     before = len(fakes["chat"].received)
     with pytest.raises(openai.BadRequestError) as info:
