@@ -17,7 +17,7 @@ from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Re
 
 PROTOCOLS = ("openai", "responses", "anthropic", "google")
 WITH_IDS = ("openai", "responses", "anthropic")  # Gemini calls have no mandatory ids
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---------------------------------------------------------------- strategies
 
