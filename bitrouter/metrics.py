@@ -1,10 +1,21 @@
-"""In-memory request metrics: the live request log, totals, and listeners for finished requests."""
+"""In-memory request metrics: the live request log, totals, per-endpoint stats and live events.
 
+Finished Records go to every listener (the spend writer); started/routed/finished events
+go to subscribers (the dashboard, `/admin/events`) through bounded inboxes, so a slow
+reader loses events instead of ever holding up a request.
+"""
+
+import math
+import os
+import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+import bitrouter
 from bitrouter.protocols import Usage
+
+TOTAL_KEYS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micro_usd")
 
 
 @dataclass
@@ -27,39 +38,218 @@ class Record:
     token_hash: str = ""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The record as JSON-ready data (a fast, flat copy; usage as its own dict)."""
+        data = dict(vars(self))
+        data["usage"] = dict(vars(self.usage))
+        return data
+
+
+class Subscription:
+    """One subscriber's bounded inbox; when full, the oldest item is dropped and counted."""
+
+    def __init__(self, keep: int):
+        self.items = deque(maxlen=keep)
+        self.dropped = 0
+        self.closed = False
+        self._ready = threading.Event()  # gevent's when patched, so waiting never blocks the server
+
+    def push(self, item) -> None:
+        """Queue an item without ever blocking."""
+        if len(self.items) == self.items.maxlen:
+            self.dropped += 1
+        self.items.append(item)
+        self._ready.set()
+
+    def wait(self, timeout: float | None) -> list:
+        """Everything queued, after waiting up to timeout for the first item ([] on timeout)."""
+        if not self.items and not self.closed:
+            self._ready.wait(timeout)
+        self._ready.clear()
+        out = []
+        while self.items:  # popleft, not list()+clear(), so a concurrent push is never lost
+            out.append(self.items.popleft())
+        return out
+
+    def close(self) -> None:
+        """End the subscription; a waiting reader wakes up."""
+        self.closed = True
+        self._ready.set()
 
 
 class Metrics:
-    """Collects Records; finished ones go to every listener (spend writer, event streams)."""
+    """Collects Records, per-endpoint stats and totals; fans events out to subscribers."""
 
-    def __init__(self, keep: int = 500):
+    def __init__(self, keep: int = 500, samples: int = 1000, clock=time.time):
+        self.clock = clock
+        self.started = clock()
         self.recent = deque(maxlen=keep)
         self.running = {}
         self.listeners = []
-        self.totals = {"requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0,
-                       "cost_micro_usd": 0}
+        self.subscribers = []
+        self.endpoints = {}  # provider:model_id -> EndpointStats
+        self.totals = dict.fromkeys(TOTAL_KEYS, 0)
+        self.today = {"date": _date(self.started), **self.totals}
+        self.closed = False
+        self._samples = samples
         self._next_id = 0
+        self._seq = 0
 
     def begin(self, protocol: str, model: str, stream: bool) -> Record:
         """Start a record for a request that has just arrived."""
         self._next_id += 1
-        record = Record(id=self._next_id, started=time.time(), protocol=protocol, model=model, stream=stream)
+        record = Record(id=self._next_id, started=self.clock(), protocol=protocol, model=model, stream=stream)
         self.running[record.id] = record
+        self._publish("started", record)
         return record
 
+    def routed(self, record: Record) -> None:
+        """Announce that a running request found its upstream (streams show it while running)."""
+        self._publish("routed", record)
+
     def finish(self, record: Record) -> None:
-        """Close a record: count it and hand it to the listeners."""
+        """Close a record: count it and hand it to the listeners and subscribers."""
         self.running.pop(record.id, None)
         self.recent.append(record)
-        t = self.totals
-        t["requests"] += 1
-        t["errors"] += record.status >= 400
-        t["input_tokens"] += record.usage.input
-        t["output_tokens"] += record.usage.output
-        t["cost_micro_usd"] += record.cost_micro_usd
+        failed = record.status >= 400
+        counts = {"requests": 1, "errors": int(failed), "input_tokens": record.usage.input,
+                  "output_tokens": record.usage.output, "cost_micro_usd": record.cost_micro_usd}
+        for totals in (self.totals, self._today()):
+            for key, value in counts.items():
+                totals[key] += value
+        if record.upstream:
+            stats = self.endpoints.get(record.upstream)
+            if stats is None:
+                stats = self.endpoints[record.upstream] = EndpointStats(deque(maxlen=self._samples))
+            stats.add(record.latency_ms, failed)
         for listener in self.listeners:
             listener(record)
+        self._publish("finished", record)
+
+    def subscribe(self, keep: int = 1000) -> Subscription:
+        """A new event inbox; events are {"type", "seq", "request"} dicts."""
+        sub = Subscription(keep)
+        if self.closed:
+            sub.close()
+        else:
+            self.subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self.subscribers:
+            self.subscribers.remove(sub)
+
+    def close(self) -> None:
+        """End every subscription (the server is stopping); later ones start closed."""
+        self.closed = True
+        for sub in self.subscribers:
+            sub.close()
+        self.subscribers = []
+
+    def snapshot(self, recent: int = 100) -> dict:
+        """Running and recent requests (newest first), totals since start and for today."""
+        recent = max(0, min(recent, len(self.recent)))
+        return {"running": [r.as_dict() for r in sorted(self.running.values(), key=lambda r: -r.id)],
+                "recent": [self.recent[-i].as_dict() for i in range(1, recent + 1)],
+                "totals": {"since_start": dict(self.totals), "today": dict(self._today())}}
+
+    def _today(self) -> dict:
+        """Today's totals (local date), starting afresh after midnight."""
+        date = _date(self.clock())
+        if self.today["date"] != date:
+            self.today = {"date": date, **dict.fromkeys(TOTAL_KEYS, 0)}
+        return self.today
+
+    def _publish(self, kind: str, record: Record) -> None:
+        if not self.subscribers:
+            return
+        self._seq += 1
+        event = {"type": kind, "seq": self._seq, "request": record.as_dict()}  # a copy: later changes stay out
+        for sub in self.subscribers:
+            sub.push(event)
+
+
+@dataclass
+class EndpointStats:
+    """Requests answered by one endpoint: counts and a bounded window of latencies."""
+
+    latencies: deque
+    requests: int = 0
+    errors: int = 0
+
+    def add(self, latency_ms: float, failed: bool) -> None:
+        self.requests += 1
+        self.errors += failed
+        self.latencies.append(latency_ms)
+
+
+def dashboard(srv, recent: int = 100) -> dict:
+    """The `/admin/metrics` snapshot of a running Server (docs/tui.md documents the shape)."""
+    rt = srv.runtime
+    now = time.time()
+    secrets = secrets_of(rt.cfg)
+    data = srv.metrics.snapshot(recent)
+    for record in data["running"] + data["recent"]:
+        record["error"] = redact(record["error"], secrets)
+    host, port = rt.cfg.host_port
+    routes = rt.router.listing()
+    return {"version": bitrouter.__version__, "pid": os.getpid(), "time": now,
+            "listen": f"http://{_url_host(host)}:{srv.port or port}",
+            "mode": srv.mode, "auth_mode": rt.cfg.auth["mode"],
+            "started": srv.started, "uptime_seconds": round(now - srv.started, 1),
+            "providers": providers(rt, routes, srv.health, srv.metrics.endpoints, secrets),
+            "routes": routes, **data}
+
+
+def providers(rt, routes: list, health, stats: dict, secrets=()) -> list[dict]:
+    """Per-provider rows: health from the router, traffic and p50 from the metrics.
+
+    Listed: providers with a key, providers any route names, and any that saw traffic.
+    """
+    names = set(rt.cfg.configured_providers())
+    names.update(e["provider"] for r in routes for e in r["endpoints"])
+    seen = set(stats) | set(health.endpoints)
+    names.update(label.partition(":")[0] for label in seen)
+    now = health.clock()
+    rows = []
+    for name in sorted(n for n in names if n in rt.providers):
+        provider = rt.providers[name]
+        labels = sorted(label for label in seen if label.partition(":")[0] == name)
+        endpoints = [_endpoint_row(label, health, stats, now, secrets) for label in labels]
+        state = _worst([e["state"] for e in endpoints]) if provider.configured else "no key"
+        troubled = [e for e in endpoints if e["state"] != "ok"] + endpoints
+        latencies = [x for label in labels if label in stats for x in stats[label].latencies]
+        rows.append({"name": name, "protocol": provider.api_protocol, "configured": provider.configured,
+                     "state": state,
+                     "cooling_seconds": max([e["cooling_seconds"] for e in endpoints], default=0),
+                     "last_error": next((e["last_error"] for e in troubled if e["last_error"]), ""),
+                     "requests": sum(e["requests"] for e in endpoints),
+                     "errors": sum(e["errors"] for e in endpoints),
+                     "p50_ms": percentile(latencies, 50), "endpoints": endpoints})
+    return rows
+
+
+def percentile(samples, p: float) -> float | None:
+    """Nearest-rank percentile (None without samples)."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    rank = min(len(ordered), max(1, math.ceil(p / 100 * len(ordered))))
+    return round(ordered[rank - 1], 1)
+
+
+def redact(text: str, secrets) -> str:
+    """The text with any configured key replaced by its masked form."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, secret[:4] + "...")
+    return text
+
+
+def secrets_of(cfg) -> list:
+    """Every key in the configuration, longest first (so a key's prefix never half-masks it)."""
+    keys = {p.api_key for p in cfg.providers.values() if p.api_key}
+    keys.update(e.api_key for a in cfg.models.values() for e in a.endpoints if e.api_key)
+    return sorted((k for k in keys if len(k) >= 8), key=len, reverse=True)
 
 
 def cost_micro_usd(usage: Usage, pricing: dict) -> int:
@@ -75,3 +265,34 @@ def cost_micro_usd(usage: Usage, pricing: dict) -> int:
                            + usage.cache_write * pricing.get("cache_write", 0) + text * pricing.get("output", 0)
                            + usage.reasoning * reasoning_price)
     return round(dollars_per_million)  # tokens * USD/M = micro-USD
+
+
+# ---------------------------------------------------------------- helpers
+
+STATE_ORDER = ("ok", "failing", "cooling down")
+
+
+def _endpoint_row(label: str, health, stats: dict, now: float, secrets) -> dict:
+    """One endpoint: the router's view (attempts, cooldown) plus answered requests' latency."""
+    h = health.endpoints.get(label)
+    s = stats.get(label)
+    # Health counts every attempt, including failed ones that moved on to the next endpoint;
+    # a broken stream is only in the metrics, since the attempt itself had succeeded.
+    return {"endpoint": label, "state": h.state(now) if h else "ok",
+            "cooling_seconds": round(max(0.0, h.cooling_until - now), 1) if h else 0,
+            "last_error": redact(h.last_error, secrets) if h else "",
+            "requests": h.requests if h else s.requests,
+            "errors": (h.errors if h else 0) + (s.errors if s else 0),
+            "p50_ms": percentile(s.latencies, 50) if s else None}
+
+
+def _worst(states: list) -> str:
+    return max(states, key=STATE_ORDER.index, default="ok")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _date(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.localtime(ts))

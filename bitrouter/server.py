@@ -19,7 +19,7 @@ from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 
 from bitrouter import Error, config, protocols
-from bitrouter.metrics import Metrics, Record, cost_micro_usd
+from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard, redact, secrets_of
 from bitrouter.protocols import ProtocolError, Usage, sse
 from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
 from bitrouter.upstream import Pools, UpstreamError
@@ -56,6 +56,8 @@ class Server:
         self.health = Health()
         self.metrics = Metrics()
         self.started = time.time()
+        self.mode = "foreground"  # how this process runs the server: foreground | dashboard | daemon
+        self.port = None  # the port actually bound, once listening
         cfg = cfg or config.load(home)
         self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.runtime = Runtime(cfg, self.dynamic, self.health)
@@ -76,24 +78,55 @@ def serve(home, cfg=None) -> None:
 
     import gevent
     import gevent.event
+
+    running = start(home, cfg)
+    host = running.srv.runtime.cfg.host_port[0]
+    stop = gevent.event.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(sig, stop.set)
+    log.info("listening on http://%s:%s", host, running.srv.port)
+    print(f"bitrouter listening on http://{host}:{running.srv.port}", flush=True)
+    stop.wait()
+    running.stop()
+
+
+def start(home, cfg=None, mode="foreground") -> "Running":
+    """Start listening in this process (gevent patched) and return the handle that stops it."""
     from gevent.pywsgi import WSGIServer
 
     srv = Server(home, cfg)
+    srv.mode = mode
     host, port = srv.runtime.cfg.host_port
     try:
         listener = WSGIServer((host, port), srv.app, log=None, error_log=log, handler_class=_Handler)
         listener.init_socket()
     except OSError as exc:
         raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    stop = gevent.event.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(sig, stop.set)
+    listener.in_flight = _InFlight()
     listener.start()
-    log.info("listening on http://%s:%s", host, port)
-    print(f"bitrouter listening on http://{host}:{listener.server_port}", flush=True)
-    stop.wait()
-    listener.stop(timeout=srv.runtime.cfg.server["drain_timeout"])
-    srv.pools.close()
+    srv.port = listener.server_port
+    return Running(srv, listener)
+
+
+class Running:
+    """A server listening in this process; stop() drains it."""
+
+    def __init__(self, srv: Server, listener):
+        self.srv = srv
+        self.listener = listener
+
+    @property
+    def busy(self) -> int:
+        """Requests being answered right now (idle keep-alive connections do not count)."""
+        return self.listener.in_flight.count
+
+    def stop(self) -> None:
+        """Stop accepting, end event streams, wait up to drain_timeout for in-flight requests."""
+        self.listener.close()
+        self.srv.metrics.close()
+        self.listener.in_flight.idle.wait(self.srv.runtime.cfg.server["drain_timeout"])
+        self.listener.stop(timeout=0)
+        self.srv.pools.close()
 
 
 def build_app(srv: Server) -> bottle.Bottle:
@@ -163,6 +196,14 @@ def build_app(srv: Server) -> bottle.Bottle:
     def remove_route(name):
         return _admin(srv, lambda: _remove_route(srv, name))
 
+    @app.get("/admin/metrics")
+    def admin_metrics():
+        return _admin(srv, lambda: _json(dashboard(srv, _count_param("recent", 100))))
+
+    @app.get("/admin/events")
+    def admin_events():
+        return _admin(srv, lambda: _event_stream(srv))
+
     def default_error(err):  # unknown paths and wrong methods, in the shape the path's clients parse
         path = bottle.request.path
         inbound = anthropic if path.startswith("/v1/messages") else \
@@ -196,6 +237,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         raw = getattr(exc, "body", b"") if _same_protocol_error(exc, inbound) else b""
         return _error(inbound, status, message, headers, raw)
     record.upstream, record.attempts = answer.endpoint.label, attempts
+    srv.metrics.routed(record)
     bottle.response.set_header("x-bitrouter-upstream", answer.endpoint.label)
     bottle.response.set_header("x-bitrouter-attempts", str(attempts))
     if stream:
@@ -512,6 +554,51 @@ def _remove_route(srv: Server, name: str):
     return _json({"status": "ok", "model": name, "removed": True})
 
 
+def _event_stream(srv: Server):
+    """`/admin/events`: request events as SSE, with keep-alive comments (docs/tui.md)."""
+    sub = srv.metrics.subscribe()
+    bottle.response.content_type = "text/event-stream"
+    bottle.response.set_header("cache-control", "no-cache")
+    bottle.response.set_header("connection", "close")  # so draining never waits on an idle keep-alive
+    return _events(srv, sub)
+
+
+def _events(srv: Server, sub):
+    """Frames for one subscriber until the client leaves or the server stops."""
+    dropped = 0
+    try:
+        yield b": bitrouter events\n\n"
+        while True:
+            events = sub.wait(srv.runtime.cfg.server["ping_interval"])
+            if not events:
+                if sub.closed:
+                    break
+                yield b": keep-alive\n\n"
+                continue
+            frames = []
+            if sub.dropped != dropped:  # this reader fell behind: tell it to re-read the snapshot
+                frames.append(sse.frame({"type": "dropped", "count": sub.dropped - dropped}, "dropped"))
+                dropped = sub.dropped
+            for event in events:
+                error = event["request"]["error"]
+                if error:
+                    error = redact(error, secrets_of(srv.runtime.cfg))
+                    event = {**event, "request": {**event["request"], "error": error}}
+                frames.append(f"id: {event['seq']}\n".encode() + sse.frame(event, event["type"]))
+            yield b"".join(frames)
+    finally:
+        srv.metrics.unsubscribe(sub)
+
+
+def _count_param(name: str, default: int) -> int:
+    value = bottle.request.query.get(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise HttpError(400, f"query parameter {name!r} must be a non-negative integer")
+    return int(value)
+
+
 # ---------------------------------------------------------------- errors and helpers
 
 
@@ -585,6 +672,32 @@ class _Handler(WSGIHandler):
         except OSError:
             pass
         super().__init__(sock, *args, **kwargs)
+
+    def handle_one_response(self):
+        self.server.in_flight.enter()
+        try:
+            return super().handle_one_response()
+        finally:
+            self.server.in_flight.leave()
+
+
+class _InFlight:
+    """Counts requests being answered, so stopping can wait for exactly those."""
+
+    def __init__(self):
+        import gevent.event
+        self.count = 0
+        self.idle = gevent.event.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self.idle.set()
 
 
 def main() -> None:
