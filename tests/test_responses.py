@@ -6,7 +6,7 @@ import openai
 import pytest
 import requests
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
+from bitrouter.protocols import Message, Part, ProtocolError, Request, Response, Tool, Usage, get, sse
 from bitrouter.protocols import responses
 from conftest import ServerProcess, wait_until
 from fakes import (Fleet, Reply, chat_completion, chat_stream, error, openai_chat, openai_responses,
@@ -187,6 +187,21 @@ def test_finish_reasons_become_status(reason, status, detail):
     assert body["status"] == status
     assert (body["incomplete_details"] or {}).get("reason") == detail
     assert (body["error"] is not None) == (status == "failed")
+
+
+def test_anthropic_thinking_survives_a_responses_client_round_trip():
+    """Signed thinking goes out as encrypted_content and comes back as the same signed block."""
+    anthropic = get("anthropic")
+    reply = anthropic.decode_response({"id": "msg_1", "model": "claude", "stop_reason": "tool_use", "usage": {},
+                                       "content": [{"type": "thinking", "thinking": "plan", "signature": "sig-A"},
+                                                   {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]})
+    output = responses.encode_response(reply, "m")["output"]
+    history = [{"role": "user", "content": "go"}, *output,
+               {"type": "function_call_output", "call_id": "toolu_1", "output": "done"}]
+    body = anthropic.encode_request(decode(input=history), "claude")
+    assert body["messages"][1]["content"][:2] == [
+        {"type": "thinking", "thinking": "plan", "signature": "sig-A"},
+        {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]
 
 
 # ---------------------------------------------------------------- upstream: request encoding
