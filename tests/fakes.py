@@ -360,12 +360,16 @@ def gemini_frames(words=("hello", " from", " fake"), model="fake-gemini", calls=
                   usage=None, fail=None):
     """`data:` frames of a streamGenerateContent?alt=sse reply: no event lines and no [DONE].
 
-    Usage rides on the last frame with the finish reason; `fail` (a message) ends the
-    stream with an error object after the text.
+    Every frame carries running usage, the last one (with the finish reason) the totals;
+    `fail` (a message) ends the stream with an error object after the text.
     """
+    usage = usage or GEMINI_USAGE
+
     def frame(parts, **extra):
         candidate = {"content": {"role": "model", "parts": parts}, "index": 0}
-        body = {"candidates": [{**candidate, **extra}], "modelVersion": model, "responseId": "resp-fake"}
+        running = {"promptTokenCount": usage["promptTokenCount"], "totalTokenCount": usage["promptTokenCount"]}
+        body = {"candidates": [{**candidate, **extra}], "usageMetadata": running, "modelVersion": model,
+                "responseId": "resp-fake"}
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
     frames = [frame([{"text": thought, "thought": True}])] if thought else []
@@ -375,7 +379,7 @@ def gemini_frames(words=("hello", " from", " fake"), model="fake-gemini", calls=
                                                            "status": "UNAVAILABLE"}}).encode() + b"\n\n"]
     last = [{"functionCall": {"name": name, "args": args}} for name, args in calls] or [{"text": ""}]
     body = json.loads(frame(last, finishReason=finish)[6:])
-    body["usageMetadata"] = usage or GEMINI_USAGE
+    body["usageMetadata"] = usage
     return frames + [b"data: " + json.dumps(body).encode() + b"\n\n"]
 
 

@@ -9,7 +9,7 @@ from google.genai import errors, types
 
 from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
 from bitrouter.protocols import google as proto
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_until
 from fakes import (TOOL_ARGS, Fleet, Reply, anthropic_error, anthropic_upstream, chat_completion, chat_stream,
                    gemini_error, gemini_frames, gemini_response, gemini_upstream, protocol_config)
 
@@ -367,7 +367,8 @@ def test_passthrough_helpers():
     frames = [d for f in gemini_frames() for _, d in sse.Parser().feed(f)]
     assert [proto.is_final("", d) for d in frames] == [False, False, False, True]
     assert proto.stream_usage("", frames[-1]) == Usage(input=30, output=7, cache_read=20, reasoning=3)
-    assert proto.stream_usage("", frames[0]) is None
+    assert proto.stream_usage("", frames[0]) is None  # a content frame's running totals are skipped
+    assert proto.stream_usage("", '{"usageMetadata": {"promptTokenCount": 5}}') == Usage(input=5)
     body = {"contents": [], "generationConfig": {"temperature": 1}}
     assert proto.passthrough_body(body, "gemini-x", True) is body
 
@@ -467,6 +468,10 @@ def test_passthrough_uses_the_provider_key_and_never_the_clients(server, up, str
     parts, finish, usage = generate(sdk, stream, "hi")
     assert "".join(p.text for p in parts) == "hello from fake" and finish == types.FinishReason.STOP
     assert (usage.prompt_token_count, usage.cached_content_token_count, usage.thoughts_token_count) == (30, 20, 3)
+    # billed from the final totals: 30 in (20 of them cached), 4 + 3 thinking out
+    logged = f"request google model=via-google upstream=up-google:gemini-2.5-flash status=200 latency="
+    wait_until(lambda: any(logged in line and f"tokens=30/7 stream={'yes' if stream else 'no'}" in line
+                           for line in server.output().splitlines()), what="the request log line")
     sent = up["google"].received[requests_before]
     action = "streamGenerateContent?alt=sse" if stream else "generateContent"
     assert sent.path == f"/v1beta/models/gemini-2.5-flash:{action}"

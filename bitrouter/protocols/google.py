@@ -173,8 +173,9 @@ def usage_of(body: dict) -> Usage:
 
 
 def stream_usage(event: str, data: str) -> Usage | None:
-    """Usage in a relayed frame (Gemini repeats the running totals; the last one counts)."""
-    if '"usageMetadata"' not in data:
+    """Usage in a relayed frame. Gemini repeats running totals on every frame: only the final
+    one (with the finish reason) or a usage-only frame is parsed, not each content frame."""
+    if '"usageMetadata"' not in data or ('"finishReason"' not in data and '"candidates"' in data):
         return None
     return usage_of(json.loads(data))
 
