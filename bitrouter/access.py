@@ -67,17 +67,24 @@ class Gate:
             raise Error(f"refusing to serve without authentication on {host}:{port}: no issuer is "
                         "trusted. Create an account (`bitrouter account -g`) and use "
                         "`bitrouter keygen` tokens, list auth.trusted_issuers, or set auth.mode: open")
-        if not self.required:
-            log.warning("authentication is off (%s): anyone who can reach %s:%s may use the "
-                        "configured providers", "auth.mode open" if self.mode == "open"
-                        else "no trusted issuers yet; loopback only", host, port)
-        elif not self.trusted:
-            log.warning("auth.mode is on but no issuer is trusted: every request will be refused")
         self.db = store.open_db(cfg.database_url, shared=True)
         self.revoked = store.revoked_hashes()
         self.writer = store.SpendWriter(cfg.database_url)
         if metrics is not None:
             metrics.listeners.append(self.record)
+
+    def start(self, stack) -> None:
+        """Say how the server authenticates (logging is set up by now); close with `stack`."""
+        host, port = self.cfg.host_port
+        if not self.required:
+            reason = "auth.mode open" if self.mode == "open" else "no trusted issuers yet; loopback only"
+            log.warning("authentication is off (%s): anyone who can reach %s:%s may use the "
+                        "configured providers", reason, host, port)
+        elif not self.trusted:
+            log.warning("auth.mode is on but no issuer is trusted: every request will be refused")
+        else:
+            log.info("authentication is on: %d trusted issuer(s)", len(self.trusted))
+        stack.callback(self.close)
 
     def authenticate(self, cfg, token, scope: str):
         """The token's Claims (None when the server runs open); AuthError 401/403 otherwise."""

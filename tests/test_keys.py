@@ -153,7 +153,7 @@ def test_keys_errors(home, account):
 
 def test_keys_rm_deletes_and_revokes(home, account):
     token = ok(home, "keygen", "--name", "ci").stdout.strip()
-    kept = ok(home, "keygen", "--name", "other").stdout.strip()
+    kept = ok(home, "keygen", "--exp", "1h", "--name", "other").stdout.strip()  # other claims: another token
     assert ok(home, "keys", "--rm", "ci").stdout == "Removed token: ci (revoked)\n"
     assert not (home / ".keys" / account / "tokens" / "ci.jwt").exists()
     revoked = dict(db_rows(home, "select token_hash, revoked from tokens"))
