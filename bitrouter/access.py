@@ -40,15 +40,15 @@ def credential(headers, query) -> str | None:
 def configured_issuers(cfg) -> set[str]:
     """`auth.trusted_issuers` entries that are Solana CAIP-10 ids or base58 Ed25519 keys."""
     found = set()
-    for entry in cfg.auth["trusted_issuers"]:
-        address = str(entry).rsplit(":", 1)[-1]
+    for entry in map(str, cfg.auth["trusted_issuers"]):
+        address = entry.rsplit(":", 1)[-1]
         try:
             valid = len(accounts.b58decode(address)) == 32 and (
-                ":" not in str(entry) or str(entry).startswith("solana:"))
+                entry == address or (entry.startswith("solana:") and entry.count(":") == 2))
         except ValueError:
             valid = False
         if valid:
-            found.add(str(entry))
+            found.add(entry)
         else:
             log.warning("auth.trusted_issuers: ignoring %r (not a Solana CAIP-10 id or base58 key)", entry)
     return found
