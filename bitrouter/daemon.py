@@ -101,12 +101,10 @@ def reload(home, timeout: float = RELOAD_TIMEOUT) -> None:
         _hangup(home, current, f"the server did not answer over HTTP ({exc})")
         return
     if status in (401, 403):  # no account the server trusts; as the process owner we may signal it
-        message = (body.get("error") or {}).get("message") or f"HTTP {status}"
-        _hangup(home, current, f"POST /admin/reload was refused ({message})")
+        _hangup(home, current, f"POST /admin/reload was refused ({_message(status, body)})")
         return
     if status != 200:
-        message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
-        raise Error(message or f"the server answered HTTP {status}")
+        raise Error(_message(status, body))
     print("configuration reloaded", flush=True)
     for note in body.get("notes") or []:
         print(f"note: {note}", flush=True)
@@ -439,6 +437,13 @@ def _http(method: str, url: str, timeout: float, headers=None):
     except ValueError:
         body = {}
     return resp.status, body if isinstance(body, dict) else {}
+
+
+def _message(status: int, body: dict) -> str:
+    """The error message of an error reply (OpenAI's shape), else the status."""
+    error = body.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message) if message else f"the server answered HTTP {status}"
 
 
 def _terminate(child) -> None:

@@ -9,8 +9,10 @@ if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anythin
     from gevent import monkey
     monkey.patch_all()
 
+import contextlib
 import json
 import logging
+import os
 import socket
 import time
 
@@ -18,7 +20,7 @@ import bottle
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, config, protocols
+from bitrouter import Error, config, daemon, protocols
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard, redact, secrets_of
 from bitrouter.protocols import ProtocolError, Usage, sse
 from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
@@ -59,17 +61,45 @@ class Server:
         self.mode = "foreground"  # how this process runs the server: foreground | dashboard | daemon
         self.port = None  # the port actually bound, once listening
         cfg = cfg or config.load(home)
+        self.bound = _bound_settings(cfg)  # fixed for this process: a reload only reports changes
         self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.runtime = Runtime(cfg, self.dynamic, self.health)
         self.app = build_app(self)
 
-    def reload(self) -> Runtime:
-        """Build a new runtime from disk and swap it in; raises ConfigError and keeps the old one."""
-        cfg = config.load(self.home)
+    def reload(self, source: str = "request") -> list[str]:
+        """Rebuild the runtime from disk (.env, config, registry) and swap it in; returns notes.
+
+        A configuration that does not load raises ConfigError and the old runtime keeps
+        serving. Requests already running finish on the runtime they started with.
+        """
+        clock = time.perf_counter()
+        try:
+            cfg = config.load(self.home)
+        except config.ConfigError as exc:
+            log.error("configuration reload (%s) failed; the previous configuration keeps serving: %s",
+                      source, exc)
+            raise
         runtime = Runtime(cfg, self.dynamic, self.health)
+        notes = []
+        for key, value in _bound_settings(cfg).items():
+            if value != self.bound[key]:
+                notes.append(f"{key} changed to {value}; the server keeps {self.bound[key]} "
+                             "until `bitrouter restart`")
+        for name, route in list(self.dynamic.items()):
+            gone = sorted({e.provider for e in route.endpoints if e.provider not in cfg.providers})
+            if gone:  # its endpoints could no longer be called
+                del self.dynamic[name]
+                notes.append(f"dynamic route {name!r} was removed: provider {', '.join(gone)} no longer exists")
         self.pools.timeout = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"]).timeout
         self.runtime = runtime
-        return runtime
+        log.info("configuration reloaded (%s) in %.1f ms%s", source, (time.perf_counter() - clock) * 1000,
+                 "".join("; " + note for note in notes))
+        return notes
+
+
+def _bound_settings(cfg) -> dict:
+    """Settings a running server cannot change: the socket it listens on, the database it opened."""
+    return {"server.listen": cfg.listen, "database.url": config.mask_url(cfg.database_url)}
 
 
 def serve(home, cfg=None) -> None:
@@ -84,36 +114,60 @@ def serve(home, cfg=None) -> None:
     stop = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stop.set)
-    log.info("listening on http://%s:%s", host, running.srv.port)
     print(f"bitrouter listening on http://{host}:{running.srv.port}", flush=True)
     stop.wait()
     running.stop()
 
 
 def start(home, cfg=None, mode="foreground") -> "Running":
-    """Start listening in this process (gevent patched) and return the handle that stops it."""
+    """Start listening in this process (gevent patched) and return the handle that stops it.
+
+    The process first claims the home's pid file (one server per run dir), logs to
+    <logs>/bitrouter.log, reloads on SIGHUP, and publishes its URL once listening.
+    """
+    import signal
+
+    import gevent
     from gevent.pywsgi import WSGIServer
 
     srv = Server(home, cfg)
+    if mode == "foreground" and daemon.detached(home):
+        mode = "daemon"
     srv.mode = mode
     host, port = srv.runtime.cfg.host_port
+    with contextlib.ExitStack() as owned:  # released here on failure, else by Running.stop()
+        claim = owned.enter_context(daemon.pid_file(home))
+        owned.enter_context(daemon.server_log(home, srv, echo=mode == "foreground"))
+        try:
+            listener = WSGIServer((host, port), srv.app, log=None, error_log=log, handler_class=_Handler)
+            listener.init_socket()
+        except OSError as exc:
+            raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        listener.in_flight = _InFlight()
+        hup = gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(_reload_on_signal, srv))
+        owned.callback(hup.cancel)
+        listener.start()
+        srv.port = listener.server_port
+        url = daemon.connect_url(host, srv.port)
+        claim.publish(url)
+        log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
+        return Running(srv, listener, owned.pop_all())
+
+
+def _reload_on_signal(srv: Server) -> None:
     try:
-        listener = WSGIServer((host, port), srv.app, log=None, error_log=log, handler_class=_Handler)
-        listener.init_socket()
-    except OSError as exc:
-        raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    listener.in_flight = _InFlight()
-    listener.start()
-    srv.port = listener.server_port
-    return Running(srv, listener)
+        srv.reload("SIGHUP")
+    except config.ConfigError:
+        pass  # logged by reload; the previous configuration keeps serving
 
 
 class Running:
     """A server listening in this process; stop() drains it."""
 
-    def __init__(self, srv: Server, listener):
+    def __init__(self, srv: Server, listener, owned: contextlib.ExitStack):
         self.srv = srv
         self.listener = listener
+        self.owned = owned  # pid file, log handlers, SIGHUP handler
 
     @property
     def busy(self) -> int:
@@ -122,11 +176,20 @@ class Running:
 
     def stop(self) -> None:
         """Stop accepting, end event streams, wait up to drain_timeout for in-flight requests."""
+        clock = time.perf_counter()
+        timeout = self.srv.runtime.cfg.server["drain_timeout"]
         self.listener.close()
+        for handler in list(self.listener.in_flight.waiting):
+            handler.hang_up()
+        log.info("stopping: draining %d in-flight request(s), up to %gs", self.busy, timeout)
         self.srv.metrics.close()
-        self.listener.in_flight.idle.wait(self.srv.runtime.cfg.server["drain_timeout"])
+        self.listener.in_flight.idle.wait(timeout)
+        cut = self.busy
         self.listener.stop(timeout=0)
         self.srv.pools.close()
+        log.info("server stopped; drained in %.2fs%s", time.perf_counter() - clock,
+                 f"; {cut} request(s) still running at drain_timeout were cut off" if cut else "")
+        self.owned.close()
 
 
 def build_app(srv: Server) -> bottle.Bottle:
@@ -195,6 +258,10 @@ def build_app(srv: Server) -> bottle.Bottle:
     @app.delete("/admin/routes/<name:path>")
     def remove_route(name):
         return _admin(srv, lambda: _remove_route(srv, name))
+
+    @app.post("/admin/reload")
+    def reload_config():
+        return _admin(srv, lambda: _reload(srv))
 
     @app.get("/admin/metrics")
     def admin_metrics():
@@ -554,6 +621,14 @@ def _remove_route(srv: Server, name: str):
     return _json({"status": "ok", "model": name, "removed": True})
 
 
+def _reload(srv: Server):
+    try:
+        notes = srv.reload("POST /admin/reload")
+    except config.ConfigError as exc:  # the request was fine; the configuration on disk is not
+        raise HttpError(422, f"configuration not reloaded (the previous one keeps serving): {exc}") from None
+    return _json({"status": "ok", "notes": notes})
+
+
 def _event_stream(srv: Server):
     """`/admin/events`: request events as SSE, with keep-alive comments (docs/tui.md)."""
     sub = srv.metrics.subscribe()
@@ -680,6 +755,30 @@ class _Handler(WSGIHandler):
         finally:
             self.server.in_flight.leave()
 
+    # A stopping server reads no further requests on kept-alive connections, hangs up those
+    # waiting for one, and tells clients not to reuse the connections it still answers on.
+
+    def read_requestline(self):
+        if self.server.closed:
+            return ""
+        self.server.in_flight.waiting.add(self)
+        try:
+            return super().read_requestline()
+        finally:
+            self.server.in_flight.waiting.discard(self)
+
+    def start_response(self, status, headers, exc_info=None):
+        if self.server.closed and not any(name.lower() == "connection" for name, _ in headers):
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+    def hang_up(self) -> None:
+        """End an idle keep-alive connection (its pending read sees end-of-file)."""
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):  # already closed, or gone with its handler
+            pass
+
 
 class _InFlight:
     """Counts requests being answered, so stopping can wait for exactly those."""
@@ -689,6 +788,7 @@ class _InFlight:
         self.count = 0
         self.idle = gevent.event.Event()
         self.idle.set()
+        self.waiting = set()  # handlers of idle keep-alive connections, waiting for a request
 
     def enter(self) -> None:
         self.count += 1
