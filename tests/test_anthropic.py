@@ -527,20 +527,36 @@ def test_fast_streams_carry_no_pings(server):
                       "message_delta", "message_stop"]
 
 
-def test_pings_fill_long_silences(start_server):
+def test_pings_fill_long_silences_of_translated_streams(start_server):
     gate = threading.Event()
-    with FakeUpstream(lambda req: Reply(frames=anthropic_frames(), gate=gate)) as fake:
-        cfg = protocol_config({"anthropic": fake}, "claude-sonnet-4-5")
+    with FakeUpstream(lambda req: Reply(frames=chat_stream(), gate=gate)) as fake:
+        cfg = protocol_config({"openai": fake}, "gpt-4o")
         server = start_server({**cfg, "server": {"ping_interval": 0.1}})
         resp = requests.post(server.url + "/v1/messages", stream=True,
-                             json={"model": "via-anthropic", "max_tokens": 10, "messages": ASK, "stream": True})
+                             json={"model": "via-openai", "max_tokens": 10, "messages": ASK, "stream": True})
         lines = resp.iter_lines()
-        # the upstream sent message_start and went quiet: BitRouter pings until it speaks again
+        # the upstream sent its first chunk and went quiet: BitRouter pings until it speaks again
         wait_until(lambda: next(lines) == b"event: ping" and next(lines) == b'data: {"type":"ping"}', timeout=10,
                    interval=0, what="a ping")
         gate.set()
         rest = [line for line in lines if line.startswith(b"event:")]
     assert rest[-1] == b"event: message_stop"
+
+
+def test_pass_through_streams_get_no_pings_of_bitrouter(start_server):
+    # A relayed chunk may end mid-event, so only the upstream's own pings may appear.
+    gate = threading.Event()
+    with FakeUpstream(lambda req: Reply(frames=anthropic_frames(), gate=gate)) as fake:
+        cfg = protocol_config({"anthropic": fake}, "claude-sonnet-4-5")
+        server = start_server({**cfg, "server": {"ping_interval": 0.05}})
+        resp = requests.post(server.url + "/v1/messages", stream=True,
+                             json={"model": "via-anthropic", "max_tokens": 10, "messages": ASK, "stream": True})
+        lines = resp.iter_lines()
+        assert next(lines) == b"event: message_start"
+        threading.Timer(0.5, gate.set).start()  # silence ten ping intervals long
+        events = [line for line in lines if line.startswith(b"event:")]
+    assert events.count(b"event: ping") == 1  # the fake upstream's own, relayed
+    assert events[-1] == b"event: message_stop"
 
 
 # ---------------------------------------------------------------- errors

@@ -128,6 +128,10 @@ class StreamEncoder:
             self.usage = ev.usage
         return b""
 
+    def error(self, status: int, message: str) -> bytes:
+        """End a broken stream; this protocol's error event needs no stream state."""
+        return stream_error(status, message)
+
     def finish_stream(self) -> bytes:
         out = self._start() + self._close()
         reason = "tool_use" if self.tools and self.finish_reason in (None, "stop") else \

@@ -129,6 +129,10 @@ class StreamEncoder:
             self.usage = ev.usage
         return b""
 
+    def error(self, status: int, message: str) -> bytes:
+        """End a broken stream; this protocol's error event needs no stream state."""
+        return stream_error(status, message)
+
     def finish_stream(self) -> bytes:
         parts = self._flush()
         reason = "tool_calls" if self.any_calls and self.finish_reason in (None, "stop") else self.finish_reason

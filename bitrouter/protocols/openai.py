@@ -129,6 +129,10 @@ class StreamEncoder:
             self.usage = ev.usage
         return b""
 
+    def error(self, status: int, message: str) -> bytes:
+        """End a broken stream; this protocol's error event needs no stream state."""
+        return stream_error(status, message)
+
     def finish_stream(self) -> bytes:
         out = self._chunk({}, self.finish_reason or "stop")
         if self.include_usage:

@@ -153,6 +153,18 @@ class StreamEncoder:
         body = _response_object(self.id, self.model, self.created, self.output, self.finish_reason, self.usage)
         return out + self._emit(_TERMINAL_EVENT[body["status"]], response=body)
 
+    def error(self, status: int, message: str) -> bytes:
+        """End a broken stream: `response.failed` for Codex, then `error` for the SDKs.
+
+        The openai SDK raises APIError only for an event carrying an `error` object, while
+        Codex reads the failure from `response.failed`; both are numbered in sequence.
+        """
+        err = error_body(status, message)["error"]
+        body = _response_object(self.id, self.model, self.created, self.output, "error", self.usage)
+        body["error"] = {"code": err["code"] or "server_error", "message": message}
+        return (self._start() + self._emit("response.failed", response=body)
+                + self._emit("error", code=err["code"] or err["type"], message=message, param=None, error=err))
+
     def _start(self) -> bytes:
         if self.started:
             return b""
@@ -226,11 +238,11 @@ class StreamEncoder:
 
 
 def stream_error(status: int, message: str) -> bytes:
-    """The in-band `error` event that ends a broken stream.
+    """The in-band `error` event that ends a broken pass-through stream.
 
     It carries both the documented flat fields and an `error` object: the openai SDK
-    raises APIError with the message for the latter. This function has no access to the
-    stream's state, so it cannot number the event or name the response.
+    raises APIError with the message for the latter. Translated streams end with the
+    encoder's own numbered `response.failed` instead (StreamEncoder.error).
     """
     err = error_body(status, message)["error"]
     return sse.frame({"type": "error", "code": err["code"] or err["type"], "message": message,
