@@ -32,11 +32,12 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 @dataclass
 class Daemon:
-    """A live server of this home, as its pid file describes it (url and started once listening)."""
+    """A live server of this home, as its pid file describes it (the rest once it listens)."""
 
     pid: int | None
     url: str | None = None
     started: float | None = None
+    mode: str = ""  # foreground | dashboard | daemon
 
 
 def start(home, timeout: float | None = None, verb: str = "started") -> Daemon:
@@ -162,9 +163,9 @@ class PidFile:
         self.path = path
         self.fd = fd
 
-    def publish(self, url: str) -> None:
-        """Record that the server is listening: pid, connectable URL and start time."""
-        data = f"{os.getpid()}\n{url}\n{time.time():.3f}\n".encode()
+    def publish(self, url: str, mode: str) -> None:
+        """Record that the server is listening: pid, connectable URL, start time and mode."""
+        data = f"{os.getpid()}\n{url}\n{time.time():.3f}\n{mode}\n".encode()
         os.pwrite(self.fd, data, 0)
         os.ftruncate(self.fd, len(data))
 
@@ -339,6 +340,8 @@ def _signal(home, current: Daemon, sig) -> None:
 
 
 def _hangup(home, current: Daemon, why: str) -> None:
+    if current.mode == "dashboard":  # there SIGHUP means "your terminal closed": it would quit
+        raise Error(f"{why}; the dashboard (pid {current.pid}) is not signalled, as SIGHUP would end it")
     _signal(home, current, signal.SIGHUP)
     print(f"{why}; sent SIGHUP instead. The outcome is logged in {home.log_file}", flush=True)
 
@@ -387,7 +390,7 @@ def _locked(path) -> bool:
 
 
 def _read(path) -> Daemon | None:
-    """Parse the pid file: `pid` alone while starting, `pid\\nurl\\nstarted\\n` once listening."""
+    """Parse the pid file: `pid` alone while starting; pid, url, started, mode once listening."""
     try:
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError):
@@ -395,10 +398,10 @@ def _read(path) -> Daemon | None:
     lines = text.split("\n")
     if not lines[0].strip().isdigit():
         return None
-    if len(lines) < 4 or not text.endswith("\n"):  # not (completely) published yet
+    if len(lines) < 5 or not text.endswith("\n"):  # not (completely) published yet
         return Daemon(pid=int(lines[0]))
     try:
-        return Daemon(pid=int(lines[0]), url=lines[1], started=float(lines[2]))
+        return Daemon(pid=int(lines[0]), url=lines[1], started=float(lines[2]), mode=lines[3])
     except ValueError:
         return Daemon(pid=int(lines[0]))
 
@@ -480,9 +483,8 @@ def _daemon_lines(current: Daemon | None) -> list:
         return [("daemon", "stopped")]
     if current.url is None:
         return [("daemon", f"starting (pid {current.pid})" if current.pid else "starting")]
-    ok, health = _health(current.url)
-    return [("daemon", f"running (pid {current.pid})"), ("url", current.url),
-            ("uptime", _duration(time.time() - current.started)), ("health", health)]
+    return [("daemon", f"running (pid {current.pid})"), ("mode", current.mode), ("url", current.url),
+            ("uptime", _duration(time.time() - current.started)), ("health", _health(current.url)[1])]
 
 
 def _duration(seconds: float) -> str:

@@ -144,12 +144,13 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         except OSError as exc:
             raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         listener.in_flight = _InFlight()
-        hup = gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(_reload_on_signal, srv))
-        owned.callback(hup.cancel)
+        if mode != "dashboard":  # the dashboard's SIGHUP is its terminal going away: it ends
+            hup = gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(_reload_on_signal, srv))
+            owned.callback(hup.cancel)
         listener.start()
         srv.port = listener.server_port
         url = daemon.connect_url(host, srv.port)
-        claim.publish(url)
+        claim.publish(url, mode)
         log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
         return Running(srv, listener, owned.pop_all())
 

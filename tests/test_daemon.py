@@ -108,6 +108,7 @@ def test_start_status_restart_stop(daemon_home):
 
     fields = status_fields(d.cli("status"))
     assert fields["daemon"] == f"running (pid {pid})"
+    assert fields["mode"] == "daemon"
     assert fields["url"] == d.url
     assert fields["health"] == "ok"
     assert re.fullmatch(r"\d+s", fields["uptime"])
@@ -197,7 +198,7 @@ def test_stale_pid_file_of_a_dead_process_is_cleaned(daemon_home):
     dead = subprocess.Popen(["true"])
     dead.wait()
     d.run_dir.mkdir()
-    d.pid_file.write_text(f"{dead.pid}\nhttp://127.0.0.1:1\n1.0\n")
+    d.pid_file.write_text(f"{dead.pid}\nhttp://127.0.0.1:1\n1.0\ndaemon\n")
     assert status_fields(d.cli("status"))["daemon"] == "stopped"
     assert not d.pid_file.exists()
     d.pid_file.write_text(str(dead.pid))
@@ -212,7 +213,7 @@ def test_pid_file_naming_an_unrelated_process_never_signals_it(daemon_home, comm
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         d.run_dir.mkdir()
-        d.pid_file.write_text(f"{sleeper.pid}\n{d.url}\n{time.time()}\n")
+        d.pid_file.write_text(f"{sleeper.pid}\n{d.url}\n{time.time()}\ndaemon\n")
         result = d.cli(command)
         if command == "restart":  # nothing ran, so it simply starts
             assert result.returncode == 0, result.stderr
@@ -260,10 +261,12 @@ def test_two_servers_cannot_share_a_run_dir(daemon_home, tmp_path):
 def test_foreground_serve_owns_a_pid_file_too(start_server, home):
     server = start_server({"models": MOCK_ALIAS})
     pid_file = home / "run" / "bitrouter.pid"
-    assert pid_file.read_text().split("\n")[:2] == [str(server.proc.pid), server.url]
+    pid, url, started, mode, end = pid_file.read_text().split("\n")
+    assert (pid, url, mode, end) == (str(server.proc.pid), server.url, "foreground", "")
+    assert abs(float(started) - time.time()) < 60
     fields = status_fields(run_cli(home, "status"))
-    assert (fields["daemon"], fields["url"], fields["health"]) == (f"running (pid {server.proc.pid})",
-                                                                  server.url, "ok")
+    assert (fields["daemon"], fields["mode"], fields["url"], fields["health"]) == (
+        f"running (pid {server.proc.pid})", "foreground", server.url, "ok")
     reloaded = run_cli(home, "reload")
     assert reloaded.stdout == "configuration reloaded\n", reloaded.stderr
     assert server.stop() == 0
