@@ -248,9 +248,13 @@ def _resolve_providers(v, user, env: dict) -> dict:
         v.keys(fields, where, PROVIDER_KEYS)
         v.strings(fields, where, ("api_key", "api_base", "api_protocol", "derives", "env_prefix", "auth"))
         entry = merged.setdefault(name, {})
-        if "api_protocol" in fields and "api_base" not in fields and "_protocols" in entry:
-            # Choosing another protocol of a built-in picks that protocol's documented base URL.
-            entry["api_base"] = entry["_protocols"].get(fields["api_protocol"], entry["api_base"])
+        if fields.get("api_protocol") not in (None, entry.get("api_protocol")):
+            # Choosing another protocol of a built-in picks that protocol's documented base URL
+            # and, unless told otherwise, that protocol's usual way of sending the key.
+            if "api_base" not in fields and "_protocols" in entry:
+                entry["api_base"] = entry["_protocols"].get(fields["api_protocol"], entry["api_base"])
+            if "auth" not in fields:
+                entry["auth"] = registry.PROTOCOL_AUTH.get(fields["api_protocol"])
         entry.update({k: val for k, val in fields.items() if val is not None})
     resolved = {}
     for name in user:
@@ -278,9 +282,12 @@ def _derive(v, name: str, merged: dict, chain: list) -> dict:
     if parent not in merged:
         v.fail(where, f"unknown provider {parent!r}{_suggest(parent, merged)}")
     base = _derive(v, parent, merged, chain + [name])
-    for key in ("api_protocol", "auth", "models", "_protocols"):
+    for key in ("api_protocol", "models", "_protocols"):
         if key in base:
             entry.setdefault(key, base[key])
+    if "auth" not in entry:  # the parent's auth style only fits the parent's protocol
+        same = entry.get("api_protocol") == base.get("api_protocol")
+        entry["auth"] = base.get("auth") if same else registry.PROTOCOL_AUTH.get(entry.get("api_protocol"))
     if "api_base" not in entry:
         protocol = entry.get("api_protocol")
         entry["api_base"] = base.get("_protocols", {}).get(protocol) or base.get("api_base")
@@ -359,6 +366,9 @@ def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
         v.fail(where + ".provider", f"unknown provider {provider!r}{_suggest(str(provider), providers)}")
     if not raw.get("model_id"):
         v.fail(where + ".model_id", "is required")
+    if raw.get("api_base") and not raw.get("api_key"):
+        # Otherwise the provider's own key would be sent to a URL it was never meant for.
+        v.fail(where, "an endpoint with its own api_base needs its own api_key")
     weight = raw.get("weight", 1)
     if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
         v.fail(where + ".weight", "must be a positive integer")

@@ -8,6 +8,9 @@ DATA_FILE = Path(__file__).with_name("providers.json")
 
 PROTOCOLS = ("openai", "responses", "anthropic", "google", "mock")
 AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key")
+# How each protocol's own API expects its key, for providers that do not say otherwise.
+PROTOCOL_AUTH = {"openai": "bearer", "responses": "bearer", "anthropic": "x-api-key",
+                 "google": "x-goog-api-key", "mock": "bearer"}
 
 # The mock provider is code, not a network service: it needs no key and no base URL.
 MOCK = {

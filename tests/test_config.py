@@ -518,3 +518,26 @@ def test_every_builtin_reads_its_prefix_key(home):
             assert provider.api_key == f"key-{name}", name
     assert cfg.configured_providers() == sorted(n for n in registry.providers() if n != "mock")
 
+
+
+def test_endpoint_api_base_without_its_own_key_is_refused(home):
+    message = error_of(home, """
+        models:
+          m:
+            endpoints:
+              - {provider: openai, model_id: gpt-4o, api_base: "https://elsewhere.example/v1"}
+        """, OPENAI_API_KEY="sk-o")
+    assert message.endswith("models.m.endpoints[0]: an endpoint with its own api_base needs its own api_key")
+
+
+def test_switching_protocol_switches_the_default_auth_style(home):
+    cfg = load(home, """
+        providers:
+          deepseek: {api_protocol: anthropic}
+          claude-ish: {derives: openai, api_protocol: anthropic, api_base: "https://gw.example/anthropic"}
+          custom-auth: {derives: openai, api_protocol: anthropic, api_base: "https://gw.example", auth: bearer}
+        """)
+    assert cfg.providers["deepseek"].auth == "x-api-key"
+    assert cfg.providers["claude-ish"].auth == "x-api-key"
+    assert cfg.providers["custom-auth"].auth == "bearer"
+    assert cfg.providers["openai"].auth == "bearer"
