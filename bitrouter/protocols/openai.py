@@ -92,7 +92,7 @@ def encode_response(resp: Response, model: str) -> dict:
     return {"id": _chat_id(resp.id), "object": "chat.completion", "created": int(time.time()),
             "model": resp.model or model,
             "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": resp.finish_reason}],
+                         "finish_reason": _CHAT_FINISH.get(resp.finish_reason, "stop")}],
             "usage": encode_usage(resp.usage)}
 
 
@@ -134,7 +134,7 @@ class StreamEncoder:
         return stream_error(status, message)
 
     def finish_stream(self) -> bytes:
-        out = self._chunk({}, self.finish_reason or "stop")
+        out = self._chunk({}, _CHAT_FINISH.get(self.finish_reason, "stop"))
         if self.include_usage:
             out += sse.frame({**self._base(), "choices": [], "usage": encode_usage(self.usage or Usage())})
         return out + b"data: [DONE]\n\n"
@@ -222,8 +222,8 @@ def encode_request(req: Request, model_id: str) -> dict:
         body["stop"] = req.stop
     if req.response_format:
         body["response_format"] = _encode_format(req.response_format)
-    if req.reasoning and req.reasoning.get("effort"):
-        body["reasoning_effort"] = req.reasoning["effort"]
+    if req.reasoning:
+        body["reasoning_effort"] = req.reasoning.get("effort") or _effort(req.reasoning.get("budget_tokens"))
     _set(body, "user", req.user)
     if req.stream:
         body["stream"] = True
@@ -315,6 +315,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
                 429: "rate_limit_error", 502: "api_error", 503: "api_error", 504: "timeout_error"}
 _ERROR_CODES = {401: "invalid_api_key", 402: "budget_exceeded", 403: "forbidden",
                 413: "request_too_large", 429: "rate_limit_exceeded"}
+_CHAT_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
            "content_filter": "content_filter"}
 
@@ -342,6 +343,8 @@ def _content_parts(content, i: int) -> list:
             parts.append(Part("text", text=item.get("text") or item.get("refusal") or ""))
         elif kind == "image_url":
             parts.append(_image((item.get("image_url") or {}).get("url", "")))
+        elif kind == "file" and (item.get("file") or {}).get("file_data", "").startswith("data:"):
+            parts.append(_image(item["file"]["file_data"]))
         else:
             raise ProtocolError(f"messages[{i}].content: unsupported part type {kind!r}")
     return parts
@@ -380,6 +383,10 @@ def _encode_message(msg: Message) -> list:
 
 
 def _encode_part(p: Part) -> dict:
+    if p.kind == "image" and p.data and not (p.media_type or "image/").startswith("image/"):
+        # Documents (PDFs) travel as image parts with their own media type; Chat takes them as files.
+        return {"type": "file", "file": {"filename": "document." + p.media_type.rpartition("/")[2],
+                                         "file_data": f"data:{p.media_type};base64,{p.data}"}}
     if p.kind == "image":
         url = p.url or f"data:{p.media_type or 'image/png'};base64,{p.data}"
         return {"type": "image_url", "image_url": {"url": url}}
@@ -409,6 +416,12 @@ def _encode_format(fmt: dict) -> dict:
             spec["strict"] = fmt["strict"]
         return {"type": "json_schema", "json_schema": spec}
     return {"type": "json_object"}
+
+
+def _effort(budget) -> str:
+    """A thinking budget in tokens as Chat's coarse reasoning_effort."""
+    budget = budget or 0
+    return "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
 
 
 def _finish(reason, parts) -> str:
