@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
@@ -383,7 +383,8 @@ def _locked(path) -> bool:
         except BlockingIOError:
             return True
         if _inode(path) == os.fstat(fd).st_ino:
-            os.unlink(path)
+            with suppress(OSError):  # another user's run dir: stale all the same
+                os.unlink(path)
         return False
     finally:
         os.close(fd)
