@@ -113,7 +113,8 @@ class Event:
     """One unified stream event.
 
     kind: start | text | reasoning | tool_call | tool_args | finish | usage
-      text / reasoning: text;  tool_call: index, id, name;  tool_args: index, text
+      text: text;  reasoning: text and/or signature (the provider's proof of its thinking)
+      tool_call: index, id, name;  tool_args: index, text
       finish: reason;  usage: usage;  start: id, model
     """
 
@@ -125,6 +126,7 @@ class Event:
     reason: str = ""
     model: str = ""
     usage: Usage | None = None
+    signature: str = ""
 
 
 class ProtocolError(Exception):

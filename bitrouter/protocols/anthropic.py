@@ -104,10 +104,11 @@ class StreamEncoder:
             block = "text" if kind == "text" else "thinking"
             out = self._open(block, {"type": "text", "text": ""} if kind == "text" else
                              {"type": "thinking", "thinking": "", "signature": ""}) if self.block != block else b""
-            delta = {"type": "text_delta", "text": ev.text} if kind == "text" else \
-                {"type": "thinking_delta", "thinking": ev.text}
-            return out + sse.frame({"type": "content_block_delta", "index": self.index, "delta": delta},
-                                   "content_block_delta")
+            deltas = [{"type": "text_delta", "text": ev.text}] if kind == "text" else \
+                [{"type": "thinking_delta", "thinking": ev.text}] * bool(ev.text) + \
+                [{"type": "signature_delta", "signature": ev.signature}] * bool(ev.signature)
+            return out + b"".join(sse.frame({"type": "content_block_delta", "index": self.index, "delta": d},
+                                            "content_block_delta") for d in deltas)
         if kind == "tool_call":
             out = self._open(("tool", ev.index), {"type": "tool_use", "id": _tool_id(ev.id) or _new_tool_id(),
                                                   "name": ev.name, "input": {}})
@@ -286,7 +287,9 @@ class StreamDecoder:
                 return [Event("tool_args", index=ev["index"], text=delta["partial_json"])]
             if dtype == "thinking_delta":
                 return [Event("reasoning", text=delta.get("thinking", ""))]
-            return []  # signature and citation deltas have no unified form
+            if dtype == "signature_delta":
+                return [Event("reasoning", signature=delta.get("signature", ""))]
+            return []  # citation deltas have no unified form
         if kind == "content_block_start":
             return self._block(ev.get("index", 0), ev.get("content_block") or {})
         if kind == "message_start":

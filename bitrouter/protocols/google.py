@@ -113,6 +113,8 @@ class StreamEncoder:
         kind = ev.kind
         if kind == "text" or kind == "reasoning":
             part = {"text": ev.text, "thought": True} if kind == "reasoning" else {"text": ev.text}
+            if ev.signature:
+                part["thoughtSignature"] = ev.signature
             return self._frame(self._flush() + [part])
         if kind == "tool_call":
             self.calls[ev.index] = [ev.id, ev.name, []]
@@ -291,8 +293,8 @@ class StreamDecoder:
                     out.append(Event("tool_call", index=self.calls, id=p.id, name=p.name))
                     out.append(Event("tool_args", index=self.calls, text=p.arguments))
                     self.calls += 1
-                elif p.text:
-                    out.append(Event(p.kind, text=p.text))
+                elif p.text or p.signature:
+                    out.append(Event(p.kind, text=p.text, signature=p.signature))
         if chunk.get("usageMetadata"):
             self.usage = usage_of(chunk)
         reason = candidate.get("finishReason")

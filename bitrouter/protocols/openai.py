@@ -114,8 +114,8 @@ class StreamEncoder:
             return self._chunk({"role": "assistant", "content": ""})
         if ev.kind == "text":
             return self._chunk({"content": ev.text})
-        if ev.kind == "reasoning":
-            return self._chunk({"reasoning_content": ev.text})
+        if ev.kind == "reasoning":  # Chat has no place for a signature
+            return self._chunk({"reasoning_content": ev.text}) if ev.text else b""
         if ev.kind == "tool_call":
             index = self.tool_index.setdefault(ev.index, len(self.tool_index))
             return self._chunk({"tool_calls": [{"index": index, "id": ev.id, "type": "function",

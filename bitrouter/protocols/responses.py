@@ -129,6 +129,10 @@ class StreamEncoder:
         if ev.kind == "reasoning":
             out += self._open("reasoning")
             item = self.output[self.current]
+            if ev.signature:  # carried as encrypted_content, so a later turn can hand it back
+                item["encrypted_content"] = ev.signature
+            if not ev.text:
+                return out
             item["summary"][0]["text"] += ev.text
             return out + self._emit("response.reasoning_summary_text.delta", item_id=item["id"],
                                     output_index=self.current, summary_index=0, delta=ev.text)
@@ -373,6 +377,8 @@ class StreamDecoder:
             item = body.get("item") or {}
             if item.get("type") == "function_call":
                 out += self._call(index, item)
+            elif item.get("type") == "reasoning" and kind.endswith(".done") and item.get("encrypted_content"):
+                out.append(Event("reasoning", signature=item["encrypted_content"]))
         elif kind == "response.function_call_arguments.delta":
             self.calls[index] = True
             out.append(Event("tool_args", index=index, text=body.get("delta", "")))
