@@ -346,9 +346,10 @@ def test_stream_decoder_text_thinking_tools_and_merged_usage():
     events = decoded(anthropic_frames(("a", "b"), thinking="mull", calls=[("toolu_1", "f", TOOL_ARGS)]))
     kinds = [(e.kind, e.text or e.id or e.reason) for e in events if e.kind != "usage"]
     args = json.dumps(TOOL_ARGS)
-    assert kinds == [("start", "msg_fake"), ("reasoning", "mull"), ("text", "a"), ("text", "b"),
+    assert kinds == [("start", "msg_fake"), ("reasoning", "mull"), ("reasoning", ""), ("text", "a"), ("text", "b"),
                      ("tool_call", "toolu_1"), ("tool_args", args[:len(args) // 2]),
                      ("tool_args", args[len(args) // 2:]), ("finish", "tool_calls")]
+    assert events[2].signature  # the signature_delta that closes the thinking block
     # message_delta brought only output_tokens: the input side comes from message_start
     assert events[-1].usage == Usage(input=35, output=7, cache_read=20, cache_write=5, reasoning=3)
 

@@ -291,8 +291,9 @@ def decoded(frames) -> list:
 def test_stream_decoder_events():
     events = decoded(responses_frames(words=("a", "b"), calls=[("call_1", "f", '{"x":1}')], reasoning="r"))
     assert [(e.kind, e.text or e.id or e.reason) for e in events] == [
-        ("start", "resp_fake"), ("reasoning", "r"), ("text", "a"), ("text", "b"),
+        ("start", "resp_fake"), ("reasoning", "r"), ("reasoning", ""), ("text", "a"), ("text", "b"),
         ("tool_call", "call_1"), ("tool_args", '{"x'), ("tool_args", '":1}'), ("finish", "tool_calls"), ("usage", "")]
+    assert events[2].signature == "enc-fake"  # the finished reasoning item's encrypted_content
     assert events[-1].usage == Usage(input=11, output=7, cache_read=4, reasoning=2)
 
 
