@@ -20,7 +20,7 @@ import bottle
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, config, daemon, protocols
+from bitrouter import Error, access, config, daemon, protocols
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard, redact, secrets_of
 from bitrouter.protocols import ProtocolError, Usage, sse
 from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
@@ -64,6 +64,7 @@ class Server:
         self.bound = _bound_settings(cfg)  # fixed for this process: a reload only reports changes
         self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.runtime = Runtime(cfg, self.dynamic, self.health)
+        self.gate = access.Gate(home, cfg, self.metrics)  # AUTH HOOK: refuses an open public listener
         self.app = build_app(self)
 
     def reload(self, source: str = "request") -> list[str]:
@@ -152,6 +153,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         url = daemon.connect_url(host, srv.port)
         claim.publish(url, mode)
         log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
+        srv.gate.start(owned)  # AUTH HOOK: logs the auth mode; closes (writes all spend) after the drain
         return Running(srv, listener, owned.pop_all())
 
 
@@ -207,7 +209,7 @@ def build_app(srv: Server) -> bottle.Bottle:
 
     @app.get("/v1/models")
     def models():
-        return _guard(openai, lambda: _json(list_models(srv.runtime)))
+        return _guard(openai, listing(srv, lambda: _json(list_models(srv.runtime))))
 
     @app.post("/v1/chat/completions")
     def chat():
@@ -242,11 +244,11 @@ def build_app(srv: Server) -> bottle.Bottle:
 
     @app.get("/v1beta/models")
     def gemini_models():
-        return _guard(google, lambda: _json(google.model_list(_model_ids(srv.runtime))))
+        return _guard(google, listing(srv, lambda: _json(google.model_list(_model_ids(srv.runtime)))))
 
     @app.get("/v1beta/models/<name:path>")
     def gemini_model(name):
-        return _guard(google, lambda: _json(_gemini_model(srv.runtime, name)))
+        return _guard(google, listing(srv, lambda: _json(_gemini_model(srv.runtime, name))))
 
     @app.get("/admin/routes")
     def routes():
@@ -291,7 +293,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         model = inbound.model_of(body, path_model)
         stream = inbound.wants_stream(body, action)
         record = srv.metrics.begin(inbound.NAME, model, stream)
-        identity = authenticate(srv, rt, "api")
+        identity = authenticate(srv, rt, "api", record)
         route = authorize_route(srv, identity, rt.router.resolve(model))
         call = _Call(srv, rt, inbound, body, stream)
         answer, attempts = rt.router.dispatch(route, call.attempt)
@@ -340,15 +342,39 @@ def count_tokens(srv: Server, inbound, path_model: str | None = None):
     return _guard(inbound, count)
 
 
-# AUTH HOOK: access control plugs in here (accounts issue); until then the server is open.
-def authenticate(srv: Server, rt: Runtime, scope: str):
-    """The caller's identity for a route needing `scope` (api|admin); raises on refusal."""
-    return None
+# AUTH HOOK: access control (bitrouter/access.py, docs/auth.md). The other hook lines:
+# Server.__init__ creates the gate, start() hands it the stop stack, relay() passes its record, and the
+# model listings go through listing().
+def authenticate(srv: Server, rt: Runtime, scope: str, record: Record | None = None):
+    """The caller's token claims (None when the server runs open); HttpError 401/403/503 on refusal.
+
+    Always checked against the current runtime's configuration: a reload applies at once.
+    """
+    token = access.credential(bottle.request.headers, bottle.request.query)
+    try:
+        claims = srv.gate.authenticate(srv.runtime.cfg, token, scope)
+    except access.AuthError as exc:
+        challenge = {"www-authenticate": 'Bearer realm="bitrouter"'} if exc.status == 401 else None
+        raise HttpError(exc.status, exc.message, challenge) from None
+    if record is not None and claims is not None:
+        record.account, record.token_hash = claims.iss, claims.token_hash
+    return claims
 
 
 def authorize_route(srv: Server, identity, route):
-    """The route narrowed to what the identity may use; raises when nothing is allowed."""
-    return route
+    """The route narrowed to the models the token allows; HttpError 403, or 402 over budget."""
+    try:
+        return srv.gate.authorize(identity, route)
+    except access.AuthError as exc:
+        raise HttpError(exc.status, exc.message) from None
+
+
+def listing(srv: Server, handler):
+    """A model-listing handler that first requires an api token (the catalogue is not public)."""
+    def checked():
+        authenticate(srv, srv.runtime, "api")
+        return handler()
+    return checked
 
 
 def read_json(cfg) -> dict:
