@@ -322,7 +322,7 @@ def _write(operation) -> None:
         with db.atomic():
             operation()
     except peewee.PeeweeException as exc:
-        raise Error(f"database error: {exc}") from None
+        raise Error(f"database error: {_reason(exc)}") from None
 
 
 def _read(operation):
@@ -330,13 +330,13 @@ def _read(operation):
     try:
         return operation()
     except peewee.PeeweeException as exc:
-        raise Error(f"database error: {exc}") from None
+        raise Error(f"database error: {_reason(exc)}") from None
 
 
-def _reason(exc: Exception, url: str) -> str:
-    """An exception's message with the URL's password masked."""
-    text = str(exc) or type(exc).__name__
-    return text.replace(url, mask_url(url))
+def _reason(exc: Exception, url: str = "") -> str:
+    """A driver's message on one line, with any URL's password masked."""
+    text = " ".join((str(exc) or type(exc).__name__).split())  # psycopg2 spreads it over lines
+    return mask_url(text.replace(url, mask_url(url)) if url else text)
 
 
 def _json(value) -> str | None:

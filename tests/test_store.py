@@ -42,7 +42,7 @@ def test_sqlite_uses_wal_and_creates_both_tables(url):
 def test_unreachable_database_is_a_user_error_without_the_password():
     with pytest.raises(Error) as caught:
         store.open_db("postgresql://alice:s3cr3t-pw@127.0.0.1:1/bitrouter")
-    assert "s3cr3t-pw" not in str(caught.value)
+    assert "s3cr3t-pw" not in str(caught.value) and "\n" not in str(caught.value)
     assert str(caught.value).startswith("cannot open database postgresql://alice:***@127.0.0.1:1/bitrouter: ")
 
 
@@ -179,3 +179,21 @@ def test_record_and_revoke(url):
     assert store.revoked_hashes() == {"h1", "h2"}
     saved = store.TokenRecord.get(store.TokenRecord.token_hash == "h1")
     assert (saved.name, saved.scope, saved.models, saved.exp, saved.revoked) == ("ci", "api", '["a*"]', 5, True)
+
+
+def test_postgresql_url_when_a_server_is_available():
+    """Set BITROUTER_TEST_POSTGRES_URL (and install a driver) to run the store against PostgreSQL."""
+    import os
+    url = os.environ.get("BITROUTER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("BITROUTER_TEST_POSTGRES_URL is not set")
+    db = store.open_db(url)
+    store.SpendLog.delete().where(store.SpendLog.account == "pg-test").execute()
+    writer = store.SpendWriter(url)
+    for _ in range(10):
+        writer.log(row(account="pg-test", cost_micro_usd=7))
+    writer.close()
+    assert store.totals(account="pg-test") == (70, 10)
+    store.revoke("pg-" + "0" * 61)
+    assert "pg-" + "0" * 61 in store.revoked_hashes()
+    db.close()
