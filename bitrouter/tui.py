@@ -169,9 +169,7 @@ class _Local:
             notes = self.srv.reload("dashboard")
         except Error as exc:
             return f"reload failed, the previous configuration keeps serving: {exc}", "error"
-        rt = self.srv.runtime
-        summary = (f"configuration reloaded: {len(rt.cfg.configured_providers())} provider(s) with keys, "
-                   f"{len(rt.router.listing())} route(s)")
+        summary = f"configuration reloaded: {len(self.srv.runtime.router.listing())} route(s)"
         return "; ".join([summary, *notes]), "warn" if notes else "good"
 
     def close(self, inbox) -> None:
@@ -277,32 +275,39 @@ class _Remote:
 
 
 def _loop(term, source, inbox, view: View) -> None:
-    """Wait for keys and events; re-read the snapshot when due; repaint what changed."""
+    """Wait for keys and events; re-read the snapshot when due; repaint when something changed."""
     snap, view.error = _fetch(source, {}, "")
     fetched = time.monotonic()
-    frame, size, dirty = None, None, False
+    frame, size, second, changed, dirty = None, None, None, True, False
     while True:
         view.now, view.mode = time.time(), source.label(snap)
-        lines = render(snap, term.width, term.height, view)
         if (term.width, term.height) != size:
-            frame, size = None, (term.width, term.height)
-        frame = _paint(term, lines, frame)
+            frame, size, changed = None, (term.width, term.height), True
+        if changed or second != int(view.now):  # each second moves the uptime and running requests
+            frame = _paint(term, render(snap, size[0], size[1], view), frame)
+            changed, second = False, int(view.now)
         since = time.monotonic() - fetched
-        timeout = max(0.0, REFRESH_MIN - since) if dirty else min(1.0 - view.now % 1.0, REFRESH_IDLE - since)
-        for item in inbox.wait(max(0.01, timeout)):
+        if dirty:  # requests keep coming: sleep until the next refresh rather than wake for each
+            time.sleep(max(0.0, REFRESH_MIN - since))
+            items = inbox.wait(0)
+        else:
+            items = inbox.wait(max(0.01, min(1.0 - view.now % 1.0, REFRESH_IDLE - since)))
+        for item in items:
             kind = item["type"]
             if kind == "key":
+                changed, dirty = True, dirty or item["key"] == "r"  # show what a reload changed
                 if _on_key(item["key"], snap, view, source, term.height):
                     return
             elif kind == "log":
                 view.say(item["text"], "warn")
+                changed = True
             elif kind == "disconnected":
-                view.error = item["error"]
-            else:  # request events, connected, dropped: the snapshot is stale
+                view.error, changed = item["error"], True
+            elif kind != "resize":  # request events, connected, dropped: the snapshot is stale
                 dirty = True
         if time.monotonic() - fetched >= (REFRESH_MIN if dirty else REFRESH_IDLE):
             snap, view.error = _fetch(source, snap, view.error)
-            fetched, dirty = time.monotonic(), False
+            fetched, dirty, changed = time.monotonic(), False, True
 
 
 def _fetch(source, snap: dict, error: str) -> tuple[dict, str]:

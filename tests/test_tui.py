@@ -539,6 +539,59 @@ def test_dashboard_runs_the_server_shows_requests_and_drains_on_quit(home):
         requests.get(url + "/health", timeout=2)
 
 
+def test_keys_pause_scroll_help_reload_and_resize(home):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    write_config(home, {**MOCK, "server": {"listen": f"127.0.0.1:{port}"}})
+    tty = Tty(home)
+    tty.wait_screen(lambda s: "in-process" in s[0], "the header")
+    with requests.Session() as http:
+        for i in range(30):
+            http.post(url + "/v1/chat/completions", timeout=5,
+                      json={"model": "mock:echo", "messages": [{"role": "user", "content": f"n{i}"}]})
+    tty.wait_screen(lambda s: s[-3].startswith("Since start: 30 requests"), "thirty requests")
+
+    tty.child.send("p")
+    tty.wait_screen(lambda s: "[paused]" in s[-1], "the paused marker")
+    assert chat(url, "after-pause").status_code == 404
+    tty.wait_screen(lambda s: s[-3].startswith("Since start: 31 requests"), "totals that keep counting")
+    assert not any("after-pause" in row for row in tty.log_rows())
+    tty.child.send("p")
+    tty.wait_screen(lambda s: "after-pause" in tty.log_rows()[0], "the log resumed")
+
+    top = tty.log_rows()[0]
+    tty.child.send("jj")
+    tty.wait_screen(lambda s: "rows 3-19 of 31" in s[-1], "the scroll position")
+    assert tty.log_rows()[0] != top
+    tty.child.send("\x1b[A")  # Up
+    tty.wait_screen(lambda s: "rows 2-18 of 31" in s[-1], "one row back up")
+    tty.child.send("g")
+    tty.wait_screen(lambda s: tty.log_rows()[0] == top, "the top again")
+
+    tty.child.send("?")
+    tty.wait_screen(lambda s: "Keys" in s, "the help")
+    tty.child.send("?")
+    tty.wait_screen(lambda s: "Keys" not in s, "the help closed")
+
+    write_config(home, {"server": {"listen": f"127.0.0.1:{port}"},
+                        "models": {"default": {"endpoints": ["mock:echo"]}, "extra": {"endpoints": ["mock:two"]}}})
+    tty.child.send("r")
+    tty.wait_screen(lambda s: "configuration reloaded: 2 route(s)" in s[-1], "the reload result")
+    tty.wait_screen(lambda s: any("|extra       priority mock:two" in line for line in s[2:4]), "the new alias")
+    (home / "bitrouter.yaml").write_text("models: [unclosed\n")
+    tty.child.send("r")
+    tty.wait_screen(lambda s: "reload failed, the previous configuration keeps serving" in s[-1], "the failure")
+    assert chat(url, "extra").status_code == 200
+
+    tty.rows = 40
+    tty.child.setwinsize(40, 120)
+    tty.wait_screen(lambda s: s[37].startswith("Since start: 32 requests") and "http://" in s[0],
+                    "the 120x40 redraw")
+    tty.child.send("q")
+    assert tty.wait_exit() == 0
+    assert restored(tty.raw)
+
+
 def test_sigterm_restores_the_terminal(home):
     port = free_port()
     write_config(home, {**MOCK, "server": {"listen": f"127.0.0.1:{port}"}})
@@ -559,6 +612,8 @@ def test_attaches_when_a_server_already_holds_the_port(home, start_server):
     assert chat(server.url, "nope-attached").status_code == 404
     tty.wait_screen(lambda s: any("nope-attached" in line for line in s), "the request over /admin/events")
     assert "\x1b[31m" in tty.raw  # colour when NO_COLOR is not set: the 404 row is red
+    tty.child.send("r")
+    tty.wait_screen(lambda s: "configuration reloaded" in s[-1], "POST /admin/reload's answer")
     tty.child.send("q")
     assert tty.wait_exit() == 0
     assert requests.get(server.url + "/health", timeout=5).ok  # quitting left the server running
