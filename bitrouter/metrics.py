@@ -16,6 +16,7 @@ import bitrouter
 from bitrouter.protocols import Usage
 
 TOTAL_KEYS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micro_usd")
+STATE_ORDER = ("ok", "failing", "cooling down")  # a provider shows its worst endpoint's state
 
 
 @dataclass
@@ -268,8 +269,6 @@ def cost_micro_usd(usage: Usage, pricing: dict) -> int:
 
 
 # ---------------------------------------------------------------- helpers
-
-STATE_ORDER = ("ok", "failing", "cooling down")
 
 
 def _endpoint_row(label: str, health, stats: dict, now: float, secrets) -> dict:

@@ -23,7 +23,11 @@ REFRESH_IDLE = 2.0  # cooldowns end without events, so re-read now and then
 KEY_POLL = 0.25  # how often the key reader looks for a resize
 MESSAGE_SECONDS = 8.0
 RECENT = 200  # requests fetched for the log (what scrolling can reach)
-INBOX = 4096
+INBOX = 4096  # events and keys waiting for the loop, which empties it at least 4 times a second
+LOG_FIXED = 8 + 1 + 9 + 1 + 1 + 6 + 1 + 7 + 1 + 11 + 1 + 8  # log columns but the route, with spaces
+# style -> (attribute, colour); NO_COLOR drops the colours only
+STYLES = {"header": ("reverse", ""), "title": ("bold", ""), "dim": ("dim", ""), "error": ("", "red"),
+          "warn": ("", "yellow"), "running": ("", "cyan"), "good": ("", "green"), "": ("", "")}
 
 HELP = [
     ("title", "Keys"),
@@ -53,6 +57,7 @@ class View:
     message_style: str = ""
     message_until: float = 0.0
     error: str = ""  # the attached server cannot be reached
+    quitting: bool = False  # set by a signal; the loop sees it within a second
 
     def say(self, text: str, style: str = "") -> None:
         self.message, self.message_style = text, style
@@ -109,14 +114,12 @@ def dashboard(source, note: str = "") -> None:
     stop = threading.Event()
     keys = threading.Thread(target=_read_keys, args=(term, inbox, stop), name="tui-keys", daemon=True)
     # Outermost first: output captured until the terminal is back, signals, then the screen.
-    with _captured_output(inbox), _signals_quit():
+    with _captured_output(inbox), _signals_quit(view):
         try:
             with term.fullscreen(), term.cbreak(), term.hidden_cursor():
                 keys.start()
                 try:
                     _loop(term, source, inbox, view)
-                except KeyboardInterrupt:
-                    pass  # Ctrl-C or SIGTERM: leave like `q` does
                 finally:
                     stop.set()
                     keys.join(2 * KEY_POLL)
@@ -279,7 +282,7 @@ def _loop(term, source, inbox, view: View) -> None:
     snap, view.error = _fetch(source, {}, "")
     fetched = time.monotonic()
     frame, size, second, changed, dirty = None, None, None, True, False
-    while True:
+    while not view.quitting:
         view.now, view.mode = time.time(), source.label(snap)
         if (term.width, term.height) != size:
             frame, size, changed = None, (term.width, term.height), True
@@ -344,7 +347,11 @@ def _read_keys(term, inbox, stop) -> None:
     """Keys (and size changes, which blessed does not report) into the inbox."""
     size = (term.width, term.height)
     while not stop.is_set():
-        key = term.inkey(timeout=KEY_POLL)
+        try:
+            key = term.inkey(timeout=KEY_POLL)
+        except OSError:  # the terminal went away
+            inbox.push({"type": "key", "key": "q"})
+            return
         if key:
             inbox.push({"type": "key", "key": key.name or str(key)})
         if (term.width, term.height) != size:
@@ -364,10 +371,6 @@ def _paint(term, lines: list, previous) -> list:
         term.stream.write("".join(out))
         term.stream.flush()
     return lines
-
-
-STYLES = {"header": ("reverse", ""), "title": ("bold", ""), "dim": ("dim", ""), "error": ("", "red"),
-          "warn": ("", "yellow"), "running": ("", "cyan"), "good": ("", "green"), "": ("", "")}
 
 
 def _styled(term, style: str, text: str, colour: bool) -> str:
@@ -418,11 +421,15 @@ def _captured_output(inbox):
 
 
 @contextmanager
-def _signals_quit():
-    """SIGTERM and SIGHUP end the dashboard the way Ctrl-C does, so cleanup always runs."""
-    def interrupt(*_):
-        raise KeyboardInterrupt
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+def _signals_quit(view: View):
+    """Ctrl-C, SIGTERM and SIGHUP end the dashboard the way `q` does, so cleanup always runs.
+
+    The handler only sets a flag: raising KeyboardInterrupt could land in the key reader
+    (a greenlet under gevent) and be lost there, and taking a lock could deadlock.
+    """
+    def quit_soon(*_):
+        view.quitting = True
+    previous = {sig: signal.signal(sig, quit_soon) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -516,9 +523,6 @@ def _more(lines: list, total: int, rows: int, width: int) -> list:
     if total > rows:
         lines[rows] = ("dim", _fit(f"  ... {total - rows + 1} more", width))
     return lines[:rows + 1] + [("", "")] * (rows + 1 - len(lines))
-
-
-LOG_FIXED = 8 + 1 + 9 + 1 + 1 + 6 + 1 + 7 + 1 + 11 + 1 + 8  # every column but the route
 
 
 def _log(snap: dict, width: int, height: int, view: View) -> list:

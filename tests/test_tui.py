@@ -592,12 +592,16 @@ def test_keys_pause_scroll_help_reload_and_resize(home):
     assert restored(tty.raw)
 
 
-def test_sigterm_restores_the_terminal(home):
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_signals_quit_like_q_and_restore_the_terminal(home, how):
     port = free_port()
     write_config(home, {**MOCK, "server": {"listen": f"127.0.0.1:{port}"}})
     tty = Tty(home)
     tty.wait_screen(lambda s: "in-process" in s[0], "the header")
-    tty.child.kill(signal.SIGTERM)
+    if how == "SIGTERM":
+        tty.child.kill(signal.SIGTERM)
+    else:
+        tty.child.send("\x03")
     assert tty.wait_exit() == 0
     assert restored(tty.raw)
 
