@@ -93,6 +93,17 @@ def test_a_broken_config_is_rejected_whole_and_the_old_one_keeps_serving(daemon_
         assert d.pid() == pid
 
 
+def test_reload_signs_in_with_the_active_account_once_tokens_are_required(daemon_home, home):
+    d = daemon_home()
+    assert d.cli("account", "-g").returncode == 0  # an account makes the server require tokens
+    d.start()
+    refused = requests.post(d.url + "/admin/reload", timeout=10)
+    assert refused.status_code == 401
+    d.write_config({"models": {"renamed": {"endpoints": ["mock:echo"]}}})
+    assert reload_ok(d) == "configuration reloaded\n"
+    assert "configuration reloaded (POST /admin/reload)" in d.log
+
+
 def test_reload_reports_listen_and_database_changes_as_needing_a_restart(daemon_home):
     d = daemon_home()
     d.start()
