@@ -187,7 +187,6 @@ class _Remote:
         self.home = home
         self.url = url
         self.http = requests.Session()
-        self._token = (None, 0.0)
         self._stop = threading.Event()
 
     @classmethod
@@ -267,11 +266,8 @@ class _Remote:
 
     def _headers(self) -> dict:
         """A short-lived admin token from this home's active account, when it has one."""
-        token, minted = self._token
-        if token is None or time.time() - minted > 600:
-            token, minted = _admin_token(self.home), time.time()
-            self._token = (token, minted)
-        return {"authorization": f"Bearer {token}"} if token else {}
+        from bitrouter import daemon
+        return daemon.admin_headers(self.home)
 
 
 # ---------------------------------------------------------------- the loop
@@ -659,17 +655,6 @@ def _server_url(home) -> str:
     if current and current.url:
         return current.url
     return daemon.connect_url(*config.load(home).host_port)
-
-
-def _admin_token(home) -> str | None:
-    """A 15-minute admin token signed by the home's active account (None without one)."""
-    from bitrouter import accounts, tokens
-    try:
-        if accounts.active(home) is None:
-            return None
-        return tokens.mint(accounts.load_signing_key(home), scope="admin", exp=int(time.time()) + 900)
-    except (Error, OSError, ValueError):
-        return None
 
 
 def _json_or_empty(resp) -> dict:

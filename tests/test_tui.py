@@ -17,7 +17,7 @@ from wcwidth import wcswidth
 import bitrouter
 from bitrouter import tui
 from bitrouter.metrics import Metrics, percentile
-from conftest import BITROUTER, clean_env, free_port, wait_until
+from conftest import BITROUTER, clean_env, free_port, run_cli, wait_until
 from fakes import FakeUpstream, Reply, chat_stream, error
 
 NOW = 1_800_000_000.0
@@ -625,6 +625,20 @@ def test_attaches_when_a_server_already_holds_the_port(home, start_server):
     tty = Tty(home, "tui")
     tty.wait_screen(lambda s: f"attached to pid {server.proc.pid}" in s[0], "`bitrouter tui`")
     assert any("nope-attached" in line for line in tty.log_rows())
+    tty.child.send("q")
+    assert tty.wait_exit() == 0
+
+
+def test_attaching_signs_in_when_the_server_requires_tokens(home, start_server):
+    assert run_cli(home, "account", "-g").returncode == 0  # a trusted issuer: tokens are now required
+    server = start_server(MOCK)
+    assert requests.get(server.url + "/admin/metrics", timeout=5).status_code == 401
+    assert requests.get(server.url + "/admin/events", timeout=5).status_code == 401
+    token = run_cli(home, "keygen", "--exp", "5m").stdout.strip().splitlines()[-1]
+    tty = Tty(home, "tui")
+    tty.wait_screen(lambda s: f"attached to pid {server.proc.pid}" in s[0], "the attached header")
+    assert chat(server.url, "default", headers={"authorization": f"Bearer {token}"}).status_code == 200
+    tty.wait_screen(lambda s: any("default -> mock:echo" in row for row in tty.log_rows()), "the request")
     tty.child.send("q")
     assert tty.wait_exit() == 0
 
