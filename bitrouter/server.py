@@ -91,7 +91,7 @@ class Server:
             if gone:  # its endpoints could no longer be called
                 del self.dynamic[name]
                 notes.append(f"dynamic route {name!r} was removed: provider {', '.join(gone)} no longer exists")
-        self.pools.timeout = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"]).timeout
+        self.pools.set_timeouts(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.runtime = runtime
         log.info("configuration reloaded (%s) in %.1f ms%s", source, (time.perf_counter() - clock) * 1000,
                  "".join("; " + note for note in notes))
@@ -316,8 +316,12 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         bottle.response.content_type = "text/event-stream"
         bottle.response.set_header("cache-control", "no-cache")
         body = _stream_reply(srv, rt, answer, record, clock)
+        # Pass-through streams carry the upstream's own keep-alives, and their chunks may end
+        # mid-event, so pings are only added to streams BitRouter encodes itself.
         ping, interval = getattr(inbound, "KEEPALIVE", b""), rt.cfg.server["ping_interval"]
-        return _keepalive(body, ping, interval) if ping and interval > 0 else body
+        if ping and interval > 0 and answer.kind != "passthrough":
+            return _keepalive(body, ping, interval)
+        return body
     try:
         payload, usage = answer.finish(model)
     except (ProtocolError, ValueError, KeyError, TypeError) as exc:
@@ -531,7 +535,7 @@ def _primed(chunks):
 def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clock: float):
     """The streamed body: relayed frames, or re-encoded events; failures end it in-band."""
     inbound = answer.inbound
-    usage, complete = None, False
+    usage, complete, encoder = None, False, None
     try:
         if answer.kind == "passthrough":
             parser = sse.Parser()
@@ -557,7 +561,7 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
     except (UpstreamError, ProtocolError, ValueError) as exc:
         record.status, record.error = 502, str(exc)
         log.warning("stream from %s broke: %s", answer.endpoint.label, exc)
-        yield inbound.stream_error(502, str(exc))
+        yield encoder.error(502, str(exc)) if encoder else inbound.stream_error(502, str(exc))
     except (GeneratorExit, GreenletExit):  # the client went away
         record.status, record.error = 499, "client disconnected"
         raise

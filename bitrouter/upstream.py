@@ -40,9 +40,13 @@ class Pools:
     """One keep-alive pool per upstream origin, shared by every provider on that origin."""
 
     def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 300.0, maxsize: int = 256):
-        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.set_timeouts(connect_timeout, read_timeout)
         self.maxsize = maxsize
         self._pools = {}
+
+    def set_timeouts(self, connect_timeout: float, read_timeout: float) -> None:
+        """Timeouts for every call from now on (a reload changes them; pools are kept)."""
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
 
     def send(self, url: str, headers: dict, body: bytes, stream: bool = False) -> "Reply":
         """POST (or GET when body is None) and return once the status line and headers arrive."""
@@ -51,7 +55,7 @@ class Pools:
         path = parts.path + ("?" + parts.query if parts.query else "")
         try:
             raw = pool.urlopen("POST" if body is not None else "GET", path, body=body,
-                               headers=headers, retries=False, redirect=False,
+                               headers=headers, retries=False, redirect=False, timeout=self.timeout,
                                preload_content=False, decode_content=True)
         except (TimeoutError, ReadTimeoutError) as exc:
             raise UpstreamError(f"timed out connecting to {parts.hostname}: {_reason(exc)}",

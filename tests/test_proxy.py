@@ -359,3 +359,16 @@ def test_openai_sdk_plain_and_streaming(start_server, fake_openai):
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "stream me"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
+
+
+def test_reload_applies_new_upstream_timeouts_to_existing_connections(start_server, fake_openai):
+    fake_openai.behaviour = lambda req: Reply(body=chat_completion(), delay=1.0)
+    cfg = upstream_config(fake_openai)
+    cfg["upstream"] = {"read_timeout": 0.3}
+    server = start_server(cfg)
+    assert chat(server).status_code == 504
+    cfg["upstream"] = {"read_timeout": 10}
+    cfg["server"] = {"listen": f"127.0.0.1:{server.port}"}
+    server.write_config(cfg)
+    assert requests.post(server.url + "/admin/reload").status_code == 200
+    assert chat(server).status_code == 200
