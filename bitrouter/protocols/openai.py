@@ -5,6 +5,7 @@ import secrets
 import time
 
 from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
+from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "openai"
 FIXED_HEADERS = {}
@@ -288,17 +289,6 @@ class StreamDecoder:
         if chunk.get("usage"):
             out.append(Event("usage", usage=usage_of(chunk)))
         return out
-
-
-def error_message(status: int, body: bytes) -> str:
-    """The human message inside an upstream error body."""
-    try:
-        err = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        return body[:300].decode("utf-8", "replace").strip()
-    if isinstance(err, dict):
-        return str(err.get("message") or err)
-    return str(err or body[:300].decode("utf-8", "replace"))
 
 
 def encode_usage(u: Usage) -> dict:
