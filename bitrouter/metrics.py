@@ -195,7 +195,7 @@ def dashboard(srv, recent: int = 100) -> dict:
     routes = rt.router.listing()
     return {"version": bitrouter.__version__, "pid": os.getpid(), "time": now,
             "listen": f"http://{_url_host(host)}:{srv.port or port}",
-            "mode": srv.mode, "auth_mode": rt.cfg.auth["mode"],
+            "mode": srv.mode, "auth_mode": rt.cfg.auth["mode"], "auth_required": srv.gate.required,
             "started": srv.started, "uptime_seconds": round(now - srv.started, 1),
             "providers": providers(rt, routes, srv.health, srv.metrics.endpoints, secrets),
             "routes": routes, **data}

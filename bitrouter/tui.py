@@ -451,12 +451,16 @@ def _header(snap: dict, width: int, view: View) -> str:
     uptime = snap.get("uptime_seconds", 0) + max(0.0, view.now - snap.get("time", view.now))
     mode = view.mode + (f" ({view.error})" if view.error else "")
     listen = snap.get("listen", "?")
-    parts = [f" BitRouter {snap.get('version', '?')}", listen, mode, f"auth {snap.get('auth_mode', '?')}",
-             f"up {_duration(uptime)}"]
-    text = "  ".join(parts)
-    if len(text) > width:  # the scheme is the least informative part of a narrow header
-        parts[1] = listen.partition("://")[2] or listen
+    state = "tokens" if snap.get("auth_required") else "open"
+    auth = f"auth {snap.get('auth_mode', '?')}: {state}"
+    parts = [f" BitRouter {snap.get('version', '?')}", listen, mode, auth, f"up {_duration(uptime)}"]
+    # On a narrow screen the least informative parts go first: the scheme, the configured mode.
+    for short in (None, (1, listen.partition("://")[2] or listen), (3, f"auth: {state}")):
+        if short:
+            parts[short[0]] = short[1]
         text = "  ".join(parts)
+        if len(text) <= width:
+            break
     return text
 
 
@@ -596,13 +600,14 @@ def _fit(text: str, width: int) -> str:
     text = str(text).translate(_CONTROLS)
     if _cells(text) <= width:
         return text
-    out, cells = [], 0
-    for ch in text:
-        cells += _cells(ch)
-        if cells > width - 1:
-            break
-        out.append(ch)
-    return "".join(out) + "…"
+    low, high = 0, len(text)  # the longest prefix that leaves a cell for the ellipsis
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _cells(text[:mid]) <= width - 1:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + "…" if width else ""
 
 
 def _pad(text: str, width: int) -> str:
@@ -615,8 +620,8 @@ def _cells(text: str) -> int:
     """Terminal cells the text takes (wide CJK characters take two)."""
     if text.isascii():
         return len(text)
-    from wcwidth import wcwidth
-    return sum(max(0, wcwidth(ch)) for ch in text)
+    from wcwidth import wcswidth
+    return max(0, wcswidth(text))
 
 
 def _duration(seconds: float) -> str:

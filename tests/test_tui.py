@@ -53,7 +53,8 @@ def snapshot():
     """What GET /admin/metrics returns for a server with some history (one request running)."""
     return {
         "version": "0.1.0", "pid": 4242, "time": NOW, "listen": "http://127.0.0.1:8787",
-        "mode": "foreground", "auth_mode": "auto", "started": NOW - 3725, "uptime_seconds": 3725.0,
+        "mode": "foreground", "auth_mode": "auto", "auth_required": True, "started": NOW - 3725,
+        "uptime_seconds": 3725.0,
         "providers": [
             provider("anthropic", "cooling down", 7, 3, 812.0, "HTTP 529: overloaded", cooling=4.2),
             provider("mock", "ok", 12, 0, 0.4),
@@ -110,7 +111,7 @@ def texts(lines):
 def test_render_80x24():
     lines = screen(snapshot(), 80, 24)
     text = texts(lines)
-    assert text[0] == " BitRouter 0.1.0  127.0.0.1:8787  attached to pid 4242  auth auto  up 1:02:05"
+    assert text[0] == " BitRouter 0.1.0  127.0.0.1:8787  attached to pid 4242  auth: tokens  up 1:02:05"
     assert text[1:6] == [
         "Providers  health      reqs      p50  |Routes      strategy endpoints (*dynamic)",
         "anthropic  cooling 4s     7    812ms  |default     priority openai:gpt-4o > ant…",
@@ -137,7 +138,7 @@ def test_render_80x24():
 
 def test_render_120x40():
     text = texts(screen(snapshot(), 120, 40))
-    assert text[0] == (" BitRouter 0.1.0  http://127.0.0.1:8787  attached to pid 4242  auth auto  "
+    assert text[0] == (" BitRouter 0.1.0  http://127.0.0.1:8787  attached to pid 4242  auth auto: tokens  "
                        "up 1:02:05")
     assert text[1].startswith("Providers  health      reqs      p50 errs")
     assert text[2].startswith("anthropic  cooling 4s     7    812ms    3 HTTP 529: overloa…|default     "
@@ -296,7 +297,7 @@ def test_admin_metrics_snapshot(start_server):
     assert data["pid"] == server.proc.pid
     assert data["listen"] == server.url
     assert data["mode"] == "foreground"
-    assert data["auth_mode"] == "auto"
+    assert data["auth_mode"] == "auto" and data["auth_required"] is False
     assert 0 <= data["uptime_seconds"] < 60
     (mock,) = data["providers"]
     assert mock["name"] == "mock" and mock["state"] == "ok" and mock["requests"] == 2
@@ -510,8 +511,8 @@ def test_dashboard_runs_the_server_shows_requests_and_drains_on_quit(home):
                                        "slow": {"endpoints": ["up:slow"]}}})
         tty = Tty(home)
         tty.wait_screen(lambda s: "in-process" in s[0], "the header")
-        assert tty.screen()[0].startswith(f" BitRouter {bitrouter.__version__}  {url}  in-process  "
-                                          "auth auto  up 0:00:0")
+        assert tty.screen()[0].startswith(f" BitRouter {bitrouter.__version__}  {url[7:]}  in-process  "
+                                          "auth auto: open  up 0:00:0")
         for i in range(3):
             assert chat(url, "mock:echo", f"hello {i}").status_code == 200
         assert chat(url, "missing-model").status_code == 404
@@ -637,6 +638,7 @@ def test_attaching_signs_in_when_the_server_requires_tokens(home, start_server):
     token = run_cli(home, "keygen", "--exp", "5m").stdout.strip().splitlines()[-1]
     tty = Tty(home, "tui")
     tty.wait_screen(lambda s: f"attached to pid {server.proc.pid}" in s[0], "the attached header")
+    assert "auth: tokens" in tty.screen()[0]
     assert chat(server.url, "default", headers={"authorization": f"Bearer {token}"}).status_code == 200
     tty.wait_screen(lambda s: any("default -> mock:echo" in row for row in tty.log_rows()), "the request")
     tty.child.send("q")
