@@ -22,7 +22,6 @@ test: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
-	$(BIN)/python scripts/bench_auth.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -39,6 +39,8 @@ def main() -> None:
     if sys.argv[1:2] == ["--upstream"]:
         serve_upstream(int(sys.argv[2]))
         return
+    import bench_auth
+    import bench_protocols
     report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     with Stack() as stack:
         report["rss_mb_idle"] = stack.rss_mb()
@@ -47,6 +49,8 @@ def main() -> None:
                                     "bitrouter_rps": throughput(stack.proxy, 32, 5.0)}
         report["streaming_ttfb"] = added_ttfb(stack, n=500)
         report["rss_mb_loaded"] = stack.rss_mb()
+        report["translation"] = bench_protocols.run(stack)
+    report["auth"] = bench_auth.run()
     print(json.dumps(report, indent=2))
 
 
@@ -175,15 +179,16 @@ def serve_upstream(port: int) -> None:
 class Client:
     """One keep-alive connection speaking just enough HTTP/1.1 for the benchmark."""
 
-    def __init__(self, target):
+    def __init__(self, target, token: str | None = None):
         self.sock = socket.create_connection(("127.0.0.1", target.port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
+        self.auth = b"authorization: Bearer %s\r\n" % token.encode() if token else b""
 
     def post(self, path: str, body: dict) -> bytes:
         data = json.dumps(body).encode()
         self.sock.sendall(b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-                          b"content-length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+                          b"%scontent-length: %d\r\n\r\n%s" % (path.encode(), self.auth, len(data), data))
         head, (payload, self.buffer) = read_message(self.sock, self.buffer)
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"benchmark request failed: {head[:80]!r} {payload[:200]!r}")

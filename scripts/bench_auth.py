@@ -14,7 +14,6 @@ monkey.patch_all()
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -29,10 +28,11 @@ import bench  # noqa: E402  (the upstream, the HTTP reader and the percentile he
 
 ADDED_P50_LIMIT_MS = 0.3
 EXE = Path(sys.executable).with_name("bitrouter")
+PATH = "/v1/chat/completions"
 
 
-def main() -> None:
-    """Measure auth off vs on, then the spend writer under load; print the JSON report."""
+def run() -> dict:
+    """Measure auth off vs on, then the spend writer under load; the report as a dict."""
     with tempfile.TemporaryDirectory(prefix="bitrouter-bench-auth-") as tmp:
         up_port = bench.free_port()
         upstream = subprocess.Popen([sys.executable, bench.__file__, "--upstream", str(up_port)])
@@ -52,7 +52,7 @@ def main() -> None:
             upstream.wait(10)
     report["ok"] = (report["latency_c1"]["added_p50_ms"] < ADDED_P50_LIMIT_MS
                     and report["spend_writer_c32"]["rows_missing"] == 0)
-    print(json.dumps(report, indent=2))
+    return report
 
 
 def added_latency(off, on, blocks: int, per_block: int) -> dict:
@@ -76,9 +76,9 @@ def spend_under_load(proxy, concurrency: int, seconds: float) -> dict:
     deadline = time.perf_counter() + seconds
 
     def worker():
-        client = Client(proxy)
+        client = bench.Client(proxy, proxy.token)
         while time.perf_counter() < deadline:
-            client.post()
+            client.post(PATH, bench.REQUEST)
             done[0] += 1
         client.close()
     started = time.perf_counter()
@@ -117,11 +117,11 @@ class Proxy:
         bench.wait_for_port(self.port)
 
     def timed(self, n: int) -> list[float]:
-        client = Client(self)
+        client = bench.Client(self, self.token)
         times = []
         for _ in range(n):
             started = time.perf_counter()
-            client.post()
+            client.post(PATH, bench.REQUEST)
             times.append((time.perf_counter() - started) * 1000)
         client.close()
         self.rows_expected += n
@@ -137,27 +137,6 @@ class Proxy:
             return conn.execute("select count(*) from spend_logs").fetchone()[0]
 
 
-class Client:
-    """One keep-alive connection posting the benchmark request, with the token if there is one."""
-
-    def __init__(self, proxy: Proxy):
-        self.sock = socket.create_connection(("127.0.0.1", proxy.port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buffer = b""
-        data = json.dumps(bench.REQUEST).encode()
-        auth = b"authorization: Bearer %s\r\n" % proxy.token.encode() if proxy.token else b""
-        self.request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-                        b"%scontent-length: %d\r\n\r\n%s" % (auth, len(data), data))
-
-    def post(self) -> None:
-        self.sock.sendall(self.request)
-        head, (payload, self.buffer) = bench.read_message(self.sock, self.buffer)
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"benchmark request failed: {head[:80]!r} {payload[:200]!r}")
-
-    def close(self) -> None:
-        self.sock.close()
-
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(run(), indent=2))
