@@ -136,7 +136,8 @@ def running(home) -> Daemon | None:
 
 def status_text(home) -> str:
     """The `bitrouter status` report: daemon state, paths, configuration summary."""
-    lines = _daemon_lines(running(home))
+    current = running(home)
+    lines = _daemon_lines(current) + (_upstream_lines(home, current.url) if current and current.url else [])
     lines += [("home", home.root), ("config", home.config_file), ("env", home.env_file),
               ("runtime", home.run_dir), ("logs", home.logs_dir)]
     try:
@@ -486,6 +487,18 @@ def _daemon_lines(current: Daemon | None) -> list:
         return [("daemon", f"starting (pid {current.pid})" if current.pid else "starting")]
     return [("daemon", f"running (pid {current.pid})"), ("mode", current.mode), ("url", current.url),
             ("uptime", _duration(time.time() - current.started)), ("health", _health(current.url)[1])]
+
+
+def _upstream_lines(home, url: str) -> list:
+    """Providers the running server sees failing (a rejected key, say), from /admin/metrics."""
+    try:
+        status, body = _http("GET", url + "/admin/metrics", 2.0, admin_headers(home))
+    except OSError:
+        return []
+    if status != 200:
+        return [("upstream", f"(provider health unavailable: HTTP {status})")]
+    return [("upstream", f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}")
+            for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
 
 
 def _duration(seconds: float) -> str:

@@ -2,12 +2,15 @@
 
 import difflib
 import itertools
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from bitrouter.config import ROUTING_DEFAULTS, STRATEGIES, Alias, Endpoint
 from bitrouter.upstream import UpstreamError
+
+log = logging.getLogger("bitrouter")
 
 
 class RouteError(Exception):
@@ -164,6 +167,7 @@ class Router:
                     raise
                 self.health.failure(endpoint.label, exc, route)
                 errors.append((endpoint.label, exc))
+                _log_failure(endpoint, exc, more=bool(queue))
                 wait = exc.retry_after
                 if not queue and not waited and wait is not None and wait <= route.max_retry_wait:
                     waited = True
@@ -192,6 +196,15 @@ class Router:
         close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
         hint = "; did you mean " + ", ".join(repr(c) for c in close) + "?" if close else ""
         return hint + " (use an alias from `models:` or provider:model_id)"
+
+
+def _log_failure(endpoint, exc: UpstreamError, more: bool) -> None:
+    """One line per failed attempt; a rejected key is the operator's to fix, so it says so."""
+    what = f"HTTP {exc.status}" if exc.status else exc.kind
+    if exc.status in (401, 403):
+        what += f", the provider rejected BitRouter's key for {endpoint.provider}"
+    log.warning("upstream %s failed (%s): %s%s", endpoint.label, what, exc.message[:200],
+                "; trying the next endpoint" if more else "")
 
 
 def route_from_alias(alias: Alias) -> Route:

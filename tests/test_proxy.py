@@ -372,3 +372,14 @@ def test_reload_applies_new_upstream_timeouts_to_existing_connections(start_serv
     server.write_config(cfg)
     assert requests.post(server.url + "/admin/reload").status_code == 200
     assert chat(server).status_code == 200
+
+
+def test_a_rejected_provider_key_shows_in_status_and_the_log(start_server, two_fakes, home):
+    a, b = two_fakes
+    a.behaviour = lambda req: error(401, "Incorrect API key provided")
+    server = start_server(upstream_config(a, b))
+    assert chat(server).headers["x-bitrouter-upstream"] == "up1:m1"  # failed over
+    status = run_cli(home, "status")
+    assert "upstream:  up0 failing: Incorrect API key provided" in status.stdout, status.stdout
+    log = (home / "logs" / "bitrouter.log").read_text()
+    assert "Incorrect API key provided" in log and "key-0" not in log
