@@ -29,6 +29,7 @@ from bitrouter.upstream import Pools, UpstreamError
 log = logging.getLogger("bitrouter")
 
 JSON = "application/json"
+EVENT_BATCH_SECONDS = 0.05  # /admin/events: how long a wake-up waits for more events to send along
 
 
 class HttpError(Exception):
@@ -676,6 +677,9 @@ def _events(srv: Server, sub):
         yield b": bitrouter events\n\n"
         while True:
             events = sub.wait(srv.runtime.cfg.server["ping_interval"])
+            if events and not sub.closed:  # gather what follows: one write per batch, not per event
+                time.sleep(EVENT_BATCH_SECONDS)
+                events += sub.wait(0)
             if not events:
                 if sub.closed:
                     break
