@@ -645,6 +645,17 @@ def test_attaching_signs_in_when_the_server_requires_tokens(home, start_server):
     assert tty.wait_exit() == 0
 
 
+def test_a_crash_still_restores_the_terminal(home):
+    def broken(req):  # a "BitRouter" whose snapshot lacks the fields the screen needs
+        return Reply(body={"pid": 1, "providers": [{"name": "half"}], "routes": [], "recent": []})
+    with FakeUpstream(broken) as fake:
+        tty = Tty(home, "tui", "--url", fake.url)
+        assert tty.wait_exit() == 1
+    assert restored(tty.raw)
+    after = tty.raw.rsplit(EXIT_FULLSCREEN, 1)[1]
+    assert "Traceback" in after and "KeyError" in after  # shown on the normal screen, after the restore
+
+
 def test_tui_without_a_server_says_so(home):
     port = free_port()
     write_config(home, {**MOCK, "server": {"listen": f"127.0.0.1:{port}"}})
