@@ -21,7 +21,7 @@ from bitrouter import Error
 REFRESH_MIN = 0.25  # seconds between snapshots while events arrive: at most 4 redraws a second
 REFRESH_IDLE = 2.0  # cooldowns end without events, so re-read now and then
 KEY_POLL = 0.25  # how often the key reader looks for a resize
-MESSAGE_SECONDS = 8.0
+MESSAGE_SECONDS = 8.0  # how long the footer shows the result of an action
 RECENT = 100  # requests fetched for the log (what scrolling can reach): 35 KB of JSON a snapshot
 INBOX = 4096  # events and keys waiting for the loop, which empties it at least 4 times a second
 LOG_FIXED = 8 + 1 + 9 + 1 + 1 + 6 + 1 + 7 + 1 + 11 + 1 + 8  # log columns but the route, with spaces
