@@ -471,13 +471,17 @@ class _Call:
             payload = upstream.encode_request(request, endpoint.model_id)
         base = endpoint.api_base or provider.api_base
         url = upstream.request_url(base, endpoint.model_id, self.stream)
-        headers = self._headers(provider, upstream, endpoint.api_key or provider.api_key)
+        key = endpoint.api_key or provider.api_key
+        headers = self._headers(provider, upstream, key)
         started = time.perf_counter()
         try:
             reply = self.srv.pools.send(url, headers, json.dumps(payload).encode(), self.stream)
             if reply.status >= 400:
                 error = reply.error(upstream.error_message)
                 error.protocol = upstream
+                if key and len(key) >= 8:  # some upstreams echo the key they refused
+                    error.message = error.message.replace(key, config.mask(key))
+                    error.body = error.body.replace(key.encode(), config.mask(key).encode())
                 raise error
             body = _primed(reply.chunks()) if self.stream else _parsed(reply.read())
         finally:

@@ -383,3 +383,14 @@ def test_a_rejected_provider_key_shows_in_status_and_the_log(start_server, two_f
     assert "upstream:  up0 failing: Incorrect API key provided" in status.stdout, status.stdout
     log = (home / "logs" / "bitrouter.log").read_text()
     assert "Incorrect API key provided" in log and "key-0" not in log
+
+
+def test_an_upstream_echoing_the_key_never_shows_it_to_the_client(start_server, fake_openai):
+    fake_openai.behaviour = lambda req: error(400, f"bad request for key {req.headers['authorization'][7:]}")
+    cfg = upstream_config(fake_openai)
+    cfg["providers"]["up0"]["api_key"] = "sk-very-secret-key-0123456789"
+    server = start_server(cfg)
+    resp = chat(server)
+    assert resp.status_code == 400
+    assert "sk-very-secret-key-0123456789" not in resp.text
+    assert "sk-v...6789" in resp.json()["error"]["message"]
