@@ -254,18 +254,20 @@ def secrets_of(cfg) -> list:
 
 
 def cost_micro_usd(usage: Usage, pricing: dict) -> int:
-    """Cost in micro-USD from USD-per-million prices; a missing price counts as zero.
+    """Cost in micro-USD from USD-per-million prices, rounded up (budgets must not leak).
 
-    Input tokens include cached ones: those are billed at the cache prices, the rest at
-    `input`. Output includes reasoning: billed at `reasoning` when priced, else `output`.
+    Input tokens include cached ones: those are billed at the cache prices (the input
+    price when a cache price is unknown), the rest at `input`. Output includes reasoning:
+    billed at `reasoning` when priced, else `output`. A model with no prices costs 0.
     """
+    input_price = pricing.get("input", 0)
+    output_price = pricing.get("output", 0)
     fresh = max(0, usage.input - usage.cache_read - usage.cache_write)
     text = max(0, usage.output - usage.reasoning)
-    reasoning_price = pricing.get("reasoning", pricing.get("output", 0))
-    dollars_per_million = (fresh * pricing.get("input", 0) + usage.cache_read * pricing.get("cache_read", 0)
-                           + usage.cache_write * pricing.get("cache_write", 0) + text * pricing.get("output", 0)
-                           + usage.reasoning * reasoning_price)
-    return round(dollars_per_million)  # tokens * USD/M = micro-USD
+    micro = (fresh * input_price + usage.cache_read * pricing.get("cache_read", input_price)
+             + usage.cache_write * pricing.get("cache_write", input_price) + text * output_price
+             + usage.reasoning * pricing.get("reasoning", output_price))
+    return math.ceil(micro - 1e-9)  # tokens x USD per million tokens = micro-USD
 
 
 # ---------------------------------------------------------------- helpers
