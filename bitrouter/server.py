@@ -10,6 +10,7 @@ if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anythin
     monkey.patch_all()
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -297,6 +298,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         identity = authenticate(srv, rt, "api", record)
         route = authorize_route(srv, identity, rt.router.resolve(model))
         call = _Call(srv, rt, inbound, body, stream)
+        route = call.capable(route)
         answer, attempts = rt.router.dispatch(route, call.attempt)
     except Exception as exc:  # every failure becomes a protocol-shaped error, never a traceback
         status, message, headers = _classify(exc)
@@ -488,6 +490,22 @@ class _Call:
             self.upstream_ms += (time.perf_counter() - started) * 1000
         return _Answer(endpoint, upstream, self.inbound, kind, body, request)
 
+    def capable(self, route):
+        """The route without endpoints whose catalog says they cannot take this request's images.
+
+        Decoding costs time, so it only happens when such an endpoint is on the route;
+        with none left the request is a clear 400 instead of an upstream's confusing one.
+        """
+        text_only = [e for e in route.endpoints
+                     if "image" not in self.rt.providers[e.provider].models.get(e.model_id, {}).get("modalities", ["image"])]
+        if not text_only or not any(p.kind == "image" for m in self._unified().messages for p in _all_parts(m)):
+            return route
+        usable = [e for e in route.endpoints if e not in text_only]
+        if not usable:
+            raise HttpError(400, f"model {route.name!r} does not accept images or files "
+                                 f"({', '.join(e.label for e in text_only)} take text only)")
+        return dataclasses.replace(route, endpoints=usable)
+
     def _unified(self):
         if self.unified is None:
             self.unified = self.inbound.decode_request(self.body)
@@ -512,6 +530,13 @@ AUTH_HEADERS = {
     "x-api-key": lambda key: {"x-api-key": key},
     "x-goog-api-key": lambda key: {"x-goog-api-key": key},
 }
+
+
+def _all_parts(message):
+    """A message's parts, including those inside tool results."""
+    for part in message.parts:
+        yield part
+        yield from part.content
 
 
 def _parsed(raw: bytes) -> tuple[bytes, dict]:

@@ -394,3 +394,19 @@ def test_an_upstream_echoing_the_key_never_shows_it_to_the_client(start_server, 
     assert resp.status_code == 400
     assert "sk-very-secret-key-0123456789" not in resp.text
     assert "sk-v...6789" in resp.json()["error"]["message"]
+
+
+def test_images_skip_text_only_endpoints_and_are_a_clear_400_when_none_is_left(start_server, two_fakes):
+    a, b = two_fakes
+    cfg = upstream_config(a, b)
+    cfg["providers"]["up0"]["models"] = {"m0": {"modalities": ["text"]}}
+    cfg["models"]["text-only"] = {"endpoints": [{"provider": "up0", "model_id": "m0"}]}
+    server = start_server(cfg)
+    picture = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                            {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]
+    resp = chat(server, messages=picture)
+    assert resp.headers["x-bitrouter-upstream"] == "up1:m1" and len(a.received) == 0
+    resp = chat(server, "text-only", messages=picture)
+    assert resp.status_code == 400
+    assert "does not accept images" in resp.json()["error"]["message"]
+    assert chat(server, "text-only").status_code == 200  # text still goes to it
