@@ -112,12 +112,10 @@ def serve(home, cfg=None) -> None:
     import gevent
     import gevent.event
 
-    running = start(home, cfg)
-    host = running.srv.runtime.cfg.host_port[0]
+    running = start(home, cfg)  # its log line says where it listens
     stop = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stop.set)
-    print(f"bitrouter listening on http://{host}:{running.srv.port}", flush=True)
     stop.wait()
     running.stop()
 
