@@ -122,3 +122,10 @@ def fake_openai():
     """A running fake OpenAI-compatible upstream with the default chat behaviour."""
     with FakeUpstream(openai_chat) as fake:
         yield fake
+
+
+@pytest.fixture
+def server(world):
+    """A module's shared server from its `world` fixture (server, Fleet), the fakes reset."""
+    world[1].reset()
+    return world[0]

@@ -402,13 +402,6 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture
-def server(world):
-    """The shared server, its fakes back to their default behaviour with nothing received."""
-    world[1].reset()
-    return world[0]
-
-
-@pytest.fixture
 def up(world):
     return world[1]
 

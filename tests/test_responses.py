@@ -340,13 +340,6 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture
-def server(world):
-    """The shared server, its fakes back to their default behaviour with nothing received."""
-    world[1].reset()
-    return world[0]
-
-
-@pytest.fixture
 def fakes(world):
     return world[1]
 
