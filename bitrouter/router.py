@@ -7,7 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from bitrouter.config import ROUTING_DEFAULTS, STRATEGIES, Alias, Endpoint
+from bitrouter.config import STRATEGIES, Alias, Endpoint
 from bitrouter.upstream import UpstreamError
 
 log = logging.getLogger("bitrouter")
@@ -35,16 +35,10 @@ class AllFailed(Exception):
 
 
 @dataclass
-class Route:
-    """A resolved model name: where it may be served and how to choose."""
+class Route(Alias):
+    """A resolved model name: an alias's fields plus where the route came from."""
 
-    name: str
-    source: str  # dynamic | direct | alias
-    strategy: str
-    endpoints: list
-    cooldown_failures: int = ROUTING_DEFAULTS["cooldown_failures"]
-    cooldown_seconds: float = ROUTING_DEFAULTS["cooldown_seconds"]
-    max_retry_wait: float = ROUTING_DEFAULTS["max_retry_wait"]
+    source: str = "alias"  # dynamic | direct | alias
 
 
 @dataclass
@@ -209,9 +203,7 @@ def _log_failure(endpoint, exc: UpstreamError, more: bool) -> None:
 
 def route_from_alias(alias: Alias) -> Route:
     """A configured alias as a Route."""
-    return Route(name=alias.name, source="alias", strategy=alias.strategy, endpoints=alias.endpoints,
-                 cooldown_failures=alias.cooldown_failures, cooldown_seconds=alias.cooldown_seconds,
-                 max_retry_wait=alias.max_retry_wait)
+    return Route(**vars(alias), source="alias")
 
 
 def dynamic_route(spec: dict, providers: dict, routing: dict) -> Route:
