@@ -5,6 +5,7 @@ compact claims in a fixed order, Ed25519 (pynacl) over `b64url(header).b64url(pa
 python-jose does the JWS work through a key class registered for SOL_EDDSA.
 """
 
+import functools
 import hashlib
 import json
 import re
@@ -384,16 +385,10 @@ def _valid_range(value) -> bool:
     return type(amount) is int and 0 <= amount <= MAX_TIMESTAMP
 
 
-_GLOBS: dict = {}
-
-
+@functools.lru_cache(maxsize=1024)  # patterns repeat on every request of a token
 def _glob(pattern: str):
     """A compiled model glob: `*` matches any run of characters, including '/' and ':'."""
-    compiled = _GLOBS.get(pattern)
-    if compiled is None:
-        compiled = re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.S)
-        _GLOBS[pattern] = compiled
-    return compiled
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.S)
 
 
 def _check_name(name) -> str:
