@@ -84,18 +84,20 @@ def needs_setup(home) -> bool:
     return not cfg.configured_providers() and not cfg.models
 
 
-def verify_key(provider, timeout=VERIFY_TIMEOUT) -> tuple:
+def verify_key(provider) -> tuple:
     """Ask a resolved provider for its model list: (True/False/None, message, model ids)."""
     import requests
+
+    from bitrouter.server import AUTH_HEADERS
     spec = MODEL_LIST.get(provider.api_protocol)
     if spec is None:
         return None, f"no key check for the {provider.api_protocol} protocol", []
     if not provider.api_key:
         return False, "no key set", []
     url = provider.api_base + spec["path"]
-    headers = {**provider.default_headers, **spec["headers"], **_auth_header(provider)}
+    headers = {**provider.default_headers, **spec["headers"], **AUTH_HEADERS[provider.auth](provider.api_key)}
     try:
-        resp = requests.get(url, headers=headers, timeout=timeout)
+        resp = requests.get(url, headers=headers, timeout=VERIFY_TIMEOUT)
     except requests.Timeout:
         return None, f"timed out waiting for {url}", []
     except requests.ConnectionError:
@@ -852,13 +854,6 @@ def _as_list(value, split=True) -> list:
     if isinstance(value, (list, tuple)):
         return [v.strip() if isinstance(v, str) else v for v in value]
     return [value]
-
-
-def _auth_header(provider) -> dict:
-    """The credential header for the provider's auth style."""
-    if provider.auth == "bearer":
-        return {"Authorization": f"Bearer {provider.api_key}"}
-    return {provider.auth: provider.api_key}
 
 
 def _error_detail(resp) -> str:
