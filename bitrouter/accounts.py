@@ -9,7 +9,7 @@ import base64
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bitrouter import Error
@@ -42,7 +42,7 @@ def generate(home) -> Account:
     seed = os.urandom(32)
     pubkey = b58encode(bytes(SigningKey(seed).verify_key))
     prefix = pubkey[:PREFIX_LEN]
-    keys_dir = _keys_dir(home, create=True)
+    keys_dir = _make_keys_dir(home)
     folder = keys_dir / prefix
     try:
         folder.mkdir(mode=0o700)
@@ -96,8 +96,7 @@ def set_active(home, ident) -> Account:
     chosen = pick(names, ident, missing='No account matching prefix "{id}"',
                   ambiguous='Ambiguous prefix "{id}" — matches {n} accounts. Use a longer prefix.')
     home_mod.write_private(home.keys_dir / "active", chosen)
-    account = accounts[names.index(chosen)]
-    return Account(prefix=account.prefix, path=account.path, pubkey=account.pubkey, active=True)
+    return replace(accounts[names.index(chosen)], active=True)
 
 
 def load_signing_key(home, prefix=None):
@@ -176,10 +175,10 @@ def b58decode(text: str) -> bytes:
 # ---------------------------------------------------------------- helpers
 
 
-def _keys_dir(home, create=False) -> Path:
-    """`<home>/.keys`, created 0700 on demand."""
+def _make_keys_dir(home) -> Path:
+    """`<home>/.keys`, created 0700 if missing."""
     keys_dir = home.keys_dir
-    if create and not keys_dir.is_dir():
+    if not keys_dir.is_dir():
         keys_dir.mkdir(parents=True, mode=0o700)
         os.chmod(keys_dir, 0o700)
     return keys_dir
