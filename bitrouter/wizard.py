@@ -629,9 +629,9 @@ class _Prompts:
         from inquirer.render.console import ConsoleRender
         self.render = ConsoleRender(event_generator=events.KeyEventGenerator(_readkey))
 
-    def text(self, message, default=None, validate=None, autocomplete=None) -> str:
+    def text(self, message, validate=None, autocomplete=None) -> str:
         import inquirer
-        return inquirer.text(message, default=default, validate=_validator(validate),
+        return inquirer.text(message, validate=_validator(validate),
                              autocomplete=autocomplete, render=self.render)
 
     def password(self, message) -> str:
@@ -831,9 +831,7 @@ def _endpoint_label(entry) -> str:
 
 def _env_file_values(home) -> dict:
     """The .env file alone (no process environment), for telling stored keys apart."""
-    from dotenv import dotenv_values
-    path = Path(home.env_file)
-    return {k: v for k, v in dotenv_values(path).items() if v} if path.is_file() else {}
+    return {k: v for k, v in config.load_env(home.env_file, {}).items() if v}
 
 
 def _env_value(value: str) -> str:
