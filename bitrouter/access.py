@@ -42,12 +42,8 @@ def configured_issuers(cfg) -> set[str]:
     found = set()
     for entry in map(str, cfg.auth["trusted_issuers"]):
         address = entry.rsplit(":", 1)[-1]
-        try:
-            valid = len(accounts.b58decode(address)) == 32 and (
-                entry == address or (entry.startswith("solana:") and entry.count(":") == 2))
-        except ValueError:
-            valid = False
-        if valid:
+        if accounts.is_public_key(address) and (
+                entry == address or (entry.startswith("solana:") and entry.count(":") == 2)):
             found.add(entry)
         else:
             log.warning("auth.trusted_issuers: ignoring %r (not a Solana CAIP-10 id or base58 key)", entry)

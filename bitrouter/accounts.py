@@ -160,6 +160,15 @@ def b58encode(data: bytes) -> str:
     return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
 
 
+def is_public_key(text: str) -> bool:
+    """True for the canonical base58 spelling of a 32-byte Ed25519 public key."""
+    try:
+        key = b58decode(text)
+    except ValueError:
+        return False
+    return len(key) == 32 and b58encode(key) == text
+
+
 def b58decode(text: str) -> bytes:
     """Inverse of b58encode; raises ValueError on characters outside the alphabet."""
     number = 0

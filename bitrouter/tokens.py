@@ -348,11 +348,7 @@ def _parse_claims(raw, digest: str) -> Claims:
         raise ValueError(f"iss namespace {namespace!r} does not match {ALG}")
     if chain != f"{namespace}:{reference}":
         raise ValueError(f"chain {chain!r} does not match the issuer's {namespace}:{reference}")
-    try:
-        key = accounts.b58decode(address)
-    except ValueError:
-        key = b""
-    if len(key) != 32 or accounts.b58encode(key) != address:
+    if not accounts.is_public_key(address):
         raise ValueError("the iss address is not a base58 Ed25519 public key")
     if raw.get("scope") not in SCOPES:
         raise ValueError('scope must be "api" or "admin"')
