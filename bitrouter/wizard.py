@@ -70,12 +70,7 @@ def init(home, provider=None, api_key_env=None, default=None, listen=None, answe
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise Error(f"bitrouter init needs an interactive terminal; edit {home.config_file} and "
                     f"{home.env_file} instead, or pass --provider NAME[,NAME] (see bitrouter init --help)")
-    try:
-        with _keyboard():
-            return _interactive(home, _Prompts())
-    except KeyboardInterrupt:
-        print("\nSetup cancelled; nothing was written.")
-        return False
+    return _on_terminal(lambda ask: _interactive(home, ask))
 
 
 def needs_setup(home) -> bool:
@@ -150,8 +145,7 @@ def _interactive(home, ask) -> bool:
     _listen_step(ask, plan, tree)
     yaml_text, env_text, backup = _prepare(home, plan)
     print("\n" + _summary(home, plan, session.sources, backup))
-    if not ask.confirm("Write these files?", default=True):
-        print("Setup cancelled; nothing was written.")
+    if not _write_confirmed(ask):
         return False
     _write(home, plan, yaml_text, env_text, backup)
     return True
@@ -340,15 +334,8 @@ def _scripted(home, given: dict, yes: bool) -> bool:
                     raise Error(f"{name}: key check failed ({message}); nothing was written")
     sources = {n: _scripted_source(n, f, plan, home) for n, f in plan.providers.items()}
     print(_summary(home, plan, sources, backup))
-    if not yes and sys.stdin.isatty() and sys.stdout.isatty():
-        try:
-            with _keyboard():
-                if not _Prompts().confirm("Write these files?", default=True):
-                    print("Setup cancelled; nothing was written.")
-                    return False
-        except KeyboardInterrupt:
-            print("\nSetup cancelled; nothing was written.")
-            return False
+    if not yes and sys.stdin.isatty() and sys.stdout.isatty() and not _on_terminal(_write_confirmed):
+        return False
     _write(home, plan, yaml_text, env_text, backup)
     return True
 
@@ -649,6 +636,24 @@ class _Prompts:
     def checkbox(self, message, choices, default=()) -> list:
         import inquirer
         return inquirer.checkbox(message, choices=choices, default=list(default), render=self.render)
+
+
+def _on_terminal(step) -> bool:
+    """step(ask) with key-at-a-time input; Ctrl-C cancels it, and nothing is written."""
+    try:
+        with _keyboard():
+            return step(_Prompts())
+    except KeyboardInterrupt:
+        print("\nSetup cancelled; nothing was written.")
+        return False
+
+
+def _write_confirmed(ask) -> bool:
+    """The last question before writing; "no" cancels."""
+    if ask.confirm("Write these files?", default=True):
+        return True
+    print("Setup cancelled; nothing was written.")
+    return False
 
 
 @contextlib.contextmanager
