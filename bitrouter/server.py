@@ -475,7 +475,7 @@ class _Call:
         headers = self._headers(provider, upstream, key)
         started = time.perf_counter()
         try:
-            reply = self.srv.pools.send(url, headers, json.dumps(payload).encode(), self.stream)
+            reply = self.srv.pools.send(url, headers, json.dumps(payload).encode())
             if reply.status >= 400:
                 error = reply.error(upstream.error_message)
                 error.protocol = upstream

@@ -48,22 +48,21 @@ class Pools:
         """Timeouts for every call from now on (a reload changes them; pools are kept)."""
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
 
-    def send(self, url: str, headers: dict, body: bytes, stream: bool = False) -> "Reply":
-        """POST (or GET when body is None) and return once the status line and headers arrive."""
+    def send(self, url: str, headers: dict, body: bytes) -> "Reply":
+        """POST body and return once the status line and headers arrive (the body is read later)."""
         parts = urlsplit(url)
         pool = self._pool(parts.scheme, parts.hostname, parts.port)
         path = parts.path + ("?" + parts.query if parts.query else "")
         try:
-            raw = pool.urlopen("POST" if body is not None else "GET", path, body=body,
-                               headers=headers, retries=False, redirect=False, timeout=self.timeout,
-                               preload_content=False, decode_content=True)
+            raw = pool.urlopen("POST", path, body=body, headers=headers, retries=False, redirect=False,
+                               timeout=self.timeout, preload_content=False, decode_content=True)
         except (TimeoutError, ReadTimeoutError) as exc:
             raise UpstreamError(f"timed out connecting to {parts.hostname}: {_reason(exc)}",
                                 kind="timeout") from None
         except HTTPError as exc:
             raise UpstreamError(f"cannot reach {parts.hostname}: {_reason(exc)}",
                                 kind="connect") from None
-        return Reply(raw, stream)
+        return Reply(raw)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -85,7 +84,7 @@ class Pools:
 class Reply:
     """An upstream response whose body has not been read yet."""
 
-    def __init__(self, raw, stream: bool):
+    def __init__(self, raw):
         self._raw = raw
         self.status = raw.status
         self.headers = raw.headers
