@@ -33,6 +33,7 @@ class Account:
 
     @property
     def caip10(self) -> str | None:
+        """The account's Solana CAIP-10 id (the token issuer), None if its key is unreadable."""
         return f"{SOLANA_CHAIN}:{self.pubkey}" if self.pubkey else None
 
 

@@ -64,6 +64,7 @@ class Endpoint:
 
     @property
     def label(self) -> str:
+        """`provider:model_id`, the name logs, metrics and token model globs use."""
         return f"{self.provider}:{self.model_id}"
 
 
@@ -96,10 +97,12 @@ class Config:
 
     @property
     def listen(self) -> str:
+        """The `server.listen` address as written (`host:port`)."""
         return self.server["listen"]
 
     @property
     def host_port(self) -> tuple[str, int]:
+        """The listen address split into host and port (validated at load)."""
         return split_listen(self.listen)
 
     def configured_providers(self) -> list[str]:
@@ -325,11 +328,12 @@ def _finish_provider(v, name: str, entry: dict, env: dict) -> Provider:
         v.fail(where, "api_base is required")
     if not isinstance(base, str) or not re.match(r"^(https?|mock)://[^\s/]+", base):
         v.fail(where + ".api_base", f"not an http(s) URL: {base!r}")
-    v.choice(entry.get("auth") or "bearer", where + ".auth", registry.AUTH_STYLES)
+    auth = entry.get("auth") or "bearer"
+    v.choice(auth, where + ".auth", registry.AUTH_STYLES)
     headers = v.mapping(entry.get("default_headers"), where + ".default_headers")
     models = v.mapping(entry.get("models"), where + ".models")
     return Provider(name=name, api_protocol=protocol, api_base=base.rstrip("/"), api_key=str(key),
-                    env_prefix=str(prefix), auth=entry.get("auth") or "bearer",
+                    env_prefix=str(prefix), auth=auth,
                     default_headers={str(k): str(val) for k, val in headers.items()},
                     models=models)
 

@@ -51,18 +51,22 @@ class Home:
 
     @property
     def keys_dir(self) -> Path:
+        """Local signing accounts, saved tokens and the revocation stamp."""
         return self.root / ".keys"
 
     @property
     def pid_file(self) -> Path:
+        """The running daemon's process id."""
         return self.run_dir / "bitrouter.pid"
 
     @property
     def log_file(self) -> Path:
+        """The server log (rotated by size)."""
         return self.logs_dir / "bitrouter.log"
 
     @property
     def default_db_url(self) -> str:
+        """The SQLite database in the home, used when nothing else names one."""
         return "sqlite:///" + str(self.root / "bitrouter.db")
 
     def cli_args(self) -> list[str]:
