@@ -60,8 +60,13 @@ class View:
     quitting: bool = False  # set by a signal; the loop sees it within a second
 
     def say(self, text: str, style: str = "") -> None:
+        """Show text in the footer for MESSAGE_SECONDS."""
         self.message, self.message_style = text, style
         self.message_until = time.time() + MESSAGE_SECONDS
+
+    def rows(self, snap: dict) -> list[dict]:
+        """The request log as shown: the rows frozen by `p`, else the snapshot's."""
+        return self.paused if self.paused is not None else log_rows(snap)
 
 
 def run_default(home) -> None:
@@ -334,8 +339,7 @@ def _on_key(key: str, snap: dict, view: View, source, height: int) -> bool:
         moves = {"KEY_UP": -1, "k": -1, "KEY_DOWN": 1, "j": 1, "KEY_PGUP": -page, "KEY_PGDOWN": page,
                  "KEY_HOME": -10**9, "g": -10**9, "KEY_END": 10**9, "G": 10**9}
         if key in moves:
-            rows = view.paused if view.paused is not None else log_rows(snap)
-            view.scroll = max(0, min(view.scroll + moves[key], len(rows) - 1))
+            view.scroll = max(0, min(view.scroll + moves[key], len(view.rows(snap)) - 1))
     return False
 
 
@@ -531,7 +535,7 @@ def _log(snap: dict, width: int, height: int, view: View) -> list:
     title = (f"{'Requests':<8} {'protocol':<9} {'model -> endpoint':<{route_width}} {'status':>6} "
              f"{'latency':>7} {'tokens':>11} {'cost':>8}")
     lines = [("title", _fit(title, width))]
-    rows = view.paused if view.paused is not None else log_rows(snap)
+    rows = view.rows(snap)
     start = min(view.scroll, max(0, len(rows) - 1))
     for r in rows[start:start + height - 1]:
         lines.append(_log_line(r, route_width, width, view.now))
@@ -581,7 +585,7 @@ def _footer(snap: dict, width: int, log_height: int, view: View) -> tuple[str, s
         return view.message_style, _fit(" " + view.message, width)
     keys = " q quit  r reload  p " + ("resume" if view.paused is not None else "pause") + \
            "  Up/Down scroll  ? help"
-    rows = view.paused if view.paused is not None else log_rows(snap)
+    rows = view.rows(snap)
     state = [f"{len(snap.get('running', []))} running"]
     if view.paused is not None:
         state.insert(0, "[paused]")
