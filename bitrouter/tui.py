@@ -89,7 +89,7 @@ def run_default(home) -> None:
                                "(q leaves that server running)")
         return
     try:
-        dashboard(_Local(running))
+        dashboard(_Local(running.srv))
     finally:
         busy = running.busy
         if busy:
@@ -158,9 +158,8 @@ def log_rows(snap: dict) -> list[dict]:
 class _Local:
     """The server running in this process: snapshots are function calls, events in memory."""
 
-    def __init__(self, running):
-        self.running = running
-        self.srv = running.srv
+    def __init__(self, srv):
+        self.srv = srv
 
     def snapshot(self) -> dict:
         from bitrouter import metrics
