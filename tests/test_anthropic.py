@@ -155,6 +155,12 @@ def test_undecodable_requests_are_400(messages):
     assert exc.value.status == 400
 
 
+def test_system_of_another_type_is_a_400():
+    with pytest.raises(ProtocolError) as exc:
+        decode(system=5)
+    assert exc.value.status == 400 and "system: must be a string or an array of text blocks" in str(exc.value)
+
+
 # ---------------------------------------------------------------- upstream: request encoding
 
 

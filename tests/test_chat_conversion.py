@@ -2,7 +2,7 @@
 
 import pytest
 
-from bitrouter.protocols import Message, Part, Request, Response, openai
+from bitrouter.protocols import Message, Part, ProtocolError, Request, Response, openai
 
 PDF = "JVBERi0xLjQK"
 
@@ -23,6 +23,19 @@ def test_system_developer_and_turn_order(messages, expected_system, expected_rol
     req = decode(*messages)
     assert [p.text for p in req.system] == expected_system
     assert [m.role for m in req.messages] == expected_roles
+
+
+@pytest.mark.parametrize("content, texts", [("hi", ["hi"]), ("", []), (None, []),
+                                             ([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], ["a", "b"])])
+def test_content_is_a_string_or_an_array_of_parts(content, texts):
+    assert [p.text for p in decode({"role": "user", "content": content}).messages[0].parts] == texts
+
+
+@pytest.mark.parametrize("role", ["user", "system", "assistant", "tool"])
+def test_content_of_another_type_is_a_400_naming_the_message(role):
+    with pytest.raises(ProtocolError) as info:
+        decode({"role": "user", "content": "x"}, {"role": role, "content": 5})
+    assert info.value.status == 400 and "messages[1].content: must be a string or an array" in str(info.value)
 
 
 def test_tool_results_carry_the_name_of_their_call():

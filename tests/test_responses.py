@@ -146,6 +146,8 @@ REJECT_CASES = {
     "hosted tool choice": ({"tool_choice": {"type": "file_search"}}, "file_search"),
     "unknown format": ({"text": {"format": {"type": "grammar"}}}, "grammar"),
     "no input": ({"input": None}, "input"),
+    "content neither string nor array": ({"input": [{"role": "user", "content": 5}]},
+                                         "input[0].content: must be a string or an array"),
 }
 
 

@@ -170,6 +170,21 @@ def estimate_tokens(req: Request) -> int:
     return -(-chars // 4) + 765 * images + 3 * len(req.messages)
 
 
+def content_items(content, where: str, what: str) -> list:
+    """Message content given as a string or an array, as the array (a string is one text item).
+
+    All translated protocols take `{"type": "text", "text": ...}` items; an empty string or
+    None is no content, anything else is a 400 naming `where` and the array it expects (`what`).
+    """
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise ProtocolError(f"{where}: must be a string or {what}")
+    return content
+
+
 def arguments_object(arguments: str) -> dict:
     """Tool-call arguments (a JSON string) as the object Anthropic and Gemini want; non-objects are wrapped."""
     try:

@@ -7,7 +7,7 @@ import secrets
 
 from bitrouter import registry
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, estimate_tokens, sse)
+                                 arguments_object, content_items, estimate_tokens, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "anthropic"
@@ -357,25 +357,14 @@ _BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 
 def _system_parts(system) -> list:
     """`system` as a string or an array of text blocks (cache_control hints have no unified form)."""
-    if system is None:
-        return []
-    if isinstance(system, str):
-        return [Part("text", text=system)] if system else []
-    if not isinstance(system, list):
-        raise ProtocolError("system: must be a string or an array of text blocks")
-    return [Part("text", text=b.get("text") or "") for b in system if isinstance(b, dict) and b.get("text")]
+    return [Part("text", text=b["text"]) for b in content_items(system, "system", "an array of text blocks")
+            if isinstance(b, dict) and b.get("text")]
 
 
 def _blocks(content, where: str, names: dict) -> list:
     """Message content (string or array of blocks) -> unified Parts."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [Part("text", text=content)] if content else []
-    if not isinstance(content, list):
-        raise ProtocolError(f"{where}: must be a string or an array of content blocks")
     parts = []
-    for j, block in enumerate(content):
+    for j, block in enumerate(content_items(content, where, "an array of content blocks")):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             if block.get("text"):

@@ -4,7 +4,7 @@ import json
 import secrets
 import time
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
+from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, content_items, sse
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "openai"
@@ -320,14 +320,8 @@ def _require(body: dict, key: str, kind: type):
 
 def _content_parts(content, i: int) -> list:
     """Message content (string or array of parts) -> unified Parts."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [Part("text", text=content)] if content else []
-    if not isinstance(content, list):
-        raise ProtocolError(f"messages[{i}].content must be a string or an array")
     parts = []
-    for item in content:
+    for item in content_items(content, f"messages[{i}].content", "an array"):
         kind = item.get("type") if isinstance(item, dict) else None
         if kind in ("text", "input_text", "output_text", "refusal"):
             parts.append(Part("text", text=item.get("text") or item.get("refusal") or ""))

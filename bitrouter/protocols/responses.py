@@ -15,7 +15,7 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 error_message, estimate_tokens, sse)
+                                 content_items, error_message, estimate_tokens, sse)
 from bitrouter.protocols import openai as chat
 
 NAME = "responses"
@@ -471,13 +471,8 @@ def _turn(req: Request, role: str) -> Message:
 
 def _content_parts(content, i: int) -> list:
     """Message content (string or parts) -> unified Parts."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [Part("text", text=content)] if content else []
-    if not isinstance(content, list):
-        raise ProtocolError(f"input[{i}].content must be a string or an array")
-    return [_content_part(part, f"input[{i}].content") for part in content]
+    where = f"input[{i}].content"
+    return [_content_part(part, where) for part in content_items(content, where, "an array")]
 
 
 def _content_part(part, where: str) -> Part:
