@@ -274,8 +274,7 @@ def _default_step(ask, plan: Plan, session: _Session, tree: dict, configured: li
     candidates = list(plan.providers) + [n for n in configured if n not in plan.providers]
     if not candidates:
         return
-    models = tree.get("models") if isinstance(tree.get("models"), dict) else {}
-    old = models.get("default") if isinstance(models.get("default"), dict) else {}
+    old = _section(_section(tree, "models"), "default")
     chain = [_endpoint_label(e) for e in old.get("endpoints") or []]
     if chain:
         question = f"Replace the `default` alias (now {' -> '.join(chain)})?"
@@ -308,7 +307,7 @@ def _ask_model(ask, name: str, catalog: list) -> str:
 
 def _listen_step(ask, plan: Plan, tree: dict) -> None:
     """The listen address, re-asked until it parses."""
-    server = tree.get("server") if isinstance(tree.get("server"), dict) else {}
+    server = _section(tree, "server")
     current = str(server.get("listen") or config.DEFAULT_LISTEN)
     answer = ask.text(f"Listen address (host:port; Enter keeps {current})",
                       validate=lambda v: v.strip() and _listen_problem(v)).strip() or current
@@ -414,8 +413,7 @@ def _scripted_custom(plan: Plan, spec, i: int, tree: dict, file_values: dict, ho
         raise Error(f"{where}: unknown key {extra[0]!r}")
     name = str(spec.get("name") or "")
     taken = _taken(tree, plan)
-    if isinstance((tree.get("providers") or {}).get(name), dict) and name not in plan.providers \
-            and tree["providers"][name].get("derives"):
+    if _section(_section(tree, "providers"), name).get("derives") and name not in plan.providers:
         del taken[name]  # re-running a script updates the custom provider it wrote before
     parents = [p for _, p in COMPATIBLE]
     problem = (_name_problem(name, taken) or _url_problem(str(spec.get("api_base") or ""))
@@ -475,7 +473,7 @@ def _existing(home) -> tuple:
 
 def _saved_providers(home, tree: dict, cfg) -> list:
     """Configured providers the files set up; a key only exported in the shell does not count."""
-    user = tree.get("providers") if isinstance(tree.get("providers"), dict) else {}
+    user = _section(tree, "providers")
     stored = _env_file_values(home)
     return [n for n in cfg.configured_providers()
             if n in user or cfg.providers[n].env_prefix + "_API_KEY" in stored]
@@ -515,18 +513,18 @@ def _merged_yaml(home, plan: Plan) -> str:
         old = yaml.safe_load(home.config_file.read_text(encoding="utf-8")) or {}
     tree = dict(old)
     if plan.listen:
-        server = dict(tree["server"]) if isinstance(tree.get("server"), dict) else {}
+        server = dict(_section(tree, "server"))
         server["listen"] = plan.listen
         tree["server"] = server
     if plan.providers:
-        providers = dict(tree["providers"]) if isinstance(tree.get("providers"), dict) else {}
+        providers = dict(_section(tree, "providers"))
         for name, fields in plan.providers.items():
-            entry = dict(providers[name]) if isinstance(providers.get(name), dict) else {}
+            entry = dict(_section(providers, name))
             entry.update(fields)
             providers[name] = entry
         tree["providers"] = providers
     if plan.default:
-        models = dict(tree["models"]) if isinstance(tree.get("models"), dict) else {}
+        models = dict(_section(tree, "models"))
         models["default"] = {"strategy": "priority", "endpoints": [
             {"provider": p, "model_id": m} for p, _, m in (e.partition(":") for e in plan.default)]}
         tree["models"] = models
@@ -771,11 +769,17 @@ def _secret_problem(value: str) -> str | None:
 def _taken(tree: dict, plan: Plan) -> dict:
     """Every provider name in use (built-in, in the config, chosen now) with its env prefix."""
     taken = {n: p["env_prefix"] for n, p in registry.providers().items()}
-    user = tree.get("providers") if isinstance(tree.get("providers"), dict) else {}
+    user = _section(tree, "providers")
     for name, fields in list(user.items()) + list(plan.providers.items()):
         fields = fields if isinstance(fields, dict) else {}
         taken[str(name)] = fields.get("env_prefix") or taken.get(name) or _env_prefix(str(name))
     return taken
+
+
+def _section(tree: dict, key) -> dict:
+    """tree[key] when it is a mapping, else an empty one (a hand-edited file may hold anything)."""
+    value = tree.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _search(query: str) -> list:
