@@ -293,7 +293,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         model = inbound.model_of(body, path_model)
         stream = inbound.wants_stream(body, action)
         record = srv.metrics.begin(inbound.NAME, model, stream)
-        identity = authenticate(srv, rt, "api", record)
+        identity = authenticate(srv, "api", record)
         route = authorize_route(srv, identity, rt.router.resolve(model))
         call = _Call(srv, rt, inbound, body, stream)
         route = call.capable(route)
@@ -340,7 +340,7 @@ def count_tokens(srv: Server, inbound, path_model: str | None = None):
     """Serve a token-count request with the inbound protocol's estimate (no upstream call)."""
     def count():
         rt = srv.runtime
-        identity = authenticate(srv, rt, "api")
+        identity = authenticate(srv, "api")
         body = read_json(rt.cfg)
         authorize_route(srv, identity, rt.router.resolve(inbound.model_of(body, path_model)))
         return _json(inbound.count_tokens(body))
@@ -350,7 +350,7 @@ def count_tokens(srv: Server, inbound, path_model: str | None = None):
 # AUTH HOOK: access control (bitrouter/access.py, docs/auth.md). The other hook lines:
 # Server.__init__ creates the gate, start() hands it the stop stack, relay() passes its record, and the
 # model listings go through listing().
-def authenticate(srv: Server, rt: Runtime, scope: str, record: Record | None = None):
+def authenticate(srv: Server, scope: str, record: Record | None = None):
     """The caller's token claims (None when the server runs open); HttpError 401/403/503 on refusal.
 
     Always checked against the current runtime's configuration: a reload applies at once.
@@ -377,7 +377,7 @@ def authorize_route(srv: Server, identity, route):
 def listing(srv: Server, handler):
     """A model-listing handler that first requires an api token (the catalogue is not public)."""
     def checked():
-        authenticate(srv, srv.runtime, "api")
+        authenticate(srv, "api")
         return handler()
     return checked
 
@@ -742,7 +742,7 @@ def _count_param(name: str, default: int) -> int:
 def _admin(srv: Server, handler):
     """An admin route: needs admin scope; errors in OpenAI's shape."""
     def checked():
-        authenticate(srv, srv.runtime, "admin")
+        authenticate(srv, "admin")
         return handler()
     return _guard(protocols.get("openai"), checked)
 
