@@ -250,7 +250,8 @@ def _verify_step(ask, home, plan: Plan, session: _Session) -> None:
     for name in session.keyed:
         while True:
             try:
-                cfg = _resolve(home, plan, {**os.environ, **plan.secrets})
+                cfg = _resolve(home, _merged_yaml(home, plan), _merged_env(home, plan),
+                               {**os.environ, **plan.secrets})
             except config.ConfigError as exc:
                 print(f"  ? cannot check the keys: {exc}")
                 return
@@ -324,7 +325,7 @@ def _scripted(home, given: dict, yes: bool) -> bool:
     plan = _plan_from_answers(home, given, tree)
     yaml_text, env_text, backup = _prepare(home, plan)
     if given.get("verify"):
-        cfg = _resolve(home, plan, {**os.environ, **plan.secrets})
+        cfg = _resolve(home, yaml_text, env_text, {**os.environ, **plan.secrets})
         for name, fields in plan.providers.items():
             if fields.get("api_key"):
                 ok, message, _ = verify_key(cfg.providers[name])
@@ -483,7 +484,7 @@ def _prepare(home, plan: Plan) -> tuple:
     """The new config and .env texts and the backup path, after validating them together."""
     yaml_text, env_text = _merged_yaml(home, plan), _merged_env(home, plan)
     try:
-        _resolve(home, plan, os.environ)
+        _resolve(home, yaml_text, env_text, os.environ)
     except config.ConfigError as exc:
         raise Error(f"the merged configuration would be invalid, nothing was written: {exc}") from None
     old = home.config_file.read_text(encoding="utf-8") if home.config_file.exists() else ""
@@ -492,13 +493,13 @@ def _prepare(home, plan: Plan) -> tuple:
     return yaml_text, env_text, backup
 
 
-def _resolve(home, plan: Plan, environ) -> config.Config:
-    """Load the merged result from a private temporary copy, exactly as the server would."""
+def _resolve(home, yaml_text: str, env_text: str, environ) -> config.Config:
+    """Load the merged texts from a private temporary copy, exactly as the server would."""
     with tempfile.TemporaryDirectory(prefix="bitrouter-init-") as tmp:
         trial = dataclasses.replace(home, config_file=Path(tmp) / home.config_file.name,
                                     env_file=Path(tmp) / ".env")
-        trial.config_file.write_text(_merged_yaml(home, plan), encoding="utf-8")
-        home_mod.write_private(trial.env_file, _merged_env(home, plan))
+        trial.config_file.write_text(yaml_text, encoding="utf-8")
+        home_mod.write_private(trial.env_file, env_text)
         try:
             return config.load(trial, environ)
         except config.ConfigError as exc:
