@@ -185,6 +185,14 @@ def content_items(content, where: str, what: str) -> list:
     return content
 
 
+def media_part(url: str, default_type: str = "image/png") -> Part:
+    """An image or file from a URL or a base64 data: URL (unified `image` parts carry any media type)."""
+    if url.startswith("data:") and ";base64," in url:
+        head, data = url[5:].split(";base64,", 1)
+        return Part("image", data=data, media_type=head or default_type)
+    return Part("image", url=url)
+
+
 def arguments_object(arguments: str) -> dict:
     """Tool-call arguments (a JSON string) as the object Anthropic and Gemini want; non-objects are wrapped."""
     try:

@@ -4,7 +4,8 @@ import json
 import secrets
 import time
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, content_items, sse
+from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, content_items,
+                                 media_part, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "openai"
@@ -326,20 +327,12 @@ def _content_parts(content, i: int) -> list:
         if kind in ("text", "input_text", "output_text", "refusal"):
             parts.append(Part("text", text=item.get("text") or item.get("refusal") or ""))
         elif kind == "image_url":
-            parts.append(_image((item.get("image_url") or {}).get("url", "")))
+            parts.append(media_part((item.get("image_url") or {}).get("url", "")))
         elif kind == "file" and (item.get("file") or {}).get("file_data", "").startswith("data:"):
-            parts.append(_image(item["file"]["file_data"]))
+            parts.append(media_part(item["file"]["file_data"]))
         else:
             raise ProtocolError(f"messages[{i}].content: unsupported part type {kind!r}")
     return parts
-
-
-def _image(url: str) -> Part:
-    """An image part from a URL or a data: URL."""
-    if url.startswith("data:") and ";base64," in url:
-        head, data = url[5:].split(";base64,", 1)
-        return Part("image", data=data, media_type=head or "image/png")
-    return Part("image", url=url)
 
 
 def _encode_message(msg: Message) -> list:

@@ -15,7 +15,7 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 content_items, error_message, estimate_tokens, sse)
+                                 content_items, error_message, estimate_tokens, media_part, sse)
 from bitrouter.protocols import openai as chat
 
 NAME = "responses"
@@ -482,25 +482,17 @@ def _content_part(part, where: str) -> Part:
     if kind == "refusal":
         return Part("text", text=part.get("refusal") or "")
     if kind == "input_image" and part.get("image_url"):
-        return _media(part["image_url"], "image/png")
+        return media_part(part["image_url"])
     if kind == "input_file" and (part.get("file_data") or part.get("file_url")):
         if part.get("file_url"):
             return Part("image", url=part["file_url"], media_type=_FILE_TYPES.get(_extension(part["file_url"]), ""))
         data = part["file_data"]
-        return _media(data if data.startswith("data:") else
-                      f"data:{_FILE_TYPES.get(_extension(part.get('filename') or ''), 'application/pdf')};base64,{data}",
-                      "application/pdf")
+        return media_part(data if data.startswith("data:") else
+                          f"data:{_FILE_TYPES.get(_extension(part.get('filename') or ''), 'application/pdf')};base64,{data}",
+                          "application/pdf")
     if kind in ("input_image", "input_file"):
         raise ProtocolError(f"{where}: {kind} by file_id needs files stored at OpenAI; send the data or a URL")
     raise ProtocolError(f"{where}: content type {kind!r} cannot be translated for a non-Responses upstream")
-
-
-def _media(url: str, default_type: str) -> Part:
-    """An image or file from a URL or a data: URL (unified `image` parts carry any media type)."""
-    if url.startswith("data:") and ";base64," in url:
-        head, data = url[5:].split(";base64,", 1)
-        return Part("image", data=data, media_type=head or default_type)
-    return Part("image", url=url)
 
 
 def _extension(name: str) -> str:
