@@ -716,11 +716,11 @@ def _events(srv: Server, sub):
             if sub.dropped != dropped:  # this reader fell behind: tell it to re-read the snapshot
                 frames.append(sse.frame({"type": "dropped", "count": sub.dropped - dropped}, "dropped"))
                 dropped = sub.dropped
+            secrets = secrets_of(srv.runtime.cfg)  # once per batch, not per event; a reload may change them
             for event in events:
                 error = event["request"]["error"]
                 if error:
-                    error = redact(error, secrets_of(srv.runtime.cfg))
-                    event = {**event, "request": {**event["request"], "error": error}}
+                    event = {**event, "request": {**event["request"], "error": redact(error, secrets)}}
                 frames.append(f"id: {event['seq']}\n".encode() + sse.frame(event, event["type"]))
             yield b"".join(frames)
     finally:
