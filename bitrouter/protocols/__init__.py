@@ -193,6 +193,12 @@ def media_part(url: str, default_type: str = "image/png") -> Part:
     return Part("image", url=url)
 
 
+def set_given(body: dict, key: str, value) -> None:
+    """body[key] = value unless value is None: an option the client left unset stays out of the wire body."""
+    if value is not None:
+        body[key] = value
+
+
 def arguments_object(arguments: str) -> dict:
     """Tool-call arguments (a JSON string) as the object Anthropic and Gemini want; non-objects are wrapped."""
     try:

@@ -7,7 +7,7 @@ import secrets
 
 from bitrouter import registry
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, content_items, estimate_tokens, sse)
+                                 arguments_object, content_items, estimate_tokens, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "anthropic"
@@ -226,9 +226,9 @@ def encode_request(req: Request, model_id: str) -> dict:
         # Anthropic refuses temperature, top_k and a narrow top_p while thinking.
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     else:
-        _set(body, "temperature", None if req.temperature is None else min(max(req.temperature, 0.0), 1.0))
-        _set(body, "top_k", req.top_k)
-        _set(body, "top_p", req.top_p)
+        set_given(body, "temperature", None if req.temperature is None else min(max(req.temperature, 0.0), 1.0))
+        set_given(body, "top_k", req.top_k)
+        set_given(body, "top_p", req.top_p)
     if req.stop:
         body["stop_sequences"] = req.stop
     if req.tools:
@@ -525,7 +525,3 @@ def _catalog_max_output() -> dict:
                 table.setdefault(model_id, info["max_output"])
     return table
 
-
-def _set(body: dict, key: str, value) -> None:
-    if value is not None:
-        body[key] = value

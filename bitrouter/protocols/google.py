@@ -10,7 +10,7 @@ import json
 import secrets
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, estimate_tokens, sse)
+                                 arguments_object, estimate_tokens, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "google"
@@ -235,10 +235,10 @@ def encode_request(req: Request, model_id: str) -> dict:
                 calling["allowedFunctionNames"] = [req.tool_choice["name"]]
             body["toolConfig"] = {"functionCallingConfig": calling}
     config = {}
-    _set(config, "maxOutputTokens", req.max_tokens)
-    _set(config, "temperature", req.temperature)
-    _set(config, "topP", req.top_p)
-    _set(config, "topK", req.top_k)
+    set_given(config, "maxOutputTokens", req.max_tokens)
+    set_given(config, "temperature", req.temperature)
+    set_given(config, "topP", req.top_p)
+    set_given(config, "topK", req.top_k)
     if req.stop:
         config["stopSequences"] = req.stop
     if req.response_format:
@@ -525,7 +525,3 @@ _EXT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gi
 def _response_id() -> str:
     return secrets.token_urlsafe(16)
 
-
-def _set(body: dict, key: str, value) -> None:
-    if value is not None:
-        body[key] = value

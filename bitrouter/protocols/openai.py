@@ -5,7 +5,7 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, content_items,
-                                 media_part, sse)
+                                 media_part, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "openai"
@@ -217,16 +217,16 @@ def encode_request(req: Request, model_id: str) -> dict:
         body["tool_choice"] = req.tool_choice
     if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
-    _set(body, "max_completion_tokens", req.max_tokens)
-    _set(body, "temperature", req.temperature)
-    _set(body, "top_p", req.top_p)
+    set_given(body, "max_completion_tokens", req.max_tokens)
+    set_given(body, "temperature", req.temperature)
+    set_given(body, "top_p", req.top_p)
     if req.stop:
         body["stop"] = req.stop
     if req.response_format:
         body["response_format"] = _encode_format(req.response_format)
     if req.reasoning:
         body["reasoning_effort"] = req.reasoning.get("effort") or _effort(req.reasoning.get("budget_tokens"))
-    _set(body, "user", req.user)
+    set_given(body, "user", req.user)
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -410,7 +410,3 @@ def _finish(reason, parts) -> str:
 def _chat_id(upstream_id: str) -> str:
     return upstream_id if upstream_id.startswith("chatcmpl") else "chatcmpl-" + secrets.token_hex(12)
 
-
-def _set(body: dict, key: str, value) -> None:
-    if value is not None:
-        body[key] = value

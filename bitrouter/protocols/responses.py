@@ -15,7 +15,8 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 content_items, error_message, estimate_tokens, media_part, sse)
+                                 content_items, error_message, estimate_tokens, media_part,
+                                 set_given, sse)
 from bitrouter.protocols import openai as chat
 
 NAME = "responses"
@@ -320,10 +321,10 @@ def encode_request(req: Request, model_id: str) -> dict:
         body["tool_choice"] = req.tool_choice
     if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
-    for key, value in (("max_output_tokens", req.max_tokens), ("temperature", req.temperature),
-                       ("top_p", req.top_p), ("safety_identifier", req.user)):
-        if value is not None:
-            body[key] = value
+    set_given(body, "max_output_tokens", req.max_tokens)
+    set_given(body, "temperature", req.temperature)
+    set_given(body, "top_p", req.top_p)
+    set_given(body, "safety_identifier", req.user)
     if req.response_format:
         body["text"] = {"format": _encode_format(req.response_format)}
     if req.reasoning:
