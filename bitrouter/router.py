@@ -54,6 +54,7 @@ class EndpointHealth:
     latencies: deque = field(default_factory=lambda: deque(maxlen=500))
 
     def state(self, now: float) -> str:
+        """ok, failing (recent consecutive failures) or cooling down, as of `now`."""
         if self.cooling_until > now:
             return "cooling down"
         return "failing" if self.failures else "ok"
@@ -68,15 +69,18 @@ class Health:
         self._counters = {}
 
     def of(self, label: str) -> EndpointHealth:
+        """The endpoint's health record, created on first sight."""
         h = self.endpoints.get(label)
         if h is None:
             h = self.endpoints[label] = EndpointHealth()
         return h
 
     def cooling(self, label: str) -> bool:
+        """Whether the endpoint is in cooldown right now."""
         return self.of(label).cooling_until > self.clock()
 
     def success(self, label: str, latency_ms: float) -> None:
+        """Count an answered attempt: the failure streak and any cooldown end."""
         h = self.of(label)
         h.failures, h.cooling_until = 0, 0.0
         h.requests += 1
@@ -89,7 +93,7 @@ class Health:
         h.requests += 1
         h.errors += 1
         h.last_error, h.last_status = error.message[:200], error.status
-        pause = error.retry_after if error.retry_after else 0.0
+        pause = error.retry_after or 0.0
         if h.failures >= route.cooldown_failures:
             pause = max(pause, route.cooldown_seconds)
         if pause:
@@ -136,8 +140,7 @@ class Router:
             wheel = [i for i, e in enumerate(usable) for _ in range(e.weight)]
             start = wheel[self.health.next_turn(route.name) % len(wheel)]
             usable = usable[start:] + usable[:start]
-        fresh = [e for e in usable if not self.health.cooling(e.label)]
-        return fresh + [e for e in usable if e not in fresh]
+        return sorted(usable, key=lambda e: self.health.cooling(e.label))  # stable: order kept within each group
 
     def dispatch(self, route: Route, attempt, sleep=time.sleep):
         """Call attempt(endpoint) down the candidates until one succeeds.
@@ -146,9 +149,8 @@ class Router:
         request error (4xx) is raised at once with its attempt count. On the last
         endpoint a short Retry-After (<= max_retry_wait) is waited out once.
         """
-        order = self.candidates(route)
+        queue = self.candidates(route)
         errors, attempts, waited = [], 0, False
-        queue = list(order)
         while queue:
             endpoint = queue.pop(0)
             attempts += 1
