@@ -136,6 +136,7 @@ class Metrics:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering events to sub (its reader has gone)."""
         if sub in self.subscribers:
             self.subscribers.remove(sub)
 
@@ -178,6 +179,7 @@ class EndpointStats:
     errors: int = 0
 
     def add(self, latency_ms: float, failed: bool) -> None:
+        """Count one finished request and keep its latency in the window."""
         self.requests += 1
         self.errors += failed
         self.latencies.append(latency_ms)
