@@ -108,3 +108,16 @@ def test_stop_string_becomes_a_list_and_json_schema_survives():
     sent = openai.encode_request(req, "m")
     assert sent["stop"] == ["END"]
     assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}}
+
+
+@pytest.mark.parametrize("data, expected", [
+    ('{"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}', None),
+    ('{"choices":[{"index":0,"delta":{"content":"\\"usage\\": {"}}]}', None),
+    ('{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3}}', (5, 3)),
+    ('{"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}', (7, 2)),
+    ("[DONE]", None),
+])
+def test_stream_usage_comes_from_the_usage_object_only(data, expected):
+    usage = openai.stream_usage("", data)
+    assert ((usage.input, usage.output) if usage else None) == expected
+

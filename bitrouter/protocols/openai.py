@@ -1,6 +1,7 @@
 """OpenAI Chat Completions (`POST /v1/chat/completions`), as served to clients and called upstream."""
 
 import json
+import re
 import secrets
 import time
 
@@ -170,8 +171,12 @@ def usage_of(body: dict) -> Usage:
 
 
 def stream_usage(event: str, data: str) -> Usage | None:
-    """Usage carried by one relayed SSE event, if any (cheap check before parsing)."""
-    if '"usage"' not in data or data == "[DONE]":
+    """Usage carried by one relayed SSE event, if any (cheap check before parsing).
+
+    With include_usage every chunk has a `usage` key, null on all but the last, so only a
+    usage object is worth parsing.
+    """
+    if not _USAGE_OBJECT.search(data):
         return None
     body = json.loads(data)
     return usage_of(body) if body.get("usage") else None
@@ -306,6 +311,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
                 429: "rate_limit_error", 502: "api_error", 503: "api_error", 504: "timeout_error"}
 _ERROR_CODES = {401: "invalid_api_key", 402: "budget_exceeded", 403: "forbidden",
                 413: "request_too_large", 429: "rate_limit_exceeded"}
+_USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
 _CHAT_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
            "content_filter": "content_filter"}
