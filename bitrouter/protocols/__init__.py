@@ -1,12 +1,13 @@
 """Wire protocols and the unified model they translate through.
 
-Each protocol module (openai = Chat Completions, responses, anthropic, google, mock)
-speaks one wire format in both directions:
+Each protocol module (openai = Chat Completions, responses, anthropic, google) speaks one
+wire format in both directions; mock is the in-process provider instead (generate, stream):
 
-  inbound  (client -> BitRouter): model_of, wants_stream, decode_request,
-           encode_response, StreamEncoder, error_body, usage_of, stream_usage
-  upstream (BitRouter -> provider): request_url, auth_headers, encode_request,
-           decode_response, StreamDecoder, error_message
+  inbound  (client -> BitRouter): NAME, model_of, wants_stream, decode_request,
+           encode_response, StreamEncoder (.event, .finish_stream, .error), stream_error,
+           error_body, usage_of, stream_usage, is_final, passthrough_body
+  upstream (BitRouter -> provider): FIXED_HEADERS, FORWARD_HEADERS, request_url,
+           encode_request, decode_response, StreamDecoder, error_message
 
 Same-protocol traffic never touches the unified model: the body is forwarded with only
 `model` rewritten and the upstream's SSE frames are relayed as they arrive.
@@ -15,8 +16,6 @@ Same-protocol traffic never touches the unified model: the body is forwarded wit
 import importlib
 import json
 from dataclasses import dataclass, field
-
-FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "error")
 
 
 @dataclass
@@ -99,7 +98,10 @@ class Usage:
 
 @dataclass
 class Response:
-    """A complete (non-streamed) generation result."""
+    """A complete (non-streamed) generation result.
+
+    finish_reason is stop | length | tool_calls | content_filter | error (as is a finish Event's reason).
+    """
 
     id: str
     model: str
