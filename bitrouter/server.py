@@ -637,10 +637,7 @@ def _running_usage(prior, found):
     """Streams report running totals, some in pieces (Anthropic: input first, output last)."""
     if found is None or prior is None:
         return found or prior
-    return Usage(input=max(prior.input, found.input), output=max(prior.output, found.output),
-                 cache_read=max(prior.cache_read, found.cache_read),
-                 cache_write=max(prior.cache_write, found.cache_write),
-                 reasoning=max(prior.reasoning, found.reasoning))
+    return Usage(**{name: max(count, getattr(found, name)) for name, count in vars(prior).items()})
 
 
 def _finish(srv: Server, rt: Runtime, answer: _Answer, record: Record, usage, clock: float) -> None:
