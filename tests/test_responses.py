@@ -6,7 +6,7 @@ import openai
 import pytest
 import requests
 
-from bitrouter.protocols import Message, Part, ProtocolError, Request, Response, Tool, Usage, get, sse
+from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, get, sse
 from bitrouter.protocols import responses
 from conftest import ServerProcess, wait_until
 from fakes import (Fleet, Reply, chat_completion, chat_stream, error, openai_chat, openai_responses,
@@ -354,6 +354,21 @@ def raw_events(resp) -> list:
     """(event line, parsed data) pairs of an SSE reply."""
     parser = sse.Parser()
     return [(name, json.loads(data)) for chunk in resp.iter_content(None) for name, data in parser.feed(chunk)]
+
+
+def test_broken_stream_error_events_match_between_translated_and_relayed_streams():
+    encoder = responses.StreamEncoder("m", Request(model="m", messages=[]))
+    encoder.event(Event("text", text="partial"))
+    events = sse.Parser().feed(encoder.error(429, "slow down"))
+    (failed_name, failed), (error_name, error_event) = [(name, json.loads(data)) for name, data in events[-2:]]
+    assert (failed_name, failed["response"]["status"]) == ("response.failed", "failed")
+    assert failed["response"]["error"] == {"code": "rate_limit_exceeded", "message": "slow down"}
+    assert error_event["sequence_number"] == failed["sequence_number"] + 1
+    [(relayed_name, relayed)] = sse.Parser().feed(responses.stream_error(429, "slow down"))
+    assert error_name == relayed_name == "error"
+    assert {k: v for k, v in error_event.items() if k != "sequence_number"} == json.loads(relayed) == {
+        "type": "error", "code": "rate_limit_exceeded", "message": "slow down", "param": None,
+        "error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}}
 
 
 def test_sdk_against_chat_upstream(server, fakes):

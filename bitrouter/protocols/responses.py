@@ -164,11 +164,10 @@ class StreamEncoder:
         The openai SDK raises APIError only for an event carrying an `error` object, while
         Codex reads the failure from `response.failed`; both are numbered in sequence.
         """
-        err = error_body(status, message)["error"]
+        fields = _error_fields(status, message)
         body = _response_object(self.id, self.model, self.created, self.output, "error", self.usage)
-        body["error"] = {"code": err["code"] or "server_error", "message": message}
-        return (self._start() + self._emit("response.failed", response=body)
-                + self._emit("error", code=err["code"] or err["type"], message=message, param=None, error=err))
+        body["error"] = {"code": fields["error"]["code"] or "server_error", "message": message}
+        return self._start() + self._emit("response.failed", response=body) + self._emit("error", **fields)
 
     def _start(self) -> bytes:
         if self.started:
@@ -249,9 +248,7 @@ def stream_error(status: int, message: str) -> bytes:
     raises APIError with the message for the latter. Translated streams end with the
     encoder's own numbered `response.failed` instead (StreamEncoder.error).
     """
-    err = error_body(status, message)["error"]
-    return sse.frame({"type": "error", "code": err["code"] or err["type"], "message": message,
-                      "param": None, "error": err}, "error")
+    return sse.frame({"type": "error", **_error_fields(status, message)}, "error")
 
 
 def error_body(status: int, message: str) -> dict:
@@ -609,6 +606,12 @@ def _encode_output(p: Part):
         return prefix + "\n".join(c.text for c in p.content)
     parts = [_encode_part(c, "user") for c in p.content]
     return [{"type": "input_text", "text": prefix.strip()}] + parts if prefix else parts
+
+
+def _error_fields(status: int, message: str) -> dict:
+    """An `error` event's fields: the documented flat ones and the `error` object the SDK raises on."""
+    err = error_body(status, message)["error"]
+    return {"code": err["code"] or err["type"], "message": message, "param": None, "error": err}
 
 
 def _message_item(item_id: str, text: str, status: str) -> dict:
