@@ -47,10 +47,8 @@ def decode_request(body: dict) -> Request:
             if msg.get("refusal"):
                 parts.append(Part("text", text=msg["refusal"]))
             for call in msg.get("tool_calls") or []:
-                fn = call.get("function") or {}
-                names[call.get("id", "")] = fn.get("name", "")
-                parts.append(Part("tool_call", id=call.get("id", ""), name=fn.get("name", ""),
-                                  arguments=fn.get("arguments") or "{}"))
+                parts.append(_tool_call(call))
+                names[parts[-1].id] = parts[-1].name
             req.messages.append(Message("assistant", parts))
         elif role in ("tool", "function"):
             call_id = msg.get("tool_call_id") or msg.get("name") or ""
@@ -249,10 +247,7 @@ def decode_response(body: dict) -> Response:
         parts.append(Part("text", text=msg["content"]))
     if msg.get("refusal"):
         parts.append(Part("text", text=msg["refusal"]))
-    for call in msg.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        parts.append(Part("tool_call", id=call.get("id", ""), name=fn.get("name", ""),
-                          arguments=fn.get("arguments") or "{}"))
+    parts += [_tool_call(call) for call in msg.get("tool_calls") or []]
     return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
                     finish_reason=_finish(choice.get("finish_reason"), parts), usage=usage_of(body))
 
@@ -262,7 +257,7 @@ class StreamDecoder:
 
     def __init__(self):
         self.started = False
-        self.calls = {}  # chat tool index -> True once announced
+        self.calls = set()  # chat tool indices already announced
 
     def feed(self, event: str, data: str) -> list:
         if data == "[DONE]":
@@ -284,7 +279,7 @@ class StreamDecoder:
                 index = call.get("index", 0)
                 fn = call.get("function") or {}
                 if index not in self.calls:
-                    self.calls[index] = True
+                    self.calls.add(index)
                     out.append(Event("tool_call", index=index, id=call.get("id") or f"call_{secrets.token_hex(8)}",
                                      name=fn.get("name", "")))
                 if fn.get("arguments"):
@@ -339,6 +334,12 @@ def _content_parts(content, i: int) -> list:
         else:
             raise ProtocolError(f"messages[{i}].content: unsupported part type {kind!r}")
     return parts
+
+
+def _tool_call(call: dict) -> Part:
+    """One entry of an assistant message's tool_calls as a unified tool_call part."""
+    fn = call.get("function") or {}
+    return Part("tool_call", id=call.get("id", ""), name=fn.get("name", ""), arguments=fn.get("arguments") or "{}")
 
 
 def _encode_message(msg: Message) -> list:
