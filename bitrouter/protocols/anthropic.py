@@ -99,6 +99,7 @@ class StreamEncoder:
         self.usage = None
 
     def event(self, ev: Event) -> bytes:
+        """One unified event as Messages SSE frames, opening and closing content blocks as needed."""
         kind = ev.kind
         if kind == "text" or kind == "reasoning":
             block = "text" if kind == "text" else "thinking"
@@ -134,6 +135,7 @@ class StreamEncoder:
         return stream_error(status, message)
 
     def finish_stream(self) -> bytes:
+        """Close the open block, then message_delta (stop reason, usage) and message_stop."""
         out = self._start() + self._close()
         reason = "tool_use" if self.tools and self.finish_reason in (None, "stop") else \
             _STOP_OUT.get(self.finish_reason, "end_turn")
@@ -211,6 +213,7 @@ def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
 
 
 def request_url(api_base: str, model_id: str, stream: bool) -> str:
+    """The Messages endpoint, whether or not the API base already ends in /v1."""
     return api_base + ("/messages" if api_base.endswith("/v1") else "/v1/messages")
 
 
@@ -274,6 +277,7 @@ class StreamDecoder:
         self.usage = Usage()
 
     def feed(self, event: str, data: str) -> list:
+        """One upstream event as unified events; an `error` event raises ProtocolError (502)."""
         if not data:
             return []
         ev = json.loads(data)

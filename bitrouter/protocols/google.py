@@ -110,6 +110,7 @@ class StreamEncoder:
         self.usage = None
 
     def event(self, ev: Event) -> bytes:
+        """One unified event as a frame; tool calls are held until the next part or the end, then sent whole."""
         kind = ev.kind
         if kind == "text" or kind == "reasoning":
             part = {"text": ev.text, "thought": True} if kind == "reasoning" else {"text": ev.text}
@@ -136,6 +137,7 @@ class StreamEncoder:
         return stream_error(status, message)
 
     def finish_stream(self) -> bytes:
+        """The last frame: the held tool calls, the finish reason and the usage."""
         parts = self._flush()
         reason = "tool_calls" if self.any_calls and self.finish_reason in (None, "stop") else self.finish_reason
         candidate = {"content": {"role": "model", "parts": parts or [{"text": ""}]},
@@ -211,6 +213,7 @@ def model_entry(model_id: str) -> dict:
 
 
 def request_url(api_base: str, model_id: str, stream: bool) -> str:
+    """The (streaming) generateContent URL for a model; /v1beta is added to an unversioned base."""
     base = api_base if api_base.endswith(("/v1beta", "/v1")) else api_base + "/v1beta"
     model = model_id if model_id.startswith("models/") else "models/" + model_id
     return f"{base}/{model}:streamGenerateContent?alt=sse" if stream else f"{base}/{model}:generateContent"
@@ -277,6 +280,7 @@ class StreamDecoder:
         self.finished = False
 
     def feed(self, event: str, data: str) -> list:
+        """One upstream frame as unified events; an error object raises ProtocolError (502)."""
         chunk = json.loads(data)
         if isinstance(chunk, list):  # an error relayed as a JSON array
             chunk = chunk[0] if chunk else {}

@@ -110,6 +110,7 @@ class StreamEncoder:
         self.tool_index = {}  # unified tool index -> chat tool_calls index
 
     def event(self, ev: Event) -> bytes:
+        """One unified event as a chat.completion.chunk frame; finish and usage wait for finish_stream."""
         if ev.kind == "start":
             self.model = ev.model or self.model
             return self._chunk({"role": "assistant", "content": ""})
@@ -135,6 +136,7 @@ class StreamEncoder:
         return stream_error(status, message)
 
     def finish_stream(self) -> bytes:
+        """The chunk with the finish reason, the usage chunk if the client asked for it, then [DONE]."""
         out = self._chunk({}, _CHAT_FINISH.get(self.finish_reason, "stop"))
         if self.include_usage:
             out += sse.frame({**self._base(), "choices": [], "usage": encode_usage(self.usage or Usage())})
@@ -201,6 +203,7 @@ def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
 
 
 def request_url(api_base: str, model_id: str, stream: bool) -> str:
+    """The Chat Completions endpoint under the provider's API base."""
     return api_base + "/chat/completions"
 
 
@@ -260,6 +263,7 @@ class StreamDecoder:
         self.calls = set()  # chat tool indices already announced
 
     def feed(self, event: str, data: str) -> list:
+        """One upstream chunk as unified events; an in-band error raises ProtocolError (502)."""
         if data == "[DONE]":
             return []
         chunk = json.loads(data)

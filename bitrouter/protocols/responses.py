@@ -117,6 +117,7 @@ class StreamEncoder:
         self.usage = Usage()
 
     def event(self, ev: Event) -> bytes:
+        """One unified event as Responses SSE events, opening and closing output items as needed."""
         if ev.kind == "start":
             self.model = ev.model or self.model
             return self._start()
@@ -154,6 +155,7 @@ class StreamEncoder:
         return out
 
     def finish_stream(self) -> bytes:
+        """Close the open items, then the terminal event that matches the finish reason."""
         out = self._start() + self._close_current() + self._close_calls()
         body = _response_object(self.id, self.model, self.created, self.output, self.finish_reason, self.usage)
         return out + self._emit(_TERMINAL_EVENT[body["status"]], response=body)
@@ -295,6 +297,7 @@ def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
 
 
 def request_url(api_base: str, model_id: str, stream: bool) -> str:
+    """The Responses endpoint under the provider's API base."""
     return api_base + "/responses"
 
 
@@ -359,6 +362,7 @@ class StreamDecoder:
         self.calls = {}  # output_index -> whether argument text was seen
 
     def feed(self, event: str, data: str) -> list:
+        """One upstream event as unified events; response.failed and error raise ProtocolError (502)."""
         body = json.loads(data)
         kind = body.get("type") or event
         out = []
