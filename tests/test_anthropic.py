@@ -13,6 +13,7 @@ from conftest import ServerProcess, wait_until
 from fakes import (ANTHROPIC_USAGE, TOOL_ARGS, FakeUpstream, Fleet, Reply, anthropic_error, anthropic_frames,
                    anthropic_message, anthropic_upstream, chat_completion, chat_stream, error, gemini_upstream,
                    protocol_config)
+from shapes import shape
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 PNG = "iVBORw0KGgo="
@@ -20,21 +21,6 @@ PNG = "iVBORw0KGgo="
 
 def decode(**body):
     return proto.decode_request({"model": "m", "max_tokens": 100, "messages": [], **body})
-
-
-def shape(messages: list) -> list:
-    """Unified messages as (role, [compact part]) for comparisons."""
-    def part(p):
-        if p.kind == "tool_call":
-            return ("tool_call", p.id, p.name, json.loads(p.arguments))
-        if p.kind == "tool_result":
-            return ("tool_result", p.id, p.name, [part(c) for c in p.content], p.is_error)
-        if p.kind == "image":
-            return ("image", p.url or p.data, p.media_type)
-        if p.kind == "reasoning":
-            return ("reasoning", p.text, p.signature)
-        return (p.kind, p.text)
-    return [(m.role, [part(p) for p in m.parts]) for m in messages]
 
 
 def user(*content):

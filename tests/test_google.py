@@ -12,6 +12,7 @@ from bitrouter.protocols import google as proto
 from conftest import ServerProcess, wait_until
 from fakes import (TOOL_ARGS, Fleet, Reply, anthropic_error, anthropic_upstream, chat_completion, chat_stream,
                    gemini_error, gemini_frames, gemini_response, gemini_upstream, protocol_config)
+from shapes import shape
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 PNG = "iVBORw0KGgo="
@@ -19,21 +20,6 @@ PNG = "iVBORw0KGgo="
 
 def decode(contents=(), **body):
     return proto.decode_request({"contents": list(contents), **body})
-
-
-def shape(messages: list) -> list:
-    """Unified messages as (role, [compact part]) for comparisons."""
-    def part(p):
-        if p.kind == "tool_call":
-            return ("tool_call", p.id, p.name, json.loads(p.arguments))
-        if p.kind == "tool_result":
-            return ("tool_result", p.id, p.name, [part(c) for c in p.content], p.is_error)
-        if p.kind == "image":
-            return ("image", p.url or p.data, p.media_type)
-        if p.kind == "reasoning":
-            return ("reasoning", p.text, p.signature)
-        return (p.kind, p.text)
-    return [(m.role, [part(p) for p in m.parts]) for m in messages]
 
 
 def user(*parts):
