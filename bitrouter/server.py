@@ -302,9 +302,8 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         status, message, headers = _classify(exc)
         if record:
             record.status, record.error = status, message
-            record.latency_ms = (time.perf_counter() - clock) * 1000
             record.attempts = getattr(exc, "attempts", 0)
-            srv.metrics.finish(record)
+            _finish(srv, rt, None, record, None, clock)
         raw = getattr(exc, "body", b"") if _same_protocol_error(exc, inbound) else b""
         return _error(inbound, status, message, headers, raw)
     record.upstream, record.attempts = answer.endpoint.label, attempts
@@ -327,10 +326,10 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         payload, usage = answer.finish(model)
     except (ProtocolError, ValueError, KeyError, TypeError) as exc:
         record.status, record.error = 502, f"upstream reply could not be translated: {exc}"
-        _finish(srv, rt, answer, record, None, clock)
+        _finish(srv, rt, answer.endpoint, record, None, clock)
         return _error(inbound, 502, record.error)
     record.status = 200
-    _finish(srv, rt, answer, record, usage, clock)
+    _finish(srv, rt, answer.endpoint, record, usage, clock)
     bottle.response.set_header("x-bitrouter-overhead-ms", f"{record.latency_ms - call.upstream_ms:.2f}")
     bottle.response.content_type = JSON
     return payload
@@ -595,7 +594,7 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
         raise
     finally:
         _close(answer.payload)
-        _finish(srv, rt, answer, record, usage, clock)
+        _finish(srv, rt, answer.endpoint, record, usage, clock)
 
 
 def _keepalive(body, frame: bytes, interval: float):
@@ -640,12 +639,15 @@ def _running_usage(prior, found):
     return Usage(**{name: max(count, getattr(found, name)) for name, count in vars(prior).items()})
 
 
-def _finish(srv: Server, rt: Runtime, answer: _Answer, record: Record, usage, clock: float) -> None:
-    """Close the request's record: latency, usage and cost from the answering model's prices."""
+def _finish(srv: Server, rt: Runtime, endpoint, record: Record, usage, clock: float) -> None:
+    """Close the request's record: latency, usage and cost from the answering endpoint's prices.
+
+    endpoint and usage are None when the request failed before any endpoint answered.
+    """
     record.latency_ms = (time.perf_counter() - clock) * 1000
     if usage is not None:
         record.usage = usage
-        info = rt.providers[answer.endpoint.provider].models.get(answer.endpoint.model_id) or {}
+        info = rt.providers[endpoint.provider].models.get(endpoint.model_id) or {}
         record.cost_micro_usd = cost_micro_usd(usage, info.get("pricing") or {})
     srv.metrics.finish(record)
 
