@@ -101,15 +101,17 @@ class StreamEncoder:
     def event(self, ev: Event) -> bytes:
         """One unified event as Messages SSE frames, opening and closing content blocks as needed."""
         kind = ev.kind
-        if kind == "text" or kind == "reasoning":
-            block = "text" if kind == "text" else "thinking"
-            out = self._open(block, {"type": "text", "text": ""} if kind == "text" else
-                             {"type": "thinking", "thinking": "", "signature": ""}) if self.block != block else b""
-            deltas = [{"type": "text_delta", "text": ev.text}] if kind == "text" else \
-                [{"type": "thinking_delta", "thinking": ev.text}] * bool(ev.text) + \
-                [{"type": "signature_delta", "signature": ev.signature}] * bool(ev.signature)
-            return out + b"".join(sse.frame({"type": "content_block_delta", "index": self.index, "delta": d},
-                                            "content_block_delta") for d in deltas)
+        if kind == "text":
+            out = self._open("text", {"type": "text", "text": ""}) if self.block != "text" else b""
+            return out + _delta(self.index, {"type": "text_delta", "text": ev.text})
+        if kind == "reasoning":
+            out = b"" if self.block == "thinking" else \
+                self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            if ev.text:
+                out += _delta(self.index, {"type": "thinking_delta", "thinking": ev.text})
+            if ev.signature:
+                out += _delta(self.index, {"type": "signature_delta", "signature": ev.signature})
+            return out
         if kind == "tool_call":
             out = self._open(("tool", ev.index), {"type": "tool_use", "id": _tool_id(ev.id) or _new_tool_id(),
                                                   "name": ev.name, "input": {}})
@@ -119,8 +121,7 @@ class StreamEncoder:
             index = self.tools.get(ev.index)
             if index is None or not ev.text:
                 return b""
-            return sse.frame({"type": "content_block_delta", "index": index,
-                              "delta": {"type": "input_json_delta", "partial_json": ev.text}}, "content_block_delta")
+            return _delta(index, {"type": "input_json_delta", "partial_json": ev.text})
         if kind == "start":
             self.id, self.model = ev.id, ev.model or self.model
             return self._start()
@@ -357,6 +358,11 @@ _ANTHROPIC_ONLY = {"redacted_thinking", "server_tool_use", "web_search_tool_resu
                    "text_editor_code_execution_tool_result", "container_upload", "mcp_tool_use",
                    "mcp_tool_result"}
 _BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def _delta(index: int, delta: dict) -> bytes:
+    """A content_block_delta frame for the block at index."""
+    return sse.frame({"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta")
 
 
 def _system_parts(system) -> list:
