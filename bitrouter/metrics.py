@@ -203,7 +203,7 @@ def dashboard(srv, recent: int = 100) -> dict:
             "routes": routes, **data}
 
 
-def providers(rt, routes: list, health, stats: dict, secrets=()) -> list[dict]:
+def providers(rt, routes: list, health, stats: dict, secrets) -> list[dict]:
     """Per-provider rows: health from the router, traffic and p50 from the metrics.
 
     Listed: providers with a key, providers any route names, and any that saw traffic.
