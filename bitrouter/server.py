@@ -342,7 +342,7 @@ def count_tokens(srv: Server, inbound, path_model: str | None = None):
         identity = authenticate(srv, "api")
         body = read_json(rt.cfg)
         authorize_route(srv, identity, rt.router.resolve(inbound.model_of(body, path_model)))
-        return _json(inbound.count_tokens(body))
+        return _json(decoded(inbound.count_tokens, body))
     return _guard(inbound, count)
 
 
@@ -379,6 +379,14 @@ def listing(srv: Server, handler):
         authenticate(srv, "api")
         return handler()
     return checked
+
+
+def decoded(decode, body: dict):
+    """Run a protocol decoder; a field of the wrong type deep inside the body is the client's 400."""
+    try:
+        return decode(body)
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        raise ProtocolError(f"request body has a field of the wrong type or shape ({exc})") from None
 
 
 def read_json(cfg) -> dict:
@@ -505,7 +513,7 @@ class _Call:
 
     def _unified(self):
         if self.unified is None:
-            self.unified = self.inbound.decode_request(self.body)
+            self.unified = decoded(self.inbound.decode_request, self.body)
             self.unified.stream = self.stream  # Gemini streams by method, not by a body field
         return self.unified
 
@@ -588,7 +596,8 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
     except (UpstreamError, ProtocolError, ValueError) as exc:
         record.status, record.error = 502, str(exc)
         log.warning("stream from %s broke: %s", answer.endpoint.label, exc)
-        yield encoder.error(502, str(exc)) if encoder else inbound.stream_error(502, str(exc))
+        # An encoder with stream state (Responses numbers its events) ends the stream itself.
+        yield (getattr(encoder, "error", None) or inbound.stream_error)(502, str(exc))
     except (GeneratorExit, GreenletExit):  # the client went away
         record.status, record.error = 499, "client disconnected"
         raise

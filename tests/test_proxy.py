@@ -410,3 +410,17 @@ def test_images_skip_text_only_endpoints_and_are_a_clear_400_when_none_is_left(s
     assert resp.status_code == 400
     assert "does not accept images" in resp.json()["error"]["message"]
     assert chat(server, "text-only").status_code == 200  # text still goes to it
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"model": "mock:echo", "messages": [{"role": "assistant", "tool_calls": ["x"]}]}),
+    ("/v1/chat/completions", {"model": "mock:echo", "messages": [{"role": "user", "content": "x"}], "tools": ["x"]}),
+    ("/v1/messages", {"model": "mock:echo", "max_tokens": 5, "tool_choice": "auto",
+                      "messages": [{"role": "user", "content": "x"}]}),
+    ("/v1/messages/count_tokens", {"model": "mock:echo", "messages": [{"role": "user", "content": [7]}]}),
+])
+def test_fields_of_the_wrong_shape_are_400_not_500(start_server, path, body):
+    server = start_server()
+    resp = requests.post(server.url + path, json=body)
+    assert resp.status_code == 400, resp.text
+    assert "internal error" not in resp.text

@@ -4,7 +4,8 @@ Each protocol module (openai = Chat Completions, responses, anthropic, google) s
 wire format in both directions; mock is the in-process provider instead (generate, stream):
 
   inbound  (client -> BitRouter): NAME, model_of, wants_stream, decode_request,
-           encode_response, StreamEncoder (.event, .finish_stream, .error), stream_error,
+           encode_response, StreamEncoder (.event, .finish_stream, and .error when ending a
+           broken stream needs the stream's state), stream_error,
            error_body, usage_of, stream_usage, is_final, passthrough_body
   upstream (BitRouter -> provider): FIXED_HEADERS, FORWARD_HEADERS, request_url,
            encode_request, decode_response, StreamDecoder, error_message
@@ -208,3 +209,8 @@ def arguments_object(arguments: str) -> dict:
     except ValueError:
         return {"arguments": arguments}
     return value if isinstance(value, dict) else {"arguments": value}
+
+
+def effort_for_budget(budget) -> str:
+    """A thinking budget in tokens as the nearest OpenAI reasoning effort."""
+    return "low" if (budget or 0) < 4096 else "medium" if budget < 16384 else "high"

@@ -131,10 +131,6 @@ class StreamEncoder:
             self.usage = ev.usage
         return b""
 
-    def error(self, status: int, message: str) -> bytes:
-        """End a broken stream; this protocol's error event needs no stream state."""
-        return stream_error(status, message)
-
     def finish_stream(self) -> bytes:
         """Close the open block, then message_delta (stop reason, usage) and message_stop."""
         out = self._start() + self._close()

@@ -132,10 +132,6 @@ class StreamEncoder:
             self.usage = ev.usage
         return b""
 
-    def error(self, status: int, message: str) -> bytes:
-        """End a broken stream; this protocol's error event needs no stream state."""
-        return stream_error(status, message)
-
     def finish_stream(self) -> bytes:
         """The last frame: the held tool calls, the finish reason and the usage."""
         parts = self._flush()

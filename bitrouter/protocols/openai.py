@@ -6,7 +6,7 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, content_items,
-                                 media_part, set_given, sse)
+                                 effort_for_budget, media_part, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "openai"
@@ -131,10 +131,6 @@ class StreamEncoder:
             self.usage = ev.usage
         return b""
 
-    def error(self, status: int, message: str) -> bytes:
-        """End a broken stream; this protocol's error event needs no stream state."""
-        return stream_error(status, message)
-
     def finish_stream(self) -> bytes:
         """The chunk with the finish reason, the usage chunk if the client asked for it, then [DONE]."""
         out = self._chunk({}, _CHAT_FINISH.get(self.finish_reason, "stop"))
@@ -231,7 +227,7 @@ def encode_request(req: Request, model_id: str) -> dict:
     if req.response_format:
         body["response_format"] = _encode_format(req.response_format)
     if req.reasoning:
-        body["reasoning_effort"] = req.reasoning.get("effort") or _effort(req.reasoning.get("budget_tokens"))
+        body["reasoning_effort"] = req.reasoning.get("effort") or effort_for_budget(req.reasoning.get("budget_tokens"))
     set_given(body, "user", req.user)
     if req.stream:
         body["stream"] = True
@@ -404,12 +400,6 @@ def _encode_format(fmt: dict) -> dict:
             spec["strict"] = fmt["strict"]
         return {"type": "json_schema", "json_schema": spec}
     return {"type": "json_object"}
-
-
-def _effort(budget) -> str:
-    """A thinking budget in tokens as Chat's coarse reasoning_effort."""
-    budget = budget or 0
-    return "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
 
 
 def _finish(reason, parts) -> str:

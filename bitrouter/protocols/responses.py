@@ -15,8 +15,8 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 content_items, error_message, estimate_tokens, media_part,
-                                 set_given, sse)
+                                 content_items, effort_for_budget, error_message, estimate_tokens,
+                                 media_part, set_given, sse)
 from bitrouter.protocols import openai as chat
 
 NAME = "responses"
@@ -328,7 +328,7 @@ def encode_request(req: Request, model_id: str) -> dict:
     if req.response_format:
         body["text"] = {"format": _encode_format(req.response_format)}
     if req.reasoning:
-        body["reasoning"] = {"effort": req.reasoning.get("effort") or _effort(req.reasoning.get("budget_tokens"))}
+        body["reasoning"] = {"effort": req.reasoning.get("effort") or effort_for_budget(req.reasoning.get("budget_tokens"))}
     if req.stream:
         body["stream"] = True
     return body
@@ -559,11 +559,6 @@ def _encode_format(fmt: dict) -> dict:
             out["strict"] = fmt["strict"]
         return out
     return {"type": "json_object"}
-
-
-def _effort(budget) -> str:
-    """A thinking budget in tokens as the nearest reasoning effort."""
-    return "low" if (budget or 0) < 4096 else "medium" if budget < 16384 else "high"
 
 
 def _encode_message(msg: Message) -> list:
