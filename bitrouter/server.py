@@ -11,6 +11,7 @@ if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anythin
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -310,6 +311,10 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
     srv.metrics.routed(record)
     bottle.response.set_header("x-bitrouter-upstream", answer.endpoint.label)
     bottle.response.set_header("x-bitrouter-attempts", str(attempts))
+    if answer.request is not None and answer.request.dropped:  # hosted tools the target cannot run
+        dropped = ", ".join(sorted(set(answer.request.dropped)))
+        bottle.response.set_header("x-bitrouter-dropped-tools", dropped)
+        log.info("%s: tools left out for %s, which cannot run them: %s", model, answer.endpoint.label, dropped)
     if stream:
         overhead = (time.perf_counter() - clock) * 1000 - call.upstream_ms
         bottle.response.set_header("x-bitrouter-overhead-ms", f"{overhead:.2f}")
@@ -437,12 +442,20 @@ class _Answer:
         """The client's non-streamed body and the usage, from the upstream reply."""
         if self.kind == "passthrough":
             raw, data = self.payload
-            return raw, self.inbound.usage_of(data)
+            return self.inbound.reply_body(raw, model), self.inbound.usage_of(data)
         resp = self.payload if self.kind == "mock" else self.upstream.decode_response(self.payload[1])
-        return json.dumps(self.inbound.encode_response(resp, model)), resp.usage
+        for part in resp.parts:
+            part.signature = protocols.seal(part.signature, self.endpoint.label)
+        return json.dumps(self.inbound.encode_response(resp, model, self.request)), resp.usage
 
     def events(self):
-        """Unified stream events (translated and mock answers)."""
+        """Unified stream events (translated and mock answers), proofs sealed with their producer."""
+        for event in self._decoded():
+            if event.signature:
+                event.signature = protocols.seal(event.signature, self.endpoint.label)
+            yield event
+
+    def _decoded(self):
         if self.kind == "mock":
             yield from self.payload
             return
@@ -467,14 +480,14 @@ class _Call:
         provider = self.rt.providers[endpoint.provider]
         upstream = protocols.get(provider.api_protocol)
         if upstream.NAME == "mock":
-            request = self._unified()
+            request = protocols.own_proofs(self._unified(), endpoint.label)
             make = upstream.stream if self.stream else upstream.generate
             return _Answer(endpoint, upstream, self.inbound, "mock", make(request, endpoint.model_id), request)
         if upstream is self.inbound:
             kind, request = "passthrough", None
             payload = self.inbound.passthrough_body(self.body, endpoint.model_id, self.stream)
-        else:
-            kind, request = "translated", self._unified()
+        else:  # each endpoint sees only the reasoning proofs it produced itself
+            kind, request = "translated", protocols.own_proofs(self._unified(), endpoint.label)
             payload = upstream.encode_request(request, endpoint.model_id)
         base = endpoint.api_base or provider.api_base
         url = upstream.request_url(base, endpoint.model_id, self.stream)
@@ -572,13 +585,17 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
     inbound = answer.inbound
     usage, complete, encoder = None, False, None
     try:
-        if answer.kind == "passthrough":
+        if answer.kind == "passthrough":  # whole frames only, each naming the client's model
             parser = sse.Parser()
-            for chunk in answer.payload:
-                yield chunk
-                for event, data in parser.feed(chunk):
-                    usage = _running_usage(usage, inbound.stream_usage(event, data))
-                    complete = complete or inbound.is_final(event, data)
+            for chunk in itertools.chain(answer.payload, [None]):
+                out = []
+                for raw, event, data in parser.frames(chunk) if chunk is not None else parser.close_frames():
+                    out.append(inbound.relay_frame(event, raw, record.model))
+                    if data is not None:
+                        usage = _running_usage(usage, inbound.stream_usage(event, data))
+                        complete = complete or inbound.is_final(event, data)
+                if out:
+                    yield b"".join(out)
         else:
             encoder = inbound.StreamEncoder(record.model, answer.request)
             for event in answer.events():
