@@ -17,8 +17,9 @@ class BitRouter:
     --run-dir, --logs-dir, --db.
     """
 
-    def __init__(self, **paths):
+    def __init__(self, agent_args=(), **paths):
         self._paths = paths
+        self._agent_args = list(agent_args)
 
     def _home(self):
         return home_mod.resolve(**self._paths)
@@ -117,6 +118,20 @@ class BitRouter:
         from bitrouter import tokens
         tokens.usage_command(self._home(), since=since, by=by)
 
+    def launch(self, agent, model=None, small_model=None):
+        """Run an agent CLI wired to BitRouter: bitrouter launch claude|codex|gemini [-- ARGS...].
+
+        Starts the daemon when no server runs, gives the agent a token when the server
+        requires one, and passes everything after `--` to the agent.
+
+        Args:
+          agent: claude, codex or gemini.
+          model: the model name the agent asks for (default: the `default` alias, else the first alias).
+          small_model: Claude Code's model for quick side tasks (default: an alias named small, fast or haiku).
+        """
+        from bitrouter import launch
+        launch.launch(self._home(), agent, self._agent_args, model=model, small_model=small_model)
+
     def tui(self, url=None):
         """Attach the live dashboard to a running server (this home's, or --url)."""
         from bitrouter import tui
@@ -134,6 +149,10 @@ def main(argv=None) -> None:
     if rest in (["--version"], ["-V"]):
         print(f"bitrouter {bitrouter.__version__}")
         return
+    agent_args = []
+    if rest[:1] == ["launch"] and "--" in rest:  # the agent's own arguments, not fire's flags
+        cut = rest.index("--")
+        rest, agent_args = rest[:cut], rest[cut + 1:]
     if _wants_help(rest):
         _show_help(rest)
     if rest[:1] in ([], ["serve"]):
@@ -142,7 +161,7 @@ def main(argv=None) -> None:
         from gevent import monkey
         monkey.patch_all()
     import fire
-    commands = BitRouter(**paths)
+    commands = BitRouter(agent_args, **paths)
     try:
         if not rest:
             from bitrouter import tui
