@@ -9,8 +9,10 @@ if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anythin
     from gevent import monkey
     monkey.patch_all()
 
+import collections
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -32,6 +34,7 @@ log = logging.getLogger("bitrouter")
 
 JSON = "application/json"
 EVENT_BATCH_SECONDS = 0.05  # /admin/events: how long a wake-up waits for more events to send along
+COUNT_CACHE_SIZE = 512  # provider token counts kept, by endpoint and request body
 
 
 class HttpError(Exception):
@@ -61,6 +64,7 @@ class Server:
         self.health = Health()
         self.metrics = Metrics()
         self.started = time.time()
+        self.counts = collections.OrderedDict()  # (endpoint label, body digest) -> provider token count
         self.mode = "foreground"  # how this process runs the server: foreground | dashboard | daemon
         self.port = None  # the port actually bound, once listening
         cfg = cfg or config.load(home)
@@ -341,14 +345,50 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
 
 
 def count_tokens(srv: Server, inbound, path_model: str | None = None):
-    """Serve a token-count request with the inbound protocol's estimate (no upstream call)."""
+    """Serve a token count: the target provider's own counter when it has one, else the estimate.
+
+    Agents compact their context by these numbers, so the provider's tokenizer wins; its
+    answers are cached per request body, and any failure falls back to the estimate.
+    """
     def count():
         rt = srv.runtime
         identity = authenticate(srv, "api")
         body = read_json(rt.cfg)
-        authorize_route(srv, identity, rt.router.resolve(inbound.model_of(body, path_model)))
-        return _json(decoded(inbound.count_tokens, body))
+        route = authorize_route(srv, identity, rt.router.resolve(inbound.model_of(body, path_model)))
+        request = decoded(inbound.count_request, body)
+        tokens = _provider_count(srv, rt, route, inbound, body, request)
+        return _json(inbound.count_reply(protocols.estimate_tokens(request) if tokens is None else tokens))
     return _guard(inbound, count)
+
+
+def _provider_count(srv: Server, rt: Runtime, route, inbound, body: dict, request) -> int | None:
+    """The first usable endpoint's own token count (cached per body), or None when it has no counter."""
+    endpoint = rt.router.candidates(route)[0]
+    provider = rt.providers[endpoint.provider]
+    upstream = protocols.get(provider.api_protocol)
+    count_url = getattr(upstream, "count_url", None)  # Chat Completions and mock count nothing
+    if count_url is None:
+        return None
+    payload = json.dumps(upstream.count_body(protocols.own_proofs(request, endpoint.label), endpoint.model_id)).encode()
+    key = (endpoint.label, hashlib.sha256(payload).digest())
+    if key in srv.counts:
+        srv.counts.move_to_end(key)
+        return srv.counts[key]
+    headers = _Call(srv, rt, inbound, body, False)._headers(provider, upstream, endpoint.api_key or provider.api_key)
+    try:
+        reply = srv.pools.send(count_url(endpoint.api_base or provider.api_base, endpoint.model_id), headers, payload)
+        raw = reply.read()
+        tokens = upstream.counted(json.loads(raw)) if reply.status == 200 else None
+    except (UpstreamError, ValueError, KeyError, TypeError) as exc:
+        log.warning("token count from %s failed, estimating instead: %s", endpoint.label, exc)
+        return None
+    if tokens is None:
+        log.warning("token count from %s failed (HTTP %d), estimating instead", endpoint.label, reply.status)
+        return None
+    srv.counts[key] = tokens
+    if len(srv.counts) > COUNT_CACHE_SIZE:
+        srv.counts.popitem(last=False)
+    return tokens
 
 
 # AUTH HOOK: access control (bitrouter/access.py, docs/auth.md). The other hook lines:

@@ -7,7 +7,7 @@ import secrets
 
 from bitrouter import registry
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, content_items, estimate_tokens, native_proof, proof,
+                                 arguments_object, content_items, native_proof, proof,
                                  reply_model, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
@@ -184,9 +184,14 @@ def error_body(status: int, message: str) -> dict:
     return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
-def count_tokens(body: dict) -> dict:
-    """`/v1/messages/count_tokens`: an estimate (see protocols.estimate_tokens), not Anthropic's tokenizer."""
-    return {"input_tokens": estimate_tokens(decode_request(body))}
+def count_request(body: dict) -> Request:
+    """The request a `/v1/messages/count_tokens` body describes."""
+    return decode_request(body)
+
+
+def count_reply(tokens: int) -> dict:
+    """The `/v1/messages/count_tokens` answer."""
+    return {"input_tokens": tokens}
 
 
 def usage_of(body: dict) -> Usage:
@@ -271,6 +276,22 @@ def encode_request(req: Request, model_id: str) -> dict:
     if req.stream:
         body["stream"] = True
     return body
+
+
+def count_url(api_base: str, model_id: str) -> str:
+    """Anthropic's own token counter for a Messages request."""
+    return request_url(api_base, model_id, False) + "/count_tokens"
+
+
+def count_body(req: Request, model_id: str) -> dict:
+    """A count_tokens body: the Messages request without what only generation takes."""
+    body = encode_request(req, model_id)
+    return {key: value for key, value in body.items() if key in _COUNTED_FIELDS}
+
+
+def counted(data: dict) -> int:
+    """The token count in a count_tokens answer."""
+    return int(data["input_tokens"])
 
 
 def decode_response(body: dict) -> Response:
@@ -379,6 +400,7 @@ _CHOICE_OUT = {"auto": "auto", "required": "any", "none": "none"}
 _EFFORT_IN = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 _EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 _MIN_BUDGET = 1024
+_COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 # Blocks that only Anthropic itself can use (server tools and their results): left out of translations.
 _ANTHROPIC_ONLY = {"server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
                    "code_execution_tool_result", "bash_code_execution_tool_result", "tool_search_tool_result",

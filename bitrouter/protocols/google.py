@@ -10,7 +10,7 @@ import json
 import secrets
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, estimate_tokens, native_proof, proof, reply_model, set_given,
+                                 arguments_object, native_proof, proof, reply_model, set_given,
                                  sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
@@ -168,9 +168,14 @@ def error_body(status: int, message: str) -> dict:
     return {"error": {"code": status, "message": message, "status": _STATUS.get(status, "INTERNAL")}}
 
 
-def count_tokens(body: dict) -> dict:
-    """`:countTokens`: an estimate (see protocols.estimate_tokens), not Gemini's tokenizer."""
-    return {"totalTokens": estimate_tokens(decode_request(body.get("generateContentRequest") or body))}
+def count_request(body: dict) -> Request:
+    """The request a `:countTokens` body describes (contents, or a whole generateContentRequest)."""
+    return decode_request(body.get("generateContentRequest") or body)
+
+
+def count_reply(tokens: int) -> dict:
+    """The `:countTokens` answer."""
+    return {"totalTokens": tokens}
 
 
 def usage_of(body: dict) -> Usage:
@@ -266,6 +271,22 @@ def encode_request(req: Request, model_id: str) -> dict:
     if config:
         body["generationConfig"] = config
     return body
+
+
+def count_url(api_base: str, model_id: str) -> str:
+    """Gemini's own token counter for a model."""
+    return request_url(api_base, model_id, False).removesuffix(":generateContent") + ":countTokens"
+
+
+def count_body(req: Request, model_id: str) -> dict:
+    """A countTokens body: the whole request, so tools and instructions are counted too."""
+    model = model_id if model_id.startswith("models/") else "models/" + model_id
+    return {"generateContentRequest": {"model": model, **encode_request(req, model_id)}}
+
+
+def counted(data: dict) -> int:
+    """The token count in a countTokens answer."""
+    return int(data["totalTokens"])
 
 
 def decode_response(body: dict) -> Response:

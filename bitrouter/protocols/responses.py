@@ -19,7 +19,7 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 content_items, effort_for_budget, error_message, estimate_tokens,
+                                 content_items, effort_for_budget, error_message,
                                  media_part, native_proof, proof, reply_model, set_given, sse)
 from bitrouter.protocols import openai as chat
 
@@ -293,9 +293,14 @@ def is_final(event: str, data: str) -> bool:
     return any(f'"{kind}"' in data for kind in TERMINAL) and json.loads(data).get("type") in TERMINAL
 
 
-def count_tokens(body: dict) -> dict:
-    """`/v1/responses/input_tokens`: an estimate (see protocols.estimate_tokens), not OpenAI's tokenizer."""
-    return {"object": "response.input_tokens", "input_tokens": estimate_tokens(decode_request(body))}
+def count_request(body: dict) -> Request:
+    """The request a `/v1/responses/input_tokens` body describes."""
+    return decode_request(body)
+
+
+def count_reply(tokens: int) -> dict:
+    """The `/v1/responses/input_tokens` answer."""
+    return {"object": "response.input_tokens", "input_tokens": tokens}
 
 
 def reply_body(raw: bytes, model: str) -> bytes:
@@ -355,6 +360,22 @@ def encode_request(req: Request, model_id: str) -> dict:
     if req.stream:
         body["stream"] = True
     return body
+
+
+def count_url(api_base: str, model_id: str) -> str:
+    """OpenAI's own input-token counter for a Responses request."""
+    return api_base + "/responses/input_tokens"
+
+
+def count_body(req: Request, model_id: str) -> dict:
+    """An input_tokens body: the Responses request without what only generation takes."""
+    body = encode_request(req, model_id)
+    return {key: value for key, value in body.items() if key not in _GENERATION_ONLY}
+
+
+def counted(data: dict) -> int:
+    """The token count in an input_tokens answer."""
+    return int(data["input_tokens"])
 
 
 def decode_response(body: dict) -> Response:
@@ -447,6 +468,8 @@ _TERMINAL_EVENT = {"completed": "response.completed", "incomplete": "response.in
                    "failed": "response.failed"}
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 _HOSTED = "runs on OpenAI's servers"
+_GENERATION_ONLY = ("stream", "store", "include", "max_output_tokens", "temperature", "top_p", "safety_identifier",
+                    "prompt_cache_key")
 _WITH_RESPONSE = frozenset(TERMINAL + ("response.created", "response.in_progress", "response.queued"))
 NAMESPACE_JOIN = "__"  # a namespaced tool travels as <namespace>__<name>
 _CUSTOM_INPUT = {"type": "object", "properties": {"input": {"type": "string", "description":
