@@ -294,13 +294,14 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
     rt = srv.runtime  # requests finish on the runtime they started with, even across a reload
     record = None
     try:
-        body = read_json(rt.cfg)
+        raw = read_body(rt.cfg)
+        body = parse_json(raw)
         model = inbound.model_of(body, path_model)
         stream = inbound.wants_stream(body, action)
         record = srv.metrics.begin(inbound.NAME, model, stream)
         identity = authenticate(srv, "api", record)
         route = authorize_route(srv, identity, rt.router.resolve(model))
-        call = _Call(srv, rt, inbound, body, stream)
+        call = _Call(srv, rt, inbound, body, stream, sealed=protocols.SEAL_PREFIX.encode() in raw)
         route = call.capable(route)
         answer, attempts = rt.router.dispatch(route, call.attempt)
     except Exception as exc:  # every failure becomes a protocol-shaped error, never a traceback
@@ -436,6 +437,11 @@ def decoded(decode, body: dict):
 
 def read_json(cfg) -> dict:
     """The request body as a JSON object, within the configured size limit."""
+    return parse_json(read_body(cfg))
+
+
+def read_body(cfg) -> bytes:
+    """The raw request body, within the configured size limit."""
     limit = cfg.server["max_body_bytes"]
     length = bottle.request.content_length
     if length > limit:
@@ -443,6 +449,11 @@ def read_json(cfg) -> dict:
     data = bottle.request.environ["wsgi.input"].read(length if length >= 0 else limit + 1)
     if len(data) > limit:
         raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+    return data
+
+
+def parse_json(data: bytes) -> dict:
+    """A request body as a JSON object; anything else is the client's 400."""
     try:
         body = json.loads(data)
     except ValueError as exc:
@@ -510,8 +521,9 @@ class _Answer:
 class _Call:
     """One client request's attempts against successive endpoints."""
 
-    def __init__(self, srv: Server, rt: Runtime, inbound, body: dict, stream: bool):
+    def __init__(self, srv: Server, rt: Runtime, inbound, body: dict, stream: bool, sealed: bool = False):
         self.srv, self.rt, self.inbound, self.body, self.stream = srv, rt, inbound, body, stream
+        self.sealed = sealed  # the body carries proofs BitRouter sealed on a translated turn
         self.unified = None
         self.upstream_ms = 0.0
 
@@ -525,7 +537,10 @@ class _Call:
             return _Answer(endpoint, upstream, self.inbound, "mock", make(request, endpoint.model_id), request)
         if upstream is self.inbound:
             kind, request = "passthrough", None
-            payload = self.inbound.passthrough_body(self.body, endpoint.model_id, self.stream)
+            # A sealed proof in a pass-through body was made by a provider of another
+            # protocol (the conversation was translated before): it can only be dropped.
+            body = self.inbound.drop_sealed(self.body) if self.sealed else self.body
+            payload = self.inbound.passthrough_body(body, endpoint.model_id, self.stream)
         else:  # each endpoint sees only the reasoning proofs it produced itself
             kind, request = "translated", protocols.own_proofs(self._unified(), endpoint.label)
             payload = upstream.encode_request(request, endpoint.model_id)

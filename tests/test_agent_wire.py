@@ -326,3 +326,37 @@ def test_usage_carries_cached_and_reasoning_tokens_across_protocols(server):
     resp = messages(srv, "to-google", task())
     assert resp.json()["usage"]["cache_read_input_tokens"] == 20
     assert resp.json()["usage"]["input_tokens"] == 30  # Anthropic counts cached input apart
+
+
+@pytest.mark.parametrize("client,upstream", [("responses", "responses"), ("anthropic", "anthropic"),
+                                             ("google", "google")])
+def test_sealed_proofs_are_dropped_from_a_passthrough(server, client, upstream):
+    """A conversation translated before (proofs sealed by a provider of another protocol) now
+    routes to a provider of the client's own protocol: the sealed proofs must not reach it."""
+    srv, models = server
+    from bitrouter.protocols import proof, seal
+    sealed = seal(proof("openai", text="chat reasoning"), "up-openai:agent-model")
+    if client == "responses":
+        url, body = "/v1/responses", {"model": "to-responses", "store": False, "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": sealed},
+            {"type": "function_call", "call_id": "c1", "name": "shell_command", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "ok"}]}
+    elif client == "anthropic":
+        url, body = "/v1/messages", {"model": "to-anthropic", "max_tokens": 100, "thinking": {
+            "type": "enabled", "budget_tokens": 1024}, "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "chat reasoning", "signature": sealed},
+                                              {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]}]}
+    else:
+        url, body = "/v1beta/models/to-google:generateContent", {"contents": [
+            {"role": "user", "parts": [{"text": "go"}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "run", "args": {}}, "thoughtSignature": sealed}]},
+            {"role": "user", "parts": [{"functionResponse": {"name": "run", "response": {"output": "ok"}}}]}]}
+    resp = requests.post(srv.url + url, json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    sent = json.dumps(models[upstream].received[-1].body)
+    assert "br1." not in sent and not models[upstream].refusals
+    if client == "anthropic":
+        assert '"thinking"' not in sent  # the tool-use turn lost its thinking, so thinking is off

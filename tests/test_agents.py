@@ -19,9 +19,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
 
 from coding_model import PROTOCOL_PATHS, CodingModel
-from conftest import BITROUTER, ServerProcess, clean_env
+from conftest import BITROUTER, ServerProcess, clean_env, free_port, run_cli
 
 AGENT_BIN = Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / ".bin"
 UPSTREAMS = ("anthropic", "responses", "openai", "google")
@@ -129,3 +131,36 @@ def test_agent_multi_step_tasks_with_reasoning(routers, tmp_path, agent, upstrea
     result = run_agent(server, agent, f"Run the task and report its output. [[{script}]]", tmp_path)
     check(result, model, script, tmp_path / "work", before, returned)
 
+
+
+def test_launch_starts_the_daemon_and_mints_a_token_when_auth_is_on(tmp_path):
+    """No server running and an account present: launch starts the daemon and the agent gets a token."""
+    with CodingModel(reasoning=True) as model:
+        home = Path(tempfile.mkdtemp(prefix="router-auth-", dir=_private_folder()))
+        derives, path = PROTOCOL_PATHS["anthropic"]
+        cfg = {"server": {"listen": f"127.0.0.1:{free_port()}"},
+               "providers": {"fake": {"derives": derives, "api_base": model.url + path, "api_key": "key-upstream"}},
+               "models": {"default": {"endpoints": [{"provider": "fake", "model_id": "agent-model"}]}}}
+        (home / "bitrouter.yaml").write_text(yaml.safe_dump(cfg))
+        assert run_cli(home, "account", "-g").returncode == 0
+        work, agent_home = tmp_path / "work", tmp_path / "agent-home"
+        work.mkdir()
+        agent_home.mkdir()
+        env = clean_env(agent_home, PATH=f"{AGENT_BIN}:{os.environ['PATH']}", IS_SANDBOX="1", DISABLE_TELEMETRY="1")
+        try:
+            result = subprocess.run([BITROUTER, "--home-dir", str(home), "launch", "claude", "--",
+                                     *NON_INTERACTIVE["claude"]("Run the task. [[single]]")],
+                                    cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    timeout=180)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "bitrouter daemon started" in result.stdout
+            assert "FINAL ANSWER: the commands printed agent-1" in result.stdout
+            assert (work / "proof-1.txt").exists() and not model.refusals
+            status = run_cli(home, "status")
+            assert "running" in status.stdout
+            open_server = requests.post(f"http://{cfg['server']['listen']}/v1/messages", timeout=10, json={
+                "model": "default", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+            assert open_server.status_code == 401  # the agent got in with its minted token, nobody else does
+        finally:
+            run_cli(home, "stop")
+            shutil.rmtree(home, ignore_errors=True)

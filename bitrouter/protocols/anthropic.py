@@ -7,7 +7,7 @@ import secrets
 
 from bitrouter import registry
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, content_items, native_proof, proof,
+                                 SEAL_PREFIX, arguments_object, content_items, native_proof, proof,
                                  reply_model, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
@@ -222,6 +222,23 @@ def reply_body(raw: bytes, model: str) -> bytes:
 def relay_frame(event: str, raw: bytes, model: str) -> bytes:
     """A passed-through stream frame as the client gets it: message_start names the client's model."""
     return reply_model(raw, b"model", model) if event == "message_start" else raw
+
+
+def drop_sealed(body: dict) -> dict:
+    """The body without thinking blocks sealed for other providers (and without thinking, if
+    a tool-use turn lost its thinking that way: Anthropic would refuse the request)."""
+    messages, lost = [], False
+    for msg in body["messages"]:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, list):
+            kept = [b for b in content if not _sealed_block(b)]
+            lost = lost or (len(kept) < len(content) and any(_block_type(b) == "tool_use" for b in kept))
+            msg = dict(msg, content=kept)
+        messages.append(msg)
+    out = dict(body, messages=messages)
+    if lost:
+        out.pop("thinking", None)
+    return out
 
 
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
@@ -550,6 +567,17 @@ def _proof(block: dict) -> str:
     """A thinking or redacted_thinking block as the native proof that replays it."""
     keep = ("type", "thinking", "signature") if block.get("type") == "thinking" else ("type", "data")
     return proof(NAME, block={key: block.get(key) or "" for key in keep})
+
+
+def _block_type(block) -> str | None:
+    return block.get("type") if isinstance(block, dict) else None
+
+
+def _sealed_block(block) -> bool:
+    """A thinking or redacted_thinking block carrying a proof BitRouter sealed."""
+    kind = _block_type(block)
+    value = block.get("signature") if kind == "thinking" else block.get("data") if kind == "redacted_thinking" else None
+    return isinstance(value, str) and value.startswith(SEAL_PREFIX)
 
 
 def _thinking_kept(messages: list) -> bool:

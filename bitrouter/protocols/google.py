@@ -9,7 +9,7 @@ name of each result is resolved from the call it answers.
 import json
 import secrets
 
-from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
                                  arguments_object, native_proof, proof, reply_model, set_given,
                                  sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
@@ -208,6 +208,21 @@ def reply_body(raw: bytes, model: str) -> bytes:
 def relay_frame(event: str, raw: bytes, model: str) -> bytes:
     """A passed-through frame as the client gets it: every frame names the client's model."""
     return reply_model(raw, b"modelVersion", model)
+
+
+def drop_sealed(body: dict) -> dict:
+    """The body without thought signatures BitRouter sealed for another provider; a function
+    call that loses its signature gets Google's placeholder for calls from another model."""
+    def part(p):
+        if not (isinstance(p, dict) and str(p.get("thoughtSignature") or "").startswith(SEAL_PREFIX)):
+            return p
+        rest = {k: v for k, v in p.items() if k != "thoughtSignature"}
+        return {**rest, "thoughtSignature": FOREIGN_SIGNATURE} if "functionCall" in rest else rest
+    def content(c):
+        if not (isinstance(c, dict) and isinstance(c.get("parts"), list)):
+            return c
+        return dict(c, parts=[q for q in map(part, c["parts"]) if q != {}])  # a bare signature part goes whole
+    return dict(body, contents=[content(c) for c in body.get("contents") or []])
 
 
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:

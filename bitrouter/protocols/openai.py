@@ -196,6 +196,11 @@ def relay_frame(event: str, raw: bytes, model: str) -> bytes:
     return reply_model(raw, b"model", model)
 
 
+def drop_sealed(body: dict) -> dict:
+    """The body without proofs sealed for other providers: Chat has no place for one."""
+    return body
+
+
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
     """The client's own body for a same-protocol upstream: only `model` changes.
 

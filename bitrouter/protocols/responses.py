@@ -18,7 +18,7 @@ import json
 import secrets
 import time
 
-from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
                                  content_items, effort_for_budget, error_message,
                                  media_part, native_proof, proof, reply_model, set_given, sse)
 from bitrouter.protocols import openai as chat
@@ -311,6 +311,15 @@ def reply_body(raw: bytes, model: str) -> bytes:
 def relay_frame(event: str, raw: bytes, model: str) -> bytes:
     """A passed-through event as the client gets it: the `response` it wraps names the client's model."""
     return reply_model(raw, b"model", model) if event in _WITH_RESPONSE or not event else raw
+
+
+def drop_sealed(body: dict) -> dict:
+    """The body without reasoning items whose encrypted content BitRouter sealed for another provider."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return body
+    return dict(body, input=[i for i in items if not (isinstance(i, dict) and i.get("type") == "reasoning" and
+                                                      str(i.get("encrypted_content") or "").startswith(SEAL_PREFIX))])
 
 
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
