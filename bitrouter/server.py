@@ -493,7 +493,9 @@ class _Answer:
         """The client's non-streamed body and the usage, from the upstream reply."""
         if self.kind == "passthrough":
             raw, data = self.payload
-            return self.inbound.reply_body(raw, model), self.inbound.usage_of(data)
+            if data.get(self.inbound.MODEL_FIELD, model) != model:  # name the model the client asked for
+                raw = json.dumps({**data, self.inbound.MODEL_FIELD: model}).encode()
+            return raw, self.inbound.usage_of(data)
         resp = self.payload if self.kind == "mock" else self.upstream.decode_response(self.payload[1])
         for part in resp.parts:
             part.signature = protocols.seal(part.signature, self.endpoint.label)

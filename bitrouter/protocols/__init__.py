@@ -24,6 +24,7 @@ hands each upstream only the proofs it produced itself (own_proofs).
 import base64
 import binascii
 import dataclasses
+import functools
 import importlib
 import json
 import re
@@ -298,16 +299,17 @@ def proof(kind: str, **native) -> str:
     return json.dumps({"kind": kind, **native}, separators=(",", ":"))
 
 
-def reply_model(raw: bytes, field_name: bytes, model: str) -> bytes:
-    """A relayed frame or body with its top-level model field set to the client's name.
+def reply_model(raw: bytes, field_name: str, model: str) -> bytes:
+    """A relayed stream frame with its model field set to the client's name.
 
-    Only a JSON key followed by a string value is replaced: inside string values quotes
-    are escaped, so text or tool arguments that mention a model are never touched.
+    Only the key followed by a string value is replaced: inside string values quotes are
+    escaped, so text or tool arguments that mention a model are never touched. (Frames
+    only: a whole body is rewritten through its parsed JSON, where tool inputs are objects.)
     """
-    pattern = _MODEL_FIELDS.get(field_name)
-    if pattern is None:
-        pattern = _MODEL_FIELDS[field_name] = re.compile(rb'"' + field_name + rb'"\s*:\s*"(?:[^"\\]|\\.)*"')
-    return pattern.sub(b'"' + field_name + b'":' + json.dumps(model).encode().replace(b"\\", b"\\\\"), raw)
+    named = f'"{field_name}":{json.dumps(model)}'.encode()
+    return _model_pattern(field_name).sub(lambda _: named, raw)
 
 
-_MODEL_FIELDS = {}
+@functools.lru_cache(maxsize=4)
+def _model_pattern(field_name: str):
+    return re.compile(b'"' + field_name.encode() + rb'"\s*:\s*"(?:[^"\\]|\\.)*"')

@@ -13,6 +13,7 @@ from bitrouter.protocols import error_message  # noqa: F401 - the upstream surfa
 
 NAME = "anthropic"
 FIXED_HEADERS = {"anthropic-version": "2023-06-01"}
+MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ("anthropic-version", "anthropic-beta")
 KEEPALIVE = sse.frame({"type": "ping"}, "ping")
 DEFAULT_MAX_TOKENS = 4096  # when neither the client nor the catalog says how long an answer may be
@@ -214,14 +215,9 @@ def is_final(event: str, data: str) -> bool:
     return event == "message_stop"
 
 
-def reply_body(raw: bytes, model: str) -> bytes:
-    """A passed-through `message` with the model name the client asked for."""
-    return reply_model(raw, b"model", model)
-
-
 def relay_frame(event: str, raw: bytes, model: str) -> bytes:
     """A passed-through stream frame as the client gets it: message_start names the client's model."""
-    return reply_model(raw, b"model", model) if event == "message_start" else raw
+    return reply_model(raw, MODEL_FIELD, model) if event == "message_start" else raw
 
 
 def drop_sealed(body: dict) -> dict:

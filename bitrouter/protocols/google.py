@@ -16,6 +16,7 @@ from bitrouter.protocols import error_message  # noqa: F401 - the upstream surfa
 
 NAME = "google"
 FIXED_HEADERS = {}
+MODEL_FIELD = "modelVersion"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
 # Google's documented placeholder for function calls that came from another model and so
@@ -200,14 +201,9 @@ def is_final(event: str, data: str) -> bool:
     return '"finishReason"' in data
 
 
-def reply_body(raw: bytes, model: str) -> bytes:
-    """A passed-through GenerateContentResponse naming the model the client asked for."""
-    return reply_model(raw, b"modelVersion", model)
-
-
 def relay_frame(event: str, raw: bytes, model: str) -> bytes:
     """A passed-through frame as the client gets it: every frame names the client's model."""
-    return reply_model(raw, b"modelVersion", model)
+    return reply_model(raw, MODEL_FIELD, model)
 
 
 def drop_sealed(body: dict) -> dict:

@@ -11,6 +11,7 @@ from bitrouter.protocols import error_message  # noqa: F401 - the upstream surfa
 
 NAME = "openai"
 FIXED_HEADERS = {}
+MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 
 # ---------------------------------------------------------------- inbound
@@ -186,14 +187,9 @@ def is_final(event: str, data: str) -> bool:
     return data == "[DONE]"
 
 
-def reply_body(raw: bytes, model: str) -> bytes:
-    """A passed-through chat.completion with the model name the client asked for."""
-    return reply_model(raw, b"model", model)
-
-
 def relay_frame(event: str, raw: bytes, model: str) -> bytes:
     """A passed-through chunk as the client gets it: every chunk names the client's model."""
-    return reply_model(raw, b"model", model)
+    return reply_model(raw, MODEL_FIELD, model)
 
 
 def drop_sealed(body: dict) -> dict:

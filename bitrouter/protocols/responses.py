@@ -25,6 +25,7 @@ from bitrouter.protocols import openai as chat
 
 NAME = "responses"
 FIXED_HEADERS = {}
+MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 
 # Events after which a Responses stream is over, whatever its outcome.
@@ -303,14 +304,9 @@ def count_reply(tokens: int) -> dict:
     return {"object": "response.input_tokens", "input_tokens": tokens}
 
 
-def reply_body(raw: bytes, model: str) -> bytes:
-    """A passed-through `response` with the model name the client asked for."""
-    return reply_model(raw, b"model", model)
-
-
 def relay_frame(event: str, raw: bytes, model: str) -> bytes:
     """A passed-through event as the client gets it: the `response` it wraps names the client's model."""
-    return reply_model(raw, b"model", model) if event in _WITH_RESPONSE or not event else raw
+    return reply_model(raw, MODEL_FIELD, model) if event in _WITH_RESPONSE or not event else raw
 
 
 def drop_sealed(body: dict) -> dict:
