@@ -397,8 +397,8 @@ def gemini_schema(schema, root=None, depth: int = 0):
             out[key] = gemini_schema(value, root, depth + 1)
         elif key in ("anyOf", "oneOf") and isinstance(value, list):
             out["anyOf"] = [gemini_schema(s, root, depth + 1) for s in value]
-        elif key == "const":
-            out["enum"] = [str(value)]
+        elif key == "const" and isinstance(value, str):  # only string constants have a Gemini form
+            out["enum"] = [value]
         elif key == "enum" and isinstance(value, list):
             if all(isinstance(v, str) for v in value):  # Gemini's enums are lists of strings
                 out["enum"] = value

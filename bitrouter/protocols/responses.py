@@ -634,9 +634,11 @@ def _decode_tools(body: dict, req: Request) -> None:
         elif kind == "namespace":
             space = tool.get("name", "")
             for inner in tool.get("tools") or []:
+                custom = inner.get("type") == "custom"
                 req.tools.append(Tool(space + NAMESPACE_JOIN + inner.get("name", ""),
                                       inner.get("description") or tool.get("description") or "",
-                                      inner.get("parameters") or {}, kind=inner.get("type") or "function",
+                                      _CUSTOM_INPUT if custom else inner.get("parameters") or {},
+                                      kind="custom" if custom else "function",
                                       namespace=space, original_name=inner.get("name", "")))
         else:  # web_search, file_search, image_generation...: only OpenAI can run them
             req.dropped.append(str(kind))
