@@ -20,7 +20,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bitrouter import Error, config, metrics
+from bitrouter import Error, boundary, config
+from bitrouter.home import private_file, private_folder
 
 log = logging.getLogger("bitrouter")
 
@@ -47,9 +48,8 @@ def start(home, timeout: float | None = None, verb: str = "started") -> Daemon:
     current = running(home)
     if current:
         raise Error(f"daemon is already running{_who(current)}")
-    home.run_dir.mkdir(parents=True, exist_ok=True)
-    home.logs_dir.mkdir(parents=True, exist_ok=True)
-    with open(home.log_file, "ab") as out:
+    private_folder(home.run_dir)
+    with open(private_file(home.log_file), "ab") as out:
         offset = out.tell()
         command = [sys.executable, "-m", "bitrouter", *home.cli_args(), "serve"]
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -183,10 +183,10 @@ class PidFile:
 def pid_file(home):
     """Claim `<run>/bitrouter.pid` for this process; Error if another server holds it."""
     path = home.pid_file
-    home.run_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(home.run_dir)
     deadline = time.monotonic() + 1.0
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -221,7 +221,7 @@ def detached(home) -> bool:
 @contextmanager
 def server_log(home, srv, echo: bool = True):
     """While serving, log to <logs>/bitrouter.log, and to stderr too when echo (the foreground)."""
-    home.logs_dir.mkdir(parents=True, exist_ok=True)
+    private_file(home.log_file)
     follows_stdio = detached(home)
     handlers = [_RotatingLog(home.log_file, srv, follows_stdio)]
     if echo and not follows_stdio:
@@ -273,6 +273,11 @@ class _RotatingLog(RotatingFileHandler):
         super().__init__(path, encoding="utf-8")
         self._limits()
 
+    def _open(self):
+        """The log file, created 0600 (request metadata is nobody else's business)."""
+        private_file(self.baseFilename)
+        return super()._open()
+
     def shouldRollover(self, record) -> bool:
         self._limits()
         return super().shouldRollover(record)
@@ -307,9 +312,9 @@ class _Redact(logging.Filter):
     def filter(self, record) -> bool:
         rt = self.srv.runtime
         if rt is not self._runtime:  # recomputed once per reload, not per line
-            self._runtime, self._keys = rt, metrics.secrets_of(rt.cfg)
+            self._runtime, self._keys = rt, rt.secrets
         message = record.getMessage()
-        clean = _SECRET.sub("[redacted]", metrics.redact(message, self._keys))
+        clean = _SECRET.sub("[redacted]", boundary.redact(message, self._keys))
         if clean != message:
             record.msg, record.args = clean, None
         return True

@@ -7,7 +7,9 @@ name of each result is resolved from the call it answers.
 """
 
 import json
+import re
 import secrets
+from urllib.parse import quote
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
                                  arguments_object, estimate_tokens, set_given, sse)
@@ -16,6 +18,7 @@ from bitrouter.protocols import error_message  # noqa: F401 - the upstream surfa
 NAME = "google"
 FIXED_HEADERS = {}
 FORWARD_HEADERS = ()
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # what goes into models/{id}:generateContent
 ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
 # Google's documented placeholder for function calls that came from another model and so
 # carry no thought signature of Gemini's own (Gemini 3 refuses such calls otherwise).
@@ -209,9 +212,16 @@ def model_entry(model_id: str) -> dict:
 
 
 def request_url(api_base: str, model_id: str, stream: bool) -> str:
-    """The (streaming) generateContent URL for a model; /v1beta is added to an unversioned base."""
+    """The (streaming) generateContent URL for a model; /v1beta is added to an unversioned base.
+
+    The model id goes into the path, next to the provider's key: anything but a plain
+    Gemini id (which could climb to another path, add a query or cut the URL) is a 400.
+    """
     base = api_base if api_base.endswith(("/v1beta", "/v1")) else api_base + "/v1beta"
-    model = model_id if model_id.startswith("models/") else "models/" + model_id
+    model_id = model_id.removeprefix("models/")
+    if not MODEL_ID.fullmatch(model_id):
+        raise ProtocolError(f"{model_id[:80]!r} is not a Gemini model id (letters, digits, '.', '_', '-')")
+    model = "models/" + quote(model_id, safe="")
     return f"{base}/{model}:streamGenerateContent?alt=sse" if stream else f"{base}/{model}:generateContent"
 
 
