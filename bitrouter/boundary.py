@@ -13,6 +13,8 @@ import math
 import re
 import typing
 
+from bitrouter.config import mask
+
 MAX_DEPTH = 64  # JSON nesting accepted from clients and upstreams (real requests use under 20)
 MAX_NAME = 256  # characters in a model or route name
 # Model and route names: what provider ids and aliases use (`openrouter:anthropic/claude-3.5`,
@@ -107,14 +109,9 @@ def redact(text, secrets):
     for secret in secrets:
         needle = secret.encode() if binary else secret
         if needle in text:
-            masked = mask(secret)
+            masked = mask(secret)  # the one masked form, as `status` and the wizard show keys
             text = text.replace(needle, masked.encode() if binary else masked)
     return text
-
-
-def mask(secret: str) -> str:
-    """A secret as shown anywhere: its first four characters when long enough to spare them."""
-    return secret[:4] + "..." if len(secret) >= 16 else "***"
 
 
 def secrets_of(cfg) -> list:

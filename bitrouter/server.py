@@ -349,6 +349,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         return body
     try:
         payload, usage = answer.finish(model)
+        _checked(usage)
     except Exception as exc:  # an upstream reply of the wrong shape is the upstream's failure
         record.status, record.error = 502, f"upstream reply could not be read: {type(exc).__name__}: {exc}"
         _finish(srv, rt, answer.endpoint, record, None, clock)
@@ -656,7 +657,7 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
                 frames = parser.frames(chunk)
                 for _raw, event, data in frames:
                     if data:
-                        usage = _running_usage(usage, inbound.stream_usage(event, data))
+                        usage = _running_usage(usage, _checked(inbound.stream_usage(event, data)))
                         complete = complete or inbound.is_final(event, data)
                 if frames:
                     yield redact(b"".join(raw for raw, _event, _data in frames), secrets)
@@ -664,7 +665,7 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
             encoder = inbound.StreamEncoder(record.model, answer.request)
             for event in answer.events(rt.cfg.upstream["max_frame_bytes"]):
                 if event.kind == "usage":
-                    usage = event.usage
+                    usage = _checked(event.usage)
                 complete = complete or event.kind == "finish"
                 out = encoder.event(event)
                 if out:
@@ -723,6 +724,11 @@ def _keepalive(body, frame: bytes, interval: float):
             yield item
     finally:
         worker.kill()  # a client that left stops the upstream read too
+
+
+def _checked(usage):
+    """Usage from an upstream reply, refused (Invalid) unless every count is an integer."""
+    return usage if usage is None else boundary.check_fields(usage, "upstream usage")
 
 
 def _running_usage(prior, found):

@@ -8,6 +8,7 @@ per process; the spend writer keeps its own connection on its own OS thread.
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -379,8 +380,8 @@ def _clean(row: dict) -> dict:
 
 def _private_sqlite(url: str) -> None:
     """Create a SQLite file 0600 before SQLite does (its -wal and -shm files copy that mode)."""
-    path = url.split("://", 1)[-1].split("?", 1)[0]
-    if path and path != ":memory:" and not path.startswith("file:"):
+    path = url.split(":///", 1)[-1].split("?", 1)[0]  # sqlite:///relative.db, sqlite:////absolute.db
+    if path and path != ":memory:" and not path.startswith("file:") and os.path.isdir(os.path.dirname(path) or "."):
         try:
             private_file(path)
         except OSError:
