@@ -85,9 +85,9 @@ def check_fields(value, where: str = "request"):
                     elif not isinstance(child, str):
                         raise Invalid(f"{path}.{field.name}[{i}] has the wrong type ({type(child).__name__})")
         for name, kind in NESTED.get(type(node).__name__, {}).items():
-            for key, value in (getattr(node, name) or {}).items():
-                if key in kind and value is not None and not isinstance(value, kind[key]):
-                    raise Invalid(f"{path}.{name}.{key} has the wrong type ({type(value).__name__})")
+            for key, item in (getattr(node, name) or {}).items():
+                if key in kind and item is not None and not isinstance(item, kind[key]):
+                    raise Invalid(f"{path}.{name}.{key} has the wrong type ({type(item).__name__})")
     return value
 
 
