@@ -28,6 +28,7 @@ log = logging.getLogger("bitrouter")
 START_TIMEOUT = 20.0  # seconds `start` waits for GET /health
 STOP_GRACE = 10.0  # seconds `stop` waits beyond the server's drain_timeout before SIGKILL
 RELOAD_TIMEOUT = 30.0
+NEAR_CAPACITY = 0.8  # `status` warns when this share of the server's connection capacity is open
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
@@ -502,8 +503,13 @@ def _upstream_lines(home, url: str) -> list:
         return []
     if status != 200:
         return [("upstream", f"(provider health unavailable: HTTP {status})")]
-    return [("upstream", f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}")
-            for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
+    lines = [("upstream", f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}")
+             for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
+    conns = body.get("connections") or {}
+    if conns.get("capacity") and conns["open"] >= NEAR_CAPACITY * conns["capacity"]:
+        lines.append(("connections", f"{conns['open']} open of {conns['capacity']} (near the open-file limit; "
+                                     "the longest idle ones are closed to make room)"))
+    return lines
 
 
 def _duration(seconds: float) -> str:

@@ -201,6 +201,8 @@ def dashboard(srv, recent: int = 100) -> dict:
             "listen": f"http://{_url_host(host)}:{srv.port or port}",
             "mode": srv.mode, "auth_mode": rt.cfg.auth["mode"], "auth_required": srv.gate.required,
             "started": srv.started, "uptime_seconds": round(now - srv.started, 1),
+            "connections": {"open": srv.connections.connections, "capacity": srv.connections.capacity}
+            if getattr(srv, "connections", None) else None,
             "providers": providers(rt, routes, srv.health, srv.metrics.endpoints, secrets),
             "routes": routes, **data}
 

@@ -152,6 +152,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
             raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         listener.in_flight = _InFlight(_connection_capacity())
         listener.srv = srv  # the handlers' timeouts come from its current configuration
+        srv.connections = listener.in_flight
         if mode != "dashboard":  # the dashboard's SIGHUP is its terminal going away: it ends
             hup = gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(_reload_on_signal, srv))
             owned.callback(hup.cancel)
@@ -706,7 +707,7 @@ def _keepalive(body, frame: bytes, interval: float):
             for chunk in body:
                 queue.put(chunk)
             queue.put(None)
-        except BaseException as exc:  # re-raised in the request's own greenlet
+        except Exception as exc:  # re-raised in the request's own greenlet (a kill, GreenletExit, just ends it)
             queue.put(exc)
 
     worker = gevent.spawn(pump)

@@ -368,3 +368,67 @@ def test_stop_does_not_wait_for_a_body_that_never_arrives(home):
             server.proc.wait(10)  # well before drain_timeout
     finally:
         server.stop()
+
+
+def test_a_client_that_does_not_read_stops_the_upstream_read(world):
+    server, fleet = world
+    fleet.reset()
+    sent = []
+    big = (b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+           b'"delta":{"content":"' + b"x" * 16_000 + b'"},"finish_reason":null}]}\n\n')
+    total = 4000  # 64 MB: far more than the socket buffers between the fake and the client hold
+
+    def frames():
+        for _ in range(total):
+            sent.append(1)
+            yield big
+    fleet["openai"].behaviour = lambda req: Reply(frames=frames())
+    resp = post(server, MESSAGES, {"model": "via-openai", "max_tokens": 5, "messages": USER, "stream": True},
+                stream=True)  # translated, with keep-alive pings: the hand-off queue must stay short
+    assert resp.status_code == 200
+    seen = []
+
+    def settled():  # the count stops growing once every buffer on the way is full
+        seen.append(len(sent))
+        return len(seen) > 3 and seen[-1] == seen[-4]
+    wait_until(settled, 20, interval=0.3, what="the upstream reads to stop")
+    resp.close()
+    assert len(sent) < total / 2, f"{len(sent)} of {total} frames were read from the upstream"
+    wait_until(lambda: not requests.get(server.url + "/admin/metrics").json()["running"],
+               what="the abandoned stream's record to close")
+
+
+def test_a_flood_of_idle_connections_cannot_lock_new_clients_out(home):
+    import resource
+    import subprocess
+
+    from conftest import BITROUTER, clean_env, free_port
+    port = free_port()
+    (home / "bitrouter.yaml").write_text(f"server: {{listen: '127.0.0.1:{port}'}}\n")
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    proc = subprocess.Popen([BITROUTER, "--home-dir", str(home), "serve"], env=clean_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=low_limit)
+    url = f"http://127.0.0.1:{port}"
+    idle = []
+    try:
+        wait_until(lambda: _answers(url), 20, what="server health")
+        for _ in range(400):  # more than the server has file descriptors
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        resp = requests.post(url + "/v1/chat/completions", json={"model": "mock:echo", "messages": USER}, timeout=10)
+        assert resp.status_code == 200
+        conns = requests.get(url + "/admin/metrics", timeout=10).json()["connections"]
+        assert conns["capacity"] == (256 - 64) // 2 and conns["open"] <= conns["capacity"] + 1
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url + "/health", timeout=1).ok
+    except requests.ConnectionError:
+        return False
