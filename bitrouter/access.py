@@ -121,7 +121,7 @@ class Gate:
         Requests refused before they passed authentication are left out: there is no one
         to bill, and a flood of bad credentials or bad requests must not fill the database.
         """
-        if not rec.admitted:
+        if rec.refused or (rec.status == 401 and not rec.account):
             return
         usage = rec.usage
         row = {"time": rec.started, "account": rec.account or None, "token_hash": rec.token_hash or None,

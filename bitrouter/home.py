@@ -149,9 +149,11 @@ def private_file(path) -> Path:
     """Make sure a file exists with mode 0600 (its folder 0700 if new): logs, pid file, database."""
     path = Path(path)
     private_folder(path.parent)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
+    try:  # never open an existing file: closing any fd on a SQLite file drops this process's locks on it
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
     return path
 
 

@@ -38,7 +38,7 @@ class Record:
     error: str = ""
     account: str = ""
     token_hash: str = ""
-    admitted: bool = False  # passed authentication (or the server runs open); refusals bill no one
+    refused: bool = False  # refused before it passed authentication: bills no one
 
     def as_dict(self) -> dict:
         """The record as JSON-ready data (a fast, flat copy; usage as its own dict)."""

@@ -382,16 +382,18 @@ def authenticate(srv: Server, scope: str, record: Record | None = None):
 
     Always checked against the current runtime's configuration: a reload applies at once.
     """
-    token = access.credential(bottle.request.headers, bottle.request.query)
     try:
+        token = access.credential(bottle.request.headers, bottle.request.query)
         claims = srv.gate.authenticate(srv.runtime.cfg, token, scope)
-    except access.AuthError as exc:
+    except Exception as exc:
+        if record is not None:
+            record.refused = True  # no one to bill: it writes no spend row
+        if not isinstance(exc, access.AuthError):
+            raise
         challenge = {"www-authenticate": 'Bearer realm="bitrouter"'} if exc.status == 401 else None
         raise HttpError(exc.status, exc.message, challenge) from None
-    if record is not None:
-        record.admitted = True  # from here on the request is billable: it writes a spend row
-        if claims is not None:
-            record.account, record.token_hash = claims.iss, claims.token_hash
+    if record is not None and claims is not None:
+        record.account, record.token_hash = claims.iss, claims.token_hash
     return claims
 
 
