@@ -136,15 +136,10 @@ def _finite_float(text: str) -> float:
 
 
 def _depth(value) -> int:
-    """The nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            node = node.values()
-        elif not isinstance(node, list):
-            continue
-        deepest = max(deepest, depth)
-        if depth <= MAX_DEPTH:  # deeper still is already too deep
-            stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
-    return deepest
+    """The nesting depth of parsed JSON (at most MAX_DEPTH + 1), level by level, without recursion."""
+    level, depth = [value], 0
+    while level and depth <= MAX_DEPTH:
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node) if isinstance(child, (dict, list))]
+        depth += 1
+    return depth + bool(level)

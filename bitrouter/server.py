@@ -446,12 +446,11 @@ def _read_body(environ, size: int, timeout: float) -> bytes:
 
     Meanwhile the connection counts as idle: stopping hangs it up instead of waiting.
     """
-    stream = environ["wsgi.input"]
     import gevent
 
     try:
         with environ.get("bitrouter.idle_while", contextlib.nullcontext)(), gevent.Timeout(timeout or None):
-            return stream.read(size)
+            return environ["wsgi.input"].read(size)
     except gevent.Timeout:
         raise HttpError(408, f"request body did not arrive within {timeout:g} s (server.body_timeout)") from None
     except (ValueError, OSError) as exc:  # gevent's bad chunk sizes, a reset connection
@@ -538,7 +537,7 @@ class _Call:
             if reply.status >= 400:
                 error = reply.error(upstream.error_message, limits["max_body_bytes"])
                 error.protocol = upstream
-                secrets = [key, *self.rt.secrets] if key else self.rt.secrets  # some upstreams echo the key they refused
+                secrets = self.rt.secrets  # some upstreams echo the key they refused
                 error.message, error.body = redact(error.message, secrets), redact(error.body, secrets)
                 raise error
             if self.stream:
@@ -974,18 +973,15 @@ class _Handler(WSGIHandler):
 
     def handle_one_request(self):
         result = super().handle_one_request()
-        if isinstance(result, tuple) and result[1] in _GEVENT_REPLIES:
-            status = int(result[0])
-            message = self._client_error or _GEVENT_REPLIES[result[1]]
-            return result[0], _raw_error(status, message)
+        if isinstance(result, tuple) and result[1] in _GEVENT_REPLIES:  # gevent's own empty-bodied replies
+            return result[0], _raw_error(int(result[0]), _GEVENT_REPLIES[result[1]])
         return result
 
     def _handle_client_error(self, ex):
-        self._client_error = str(ex) if isinstance(ex, _ClientTimeout) else "malformed HTTP request"
-        result = super()._handle_client_error(ex)
-        return ("408", result[1]) if isinstance(ex, _ClientTimeout) else result
-
-    _client_error = ""
+        super()._handle_client_error(ex)  # logs it
+        if isinstance(ex, _ClientTimeout):
+            return "408", _raw_error(408, str(ex))
+        return "400", _raw_error(400, "malformed HTTP request")
 
     def _send_error_response_if_possible(self, error_code):
         """gevent's own 400 (bad chunking) and 500, in JSON like every other error."""
