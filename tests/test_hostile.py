@@ -432,3 +432,18 @@ def _answers(url: str) -> bool:
         return requests.get(url + "/health", timeout=1).ok
     except requests.ConnectionError:
         return False
+
+
+def test_an_allowlist_glob_only_ever_sees_a_validated_model_id(home, start_server):
+    from fakes import FakeUpstream
+    assert run_cli(home, "account", "-g").returncode == 0
+    token = run_cli(home, "keygen", "--models", "fg:gemini-*").stdout.strip()
+    with FakeUpstream(gemini_upstream) as fake:
+        server = start_server({"providers": {"fg": {"derives": "google", "api_base": fake.url, "api_key": "gk2"}}})
+        auth = {"authorization": f"Bearer {token}"}
+        for model in ("fg:gemini-x/../../../v1/chat/completions", "fg:gemini-x:generateContent?key=attacker&alt=json#"):
+            resp = post(server, CHAT, {"model": model, "messages": USER}, auth)
+            assert resp.status_code == 400, resp.text  # the glob would have matched: the id is refused first
+        assert fake.received == []
+        assert post(server, CHAT, {"model": "fg:gemini-x", "messages": USER}, auth).status_code == 200
+        assert fake.received[-1].path == "/v1beta/models/gemini-x:generateContent"
