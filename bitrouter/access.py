@@ -118,10 +118,10 @@ class Gate:
     def record(self, rec) -> None:
         """Metrics listener: queue a finished request for the spend log.
 
-        Refusals with no identity (401s) are left out: there is no one to bill, and a flood
-        of bad credentials must not fill the database.
+        Requests refused before they passed authentication are left out: there is no one
+        to bill, and a flood of bad credentials or bad requests must not fill the database.
         """
-        if rec.status == 401 and not rec.account:
+        if rec.refused or (rec.status == 401 and not rec.account):
             return
         usage = rec.usage
         row = {"time": rec.started, "account": rec.account or None, "token_hash": rec.token_hash or None,

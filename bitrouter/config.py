@@ -15,8 +15,10 @@ AUTH_MODES = ("auto", "on", "open")
 
 # Tunables with their defaults; docs/configuration.md explains each one.
 SERVER_DEFAULTS = {"listen": DEFAULT_LISTEN, "max_body_bytes": 10 * 1024 * 1024,
-                   "drain_timeout": 30.0, "ping_interval": 15.0}
-UPSTREAM_DEFAULTS = {"connect_timeout": 5.0, "read_timeout": 300.0}
+                   "drain_timeout": 30.0, "ping_interval": 15.0,
+                   "header_timeout": 10.0, "body_timeout": 30.0, "idle_timeout": 75.0}
+UPSTREAM_DEFAULTS = {"connect_timeout": 5.0, "read_timeout": 300.0,
+                     "max_body_bytes": 16 * 1024 * 1024, "max_frame_bytes": 4 * 1024 * 1024}
 ROUTING_DEFAULTS = {"cooldown_failures": 3, "cooldown_seconds": 5.0, "max_retry_wait": 2.0}
 AUTH_DEFAULTS = {"mode": "auto", "trusted_issuers": [], "clock_skew": 30.0}
 LOGGING_DEFAULTS = {"max_bytes": 10 * 1024 * 1024, "backups": 3}

@@ -20,13 +20,15 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bitrouter import Error, config, metrics
+from bitrouter import Error, boundary, config
+from bitrouter.home import private_file, private_folder
 
 log = logging.getLogger("bitrouter")
 
 START_TIMEOUT = 20.0  # seconds `start` waits for GET /health
 STOP_GRACE = 10.0  # seconds `stop` waits beyond the server's drain_timeout before SIGKILL
 RELOAD_TIMEOUT = 30.0
+NEAR_CAPACITY = 0.8  # `status` warns when this share of the server's connection capacity is open
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
@@ -47,9 +49,8 @@ def start(home, timeout: float | None = None, verb: str = "started") -> Daemon:
     current = running(home)
     if current:
         raise Error(f"daemon is already running{_who(current)}")
-    home.run_dir.mkdir(parents=True, exist_ok=True)
-    home.logs_dir.mkdir(parents=True, exist_ok=True)
-    with open(home.log_file, "ab") as out:
+    private_folder(home.run_dir)
+    with open(private_file(home.log_file), "ab") as out:
         offset = out.tell()
         command = [sys.executable, "-m", "bitrouter", *home.cli_args(), "serve"]
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -183,10 +184,10 @@ class PidFile:
 def pid_file(home):
     """Claim `<run>/bitrouter.pid` for this process; Error if another server holds it."""
     path = home.pid_file
-    home.run_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(home.run_dir)
     deadline = time.monotonic() + 1.0
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -221,7 +222,7 @@ def detached(home) -> bool:
 @contextmanager
 def server_log(home, srv, echo: bool = True):
     """While serving, log to <logs>/bitrouter.log, and to stderr too when echo (the foreground)."""
-    home.logs_dir.mkdir(parents=True, exist_ok=True)
+    private_file(home.log_file)
     follows_stdio = detached(home)
     handlers = [_RotatingLog(home.log_file, srv, follows_stdio)]
     if echo and not follows_stdio:
@@ -273,6 +274,11 @@ class _RotatingLog(RotatingFileHandler):
         super().__init__(path, encoding="utf-8")
         self._limits()
 
+    def _open(self):
+        """The log file, created 0600 (request metadata is nobody else's business)."""
+        private_file(self.baseFilename)
+        return super()._open()
+
     def shouldRollover(self, record) -> bool:
         self._limits()
         return super().shouldRollover(record)
@@ -307,9 +313,9 @@ class _Redact(logging.Filter):
     def filter(self, record) -> bool:
         rt = self.srv.runtime
         if rt is not self._runtime:  # recomputed once per reload, not per line
-            self._runtime, self._keys = rt, metrics.secrets_of(rt.cfg)
+            self._runtime, self._keys = rt, rt.secrets
         message = record.getMessage()
-        clean = _SECRET.sub("[redacted]", metrics.redact(message, self._keys))
+        clean = _SECRET.sub("[redacted]", boundary.redact(message, self._keys))
         if clean != message:
             record.msg, record.args = clean, None
         return True
@@ -497,8 +503,13 @@ def _upstream_lines(home, url: str) -> list:
         return []
     if status != 200:
         return [("upstream", f"(provider health unavailable: HTTP {status})")]
-    return [("upstream", f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}")
-            for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
+    lines = [("upstream", f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}")
+             for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
+    conns = body.get("connections") or {}
+    if conns.get("capacity") and conns["open"] >= NEAR_CAPACITY * conns["capacity"]:
+        lines.append(("connections", f"{conns['open']} open of {conns['capacity']} (near the open-file limit; "
+                                     "the longest idle ones are closed to make room)"))
+    return lines
 
 
 def _duration(seconds: float) -> str:

@@ -116,8 +116,8 @@ def scaffold(root) -> Home:
     """Create a home with commented templates; existing files are left alone."""
     root = Path(root)
     for folder in (root, root / "run", root / "logs"):
-        folder.mkdir(parents=True, exist_ok=True)
-    _write_new(root / CONFIG_NAME, CONFIG_TEMPLATE, 0o644)
+        private_folder(folder)
+    _write_new(root / CONFIG_NAME, CONFIG_TEMPLATE, 0o600)
     _write_new(root / ".env", ENV_TEMPLATE, 0o600)
     _write_new(root / ".gitignore", GITIGNORE_TEMPLATE, 0o644)
     return at(root)
@@ -134,6 +134,27 @@ def write_private(path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def private_folder(path) -> Path:
+    """Create a folder (and missing parents) with mode 0700; an existing one is left as it is."""
+    path = Path(path)
+    if not path.is_dir():
+        path.mkdir(parents=True, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode is narrowed by the umask, never widened
+    return path
+
+
+def private_file(path) -> Path:
+    """Make sure a file exists with mode 0600 (its folder 0700 if new): logs, pid file, database."""
+    path = Path(path)
+    private_folder(path.parent)
+    try:  # never open an existing file: closing any fd on a SQLite file drops this process's locks on it
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    return path
 
 
 def _write_new(path: Path, text: str, mode: int) -> None:

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import bitrouter
+from bitrouter.boundary import redact
 from bitrouter.protocols import Usage
 
 TOTAL_KEYS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micro_usd")
@@ -37,6 +38,7 @@ class Record:
     error: str = ""
     account: str = ""
     token_hash: str = ""
+    refused: bool = False  # refused before it passed authentication: bills no one
 
     def as_dict(self) -> dict:
         """The record as JSON-ready data (a fast, flat copy; usage as its own dict)."""
@@ -189,7 +191,7 @@ def dashboard(srv, recent: int = 100) -> dict:
     """The `/admin/metrics` snapshot of a running Server (docs/tui.md documents the shape)."""
     rt = srv.runtime
     now = time.time()
-    secrets = secrets_of(rt.cfg)
+    secrets = rt.secrets
     data = srv.metrics.snapshot(recent)
     for record in data["running"] + data["recent"]:
         record["error"] = redact(record["error"], secrets)
@@ -199,6 +201,8 @@ def dashboard(srv, recent: int = 100) -> dict:
             "listen": f"http://{_url_host(host)}:{srv.port or port}",
             "mode": srv.mode, "auth_mode": rt.cfg.auth["mode"], "auth_required": srv.gate.required,
             "started": srv.started, "uptime_seconds": round(now - srv.started, 1),
+            "connections": {"open": srv.connections.connections, "capacity": srv.connections.capacity}
+            if getattr(srv, "connections", None) else None,
             "providers": providers(rt, routes, srv.health, srv.metrics.endpoints, secrets),
             "routes": routes, **data}
 
@@ -238,21 +242,6 @@ def percentile(samples, p: float) -> float | None:
     ordered = sorted(samples)
     rank = min(len(ordered), max(1, math.ceil(p / 100 * len(ordered))))
     return round(ordered[rank - 1], 1)
-
-
-def redact(text: str, secrets) -> str:
-    """The text with any configured key replaced by its masked form."""
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, secret[:4] + "...")
-    return text
-
-
-def secrets_of(cfg) -> list:
-    """Every key in the configuration, longest first (so a key's prefix never half-masks it)."""
-    keys = {p.api_key for p in cfg.providers.values() if p.api_key}
-    keys.update(e.api_key for a in cfg.models.values() for e in a.endpoints if e.api_key)
-    return sorted((k for k in keys if len(k) >= 8), key=len, reverse=True)
 
 
 def cost_micro_usd(usage: Usage, pricing: dict) -> int:

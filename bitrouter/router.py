@@ -224,7 +224,8 @@ def dynamic_route(spec: dict, providers: dict, routing: dict) -> Route:
         if isinstance(item, str):
             provider, _, model_id = item.partition(":")
             item = {"provider": provider, "model_id": model_id}
-        if not isinstance(item, dict) or item.get("provider") not in providers or not item.get("model_id"):
+        if not isinstance(item, dict) or not isinstance(item.get("provider"), str) \
+                or item["provider"] not in providers or not isinstance(item.get("model_id"), str):
             raise ValueError(f"bad endpoint {item!r}: needs a known provider and a model_id")
         weight = item.get("weight", 1)
         if not isinstance(weight, int) or weight < 1:

@@ -13,7 +13,6 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -22,10 +21,12 @@ import time
 
 import bottle
 from gevent import GreenletExit
+from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, config, daemon, protocols
-from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard, redact, secrets_of
+from bitrouter import Error, access, boundary, config, daemon, protocols
+from bitrouter.boundary import redact
+from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard
 from bitrouter.protocols import ProtocolError, Usage, sse
 from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
 from bitrouter.upstream import Pools, UpstreamError
@@ -35,6 +36,9 @@ log = logging.getLogger("bitrouter")
 JSON = "application/json"
 EVENT_BATCH_SECONDS = 0.05  # /admin/events: how long a wake-up waits for more events to send along
 COUNT_CACHE_SIZE = 512  # provider token counts kept, by endpoint and request body
+FD_TARGET = 65536  # the open-file soft limit the server asks for (never above the hard limit)
+KEEPALIVE_QUEUE = 16  # encoded chunks held per stream while its client is not reading
+FD_RESERVE = 64  # file descriptors kept for the listener, log, database and such
 
 
 class HttpError(Exception):
@@ -53,6 +57,7 @@ class Runtime:
         self.cfg = cfg
         self.router = Router(cfg, dynamic, health)
         self.providers = cfg.providers
+        self.secrets = boundary.secrets_of(cfg)  # masked in everything that leaves the process
 
 
 class Server:
@@ -149,7 +154,9 @@ def start(home, cfg=None, mode="foreground") -> "Running":
             listener.init_socket()
         except OSError as exc:
             raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        listener.in_flight = _InFlight()
+        listener.in_flight = _InFlight(_connection_capacity())
+        listener.srv = srv  # the handlers' timeouts come from its current configuration
+        srv.connections = listener.in_flight
         if mode != "dashboard":  # the dashboard's SIGHUP is its terminal going away: it ends
             hup = gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(_reload_on_signal, srv))
             owned.callback(hup.cancel)
@@ -160,6 +167,26 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
         srv.gate.start(owned)  # AUTH HOOK: logs the auth mode; closes (writes all spend) after the drain
         return Running(srv, listener, owned.pop_all())
+
+
+def _connection_capacity() -> int:
+    """Raise the fd soft limit to the hard limit; client connections may use about half of it.
+
+    Each client connection may hold an upstream connection too, and the log, the database
+    and the listener need a few more.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard if hard != resource.RLIM_INFINITY else FD_TARGET, FD_TARGET)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    soft = FD_TARGET if soft == resource.RLIM_INFINITY else soft
+    return max(16, (soft - FD_RESERVE) // 2)
 
 
 def _reload_on_signal(srv: Server) -> None:
@@ -280,10 +307,7 @@ def build_app(srv: Server) -> bottle.Bottle:
         return _admin(srv, lambda: _event_stream(srv))
 
     def default_error(err):  # unknown paths and wrong methods, in the shape the path's clients parse
-        path = bottle.request.path
-        inbound = anthropic if path.startswith("/v1/messages") else \
-            google if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path) else openai
-        return _error(inbound, err.status_code, err.body or err.status_line)
+        return _error(_protocol_of(bottle.request.path), err.status_code, err.body or err.status_line)
     app.default_error_handler = default_error
     return app
 
@@ -294,9 +318,10 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
     rt = srv.runtime  # requests finish on the runtime they started with, even across a reload
     record = None
     try:
+        boundary.check_headers(bottle.request.environ)
         raw = read_body(rt.cfg)
         body = parse_json(raw)
-        model = inbound.model_of(body, path_model)
+        model = boundary.check_name(inbound.model_of(body, path_model))
         stream = inbound.wants_stream(body, action)
         record = srv.metrics.begin(inbound.NAME, model, stream)
         identity = authenticate(srv, "api", record)
@@ -311,7 +336,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
             record.attempts = getattr(exc, "attempts", 0)
             _finish(srv, rt, None, record, None, clock)
         raw = getattr(exc, "body", b"") if _same_protocol_error(exc, inbound) else b""
-        return _error(inbound, status, message, headers, raw)
+        return _error(inbound, status, message, headers, raw, rt.secrets)
     record.upstream, record.attempts = answer.endpoint.label, attempts
     srv.metrics.routed(record)
     bottle.response.set_header("x-bitrouter-upstream", answer.endpoint.label)
@@ -326,18 +351,20 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         bottle.response.content_type = "text/event-stream"
         bottle.response.set_header("cache-control", "no-cache")
         body = _stream_reply(srv, rt, answer, record, clock)
-        # Pass-through streams carry the upstream's own keep-alives, and their chunks may end
-        # mid-event, so pings are only added to streams BitRouter encodes itself.
+        # Pass-through streams carry the upstream's own keep-alives, so pings are only added
+        # to streams BitRouter encodes itself.
         ping, interval = getattr(inbound, "KEEPALIVE", b""), rt.cfg.server["ping_interval"]
         if ping and interval > 0 and answer.kind != "passthrough":
             return _keepalive(body, ping, interval)
         return body
     try:
         payload, usage = answer.finish(model)
-    except (ProtocolError, ValueError, KeyError, TypeError) as exc:
-        record.status, record.error = 502, f"upstream reply could not be translated: {exc}"
+        _checked(usage)
+    except Exception as exc:  # an upstream reply of the wrong shape is the upstream's failure
+        record.status, record.error = 502, f"upstream reply could not be read: {type(exc).__name__}: {exc}"
         _finish(srv, rt, answer.endpoint, record, None, clock)
-        return _error(inbound, 502, record.error)
+        return _error(inbound, 502, record.error, secrets=rt.secrets)
+    payload = redact(payload, rt.secrets)
     record.status = 200
     _finish(srv, rt, answer.endpoint, record, usage, clock)
     bottle.response.set_header("x-bitrouter-overhead-ms", f"{record.latency_ms - call.upstream_ms:.2f}")
@@ -355,7 +382,7 @@ def count_tokens(srv: Server, inbound, path_model: str | None = None):
         rt = srv.runtime
         identity = authenticate(srv, "api")
         body = read_json(rt.cfg)
-        route = authorize_route(srv, identity, rt.router.resolve(inbound.model_of(body, path_model)))
+        route = authorize_route(srv, identity, rt.router.resolve(boundary.check_name(inbound.model_of(body, path_model))))
         request = decoded(inbound.count_request, body)
         tokens = _provider_count(srv, rt, route, inbound, body, request)
         return _json(inbound.count_reply(protocols.estimate_tokens(request) if tokens is None else tokens))
@@ -400,10 +427,14 @@ def authenticate(srv: Server, scope: str, record: Record | None = None):
 
     Always checked against the current runtime's configuration: a reload applies at once.
     """
-    token = access.credential(bottle.request.headers, bottle.request.query)
     try:
+        token = access.credential(bottle.request.headers, bottle.request.query)
         claims = srv.gate.authenticate(srv.runtime.cfg, token, scope)
-    except access.AuthError as exc:
+    except Exception as exc:
+        if record is not None:
+            record.refused = True  # no one to bill: it writes no spend row
+        if not isinstance(exc, access.AuthError):
+            raise
         challenge = {"www-authenticate": 'Bearer realm="bitrouter"'} if exc.status == 401 else None
         raise HttpError(exc.status, exc.message, challenge) from None
     if record is not None and claims is not None:
@@ -428,7 +459,7 @@ def listing(srv: Server, handler):
 
 
 def decoded(decode, body: dict):
-    """Run a protocol decoder; a field of the wrong type deep inside the body is the client's 400."""
+    """Run a protocol decoder (or encoder); a field of the wrong type deep inside the body is the client's 400."""
     try:
         return decode(body)
     except (AttributeError, TypeError, KeyError, IndexError) as exc:
@@ -443,24 +474,42 @@ def read_json(cfg) -> dict:
 def read_body(cfg) -> bytes:
     """The raw request body, within the configured size limit."""
     limit = cfg.server["max_body_bytes"]
+    environ = bottle.request.environ  # until the body is read whole, the connection closes after the reply
     length = bottle.request.content_length
     if length > limit:
         raise HttpError(413, f"request body is {length} bytes; the limit is {limit}")
-    data = bottle.request.environ["wsgi.input"].read(length if length >= 0 else limit + 1)
+    data = _read_body(environ, length if length >= 0 else limit + 1, cfg.server["body_timeout"])
     if len(data) > limit:
         raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+    environ["bitrouter.read"] = True
     return data
 
 
 def parse_json(data: bytes) -> dict:
     """A request body as a JSON object; anything else is the client's 400."""
     try:
-        body = json.loads(data)
-    except ValueError as exc:
-        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+        body = boundary.load_json(data)
+    except boundary.Invalid as exc:
+        raise HttpError(400, str(exc)) from None
     if not isinstance(body, dict):
         raise HttpError(400, "request body must be a JSON object")
     return body
+
+
+def _read_body(environ, size: int, timeout: float) -> bytes:
+    """Read a request body within `timeout` seconds in all; 408 if it does not arrive, 400 if malformed.
+
+    Meanwhile the connection counts as idle: stopping hangs it up instead of waiting.
+    """
+    import gevent
+
+    try:
+        with environ.get("bitrouter.idle_while", contextlib.nullcontext)(), gevent.Timeout(timeout or None):
+            return environ["wsgi.input"].read(size)
+    except gevent.Timeout:
+        raise HttpError(408, f"request body did not arrive within {timeout:g} s (server.body_timeout)") from None
+    except (ValueError, OSError) as exc:  # gevent's bad chunk sizes, a reset connection
+        raise HttpError(400, f"request body could not be read: {str(exc)[:200]}") from None
 
 
 def list_models(rt: Runtime) -> dict:
@@ -501,18 +550,19 @@ class _Answer:
             part.signature = protocols.seal(part.signature, self.endpoint.label)
         return json.dumps(self.inbound.encode_response(resp, model, self.request)), resp.usage
 
-    def events(self):
-        """Unified stream events (translated and mock answers), proofs sealed with their producer."""
-        for event in self._decoded():
+    def events(self, max_frame: int = 0):
+        """Unified stream events (translated and mock answers), proofs sealed with their producer;
+        frames are bounded by max_frame."""
+        for event in self._decoded(max_frame):
             if event.signature:
                 event.signature = protocols.seal(event.signature, self.endpoint.label)
             yield event
 
-    def _decoded(self):
+    def _decoded(self, max_frame: int):
         if self.kind == "mock":
             yield from self.payload
             return
-        parser, decoder = sse.Parser(), self.upstream.StreamDecoder()
+        parser, decoder = sse.Parser(max_frame), self.upstream.StreamDecoder()
         for chunk in self.payload:
             for event, data in parser.feed(chunk):
                 yield from decoder.feed(event, data)
@@ -545,22 +595,25 @@ class _Call:
             payload = self.inbound.passthrough_body(body, endpoint.model_id, self.stream)
         else:  # each endpoint sees only the reasoning proofs it produced itself
             kind, request = "translated", protocols.own_proofs(self._unified(), endpoint.label)
-            payload = upstream.encode_request(request, endpoint.model_id)
+            payload = decoded(lambda req: upstream.encode_request(req, endpoint.model_id), request)
         base = endpoint.api_base or provider.api_base
         url = upstream.request_url(base, endpoint.model_id, self.stream)
         key = endpoint.api_key or provider.api_key
         headers = self._headers(provider, upstream, key)
         started = time.perf_counter()
+        limits = self.rt.cfg.upstream
         try:
-            reply = self.srv.pools.send(url, headers, json.dumps(payload).encode())
+            reply = self.srv.pools.send(url, headers, _wire_json(payload))
             if reply.status >= 400:
-                error = reply.error(upstream.error_message)
+                error = reply.error(upstream.error_message, limits["max_body_bytes"])
                 error.protocol = upstream
-                if key and len(key) >= 8:  # some upstreams echo the key they refused
-                    error.message = error.message.replace(key, config.mask(key))
-                    error.body = error.body.replace(key.encode(), config.mask(key).encode())
+                secrets = self.rt.secrets  # some upstreams echo the key they refused
+                error.message, error.body = redact(error.message, secrets), redact(error.body, secrets)
                 raise error
-            body = _primed(reply.chunks()) if self.stream else _parsed(reply.read())
+            if self.stream:
+                body = _primed(reply, limits["max_frame_bytes"])
+            else:
+                body = _parsed(reply.read(limits["max_body_bytes"]))
         finally:
             self.upstream_ms += (time.perf_counter() - started) * 1000
         return _Answer(endpoint, upstream, self.inbound, kind, body, request)
@@ -583,7 +636,7 @@ class _Call:
 
     def _unified(self):
         if self.unified is None:
-            self.unified = decoded(self.inbound.decode_request, self.body)
+            self.unified = boundary.check_fields(decoded(self.inbound.decode_request, self.body))
             self.unified.stream = self.stream  # Gemini streams by method, not by a body field
         return self.unified
 
@@ -614,67 +667,98 @@ def _all_parts(message):
         yield from part.content
 
 
+def _wire_json(payload) -> bytes:
+    """A body for the upstream: strict JSON (a NaN that got this far is refused, not sent)."""
+    try:
+        return json.dumps(payload, allow_nan=False).encode()
+    except ValueError as exc:
+        raise HttpError(400, f"request has a number JSON cannot carry: {exc}") from None
+
+
 def _parsed(raw: bytes) -> tuple[bytes, dict]:
     """A non-streamed upstream body with its JSON; garbage counts as an endpoint failure."""
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise UpstreamError("upstream returned a body that is not JSON", status=502) from None
+        data = boundary.load_json(raw, "upstream reply")
+    except boundary.Invalid as exc:
+        raise UpstreamError(str(exc), status=502) from None
     if not isinstance(data, dict):
         raise UpstreamError("upstream returned JSON that is not an object", status=502)
     return raw, data
 
 
-def _primed(chunks):
-    """Read the first chunk now, so a stream that dies at once can still fail over."""
-    first = next(chunks, b"")
-    if not first:
-        raise UpstreamError("upstream closed the stream before sending anything", kind="connect")
+def _primed(reply, max_frame: int):
+    """Read up to the first whole SSE frame now, so a stream that is not one can still fail over.
+
+    An HTML page (a captive portal, a wrong base URL) or a stream that dies before its
+    first frame is an endpoint failure, before anything is sent to the client.
+    """
+    kind = reply.headers.get("content-type", "")
+    if "event-stream" not in kind:
+        reply.close()
+        raise UpstreamError(f"upstream answered a stream with content-type {kind[:60]!r}, "
+                            "not text/event-stream", status=502)
+    chunks, parser, head = reply.chunks(), sse.Parser(max_frame), []
+    try:
+        while not parser.frames(head[-1] if head else b""):
+            chunk = next(chunks, b"")
+            if not chunk:
+                raise UpstreamError("upstream closed the stream before its first event", kind="connect")
+            head.append(chunk)
+    except sse.FrameTooLarge as exc:
+        reply.close()
+        raise UpstreamError(str(exc), status=502) from None
 
     def rest():
-        yield first
-        yield from chunks
+        try:
+            yield from head
+            yield from chunks
+        finally:
+            chunks.close()
     return rest()
 
 
 def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clock: float):
     """The streamed body: relayed frames, or re-encoded events; failures end it in-band."""
-    inbound = answer.inbound
+    inbound, secrets = answer.inbound, rt.secrets
     usage, complete, encoder = None, False, None
     try:
-        if answer.kind == "passthrough":  # whole frames only, each naming the client's model
-            parser = sse.Parser()
-            for chunk in itertools.chain(answer.payload, [None]):
-                out = []
-                for raw, event, data in parser.frames(chunk) if chunk is not None else parser.close_frames():
-                    out.append(inbound.relay_frame(event, raw, record.model))
-                    if data is not None:
-                        usage = _running_usage(usage, inbound.stream_usage(event, data))
+        if answer.kind == "passthrough":
+            # Only whole frames are relayed, each naming the client's model: a cut leaves no
+            # half frame for the error to join.
+            parser = sse.Parser(rt.cfg.upstream["max_frame_bytes"])
+            for chunk in answer.payload:
+                frames = parser.frames(chunk)
+                for _raw, event, data in frames:
+                    if data:
+                        usage = _running_usage(usage, _checked(inbound.stream_usage(event, data)))
                         complete = complete or inbound.is_final(event, data)
-                if out:
-                    yield b"".join(out)
+                if frames:
+                    yield redact(b"".join(inbound.relay_frame(event, raw, record.model) for raw, event, _data in frames),
+                                 secrets)
         else:
             encoder = inbound.StreamEncoder(record.model, answer.request)
-            for event in answer.events():
+            for event in answer.events(rt.cfg.upstream["max_frame_bytes"]):
                 if event.kind == "usage":
-                    usage = event.usage
+                    usage = _checked(event.usage)
                 complete = complete or event.kind == "finish"
                 out = encoder.event(event)
                 if out:
-                    yield out
+                    yield redact(out, secrets)
             if complete:
                 yield encoder.finish_stream()
         if not complete:  # the connection closed cleanly but the protocol's ending never came
             raise UpstreamError("upstream stream ended before it was complete")
         record.status = 200
-    except (UpstreamError, ProtocolError, ValueError) as exc:
-        record.status, record.error = 502, str(exc)
-        log.warning("stream from %s broke: %s", answer.endpoint.label, exc)
-        # An encoder with stream state (Responses numbers its events) ends the stream itself.
-        yield (getattr(encoder, "error", None) or inbound.stream_error)(502, str(exc))
     except (GeneratorExit, GreenletExit):  # the client went away
         record.status, record.error = 499, "client disconnected"
         raise
+    except Exception as exc:  # whatever broke (a cut, a frame of the wrong shape), the stream ends well-formed
+        message = str(exc) if isinstance(exc, (UpstreamError, ProtocolError, ValueError)) \
+            else f"upstream stream could not be read: {type(exc).__name__}"
+        record.status, record.error = 502, redact(message, secrets)
+        log.warning("stream from %s broke: %s", answer.endpoint.label, record.error)
+        # An encoder with stream state (Responses numbers its events) ends the stream itself.
+        yield (getattr(encoder, "error", None) or inbound.stream_error)(502, record.error)
     finally:
         _close(answer.payload)
         _finish(srv, rt, answer.endpoint, record, usage, clock)
@@ -685,17 +769,18 @@ def _keepalive(body, frame: bytes, interval: float):
 
     The body runs in its own greenlet feeding a queue, so a silent upstream read cannot
     hold the keep-alive back; only protocols with a keep-alive frame pay for the hand-off.
+    The queue is short: while the client does not read, the upstream is not read either.
     """
     import gevent.queue
 
-    queue = gevent.queue.Queue()
+    queue = gevent.queue.Queue(KEEPALIVE_QUEUE)
 
     def pump():
         try:
             for chunk in body:
                 queue.put(chunk)
             queue.put(None)
-        except BaseException as exc:  # re-raised in the request's own greenlet
+        except Exception as exc:  # re-raised in the request's own greenlet (a kill, GreenletExit, just ends it)
             queue.put(exc)
 
     worker = gevent.spawn(pump)
@@ -713,6 +798,11 @@ def _keepalive(body, frame: bytes, interval: float):
             yield item
     finally:
         worker.kill()  # a client that left stops the upstream read too
+
+
+def _checked(usage):
+    """Usage from an upstream reply, refused (Invalid) unless every count is an integer."""
+    return usage if usage is None else boundary.check_fields(usage, "upstream usage")
 
 
 def _running_usage(prior, found):
@@ -749,6 +839,9 @@ def _add_route(srv: Server):
     try:
         spec = read_json(rt.cfg)
         route = dynamic_route(spec, rt.providers, rt.cfg.routing)
+        boundary.check_name(route.name, "route name")
+        for endpoint in route.endpoints:
+            boundary.check_name(endpoint.model_id, "model_id")
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
     srv.dynamic[route.name] = route
@@ -798,7 +891,7 @@ def _events(srv: Server, sub):
             if sub.dropped != dropped:  # this reader fell behind: tell it to re-read the snapshot
                 frames.append(sse.frame({"type": "dropped", "count": sub.dropped - dropped}, "dropped"))
                 dropped = sub.dropped
-            secrets = secrets_of(srv.runtime.cfg)  # once per batch, not per event; a reload may change them
+            secrets = srv.runtime.secrets  # a reload may change them
             for event in events:
                 error = event["request"]["error"]
                 if error:
@@ -813,8 +906,8 @@ def _count_param(name: str, default: int) -> int:
     value = bottle.request.query.get(name)
     if value is None:
         return default
-    if not value.isdigit():
-        raise HttpError(400, f"query parameter {name!r} must be a non-negative integer")
+    if not (value.isascii() and value.isdigit() and len(value) <= 9):
+        raise HttpError(400, f"query parameter {name!r} must be a non-negative integer below 10^9")
     return int(value)
 
 
@@ -832,6 +925,7 @@ def _admin(srv: Server, handler):
 def _guard(inbound, handler):
     """Run a non-inference handler, turning exceptions into protocol-shaped errors."""
     try:
+        boundary.check_headers(bottle.request.environ)
         return handler()
     except Exception as exc:
         status, message, headers = _classify(exc)
@@ -842,6 +936,8 @@ def _classify(exc) -> tuple[int, str, dict]:
     """Status, message and extra headers for any exception on the request path."""
     if isinstance(exc, (HttpError, ProtocolError, RouteError)):
         return exc.status, str(exc), getattr(exc, "headers", {})
+    if isinstance(exc, boundary.Invalid):
+        return 400, str(exc), {}
     if isinstance(exc, AllFailed):
         headers = {"x-should-retry": "false", "x-bitrouter-attempts": str(exc.attempts)}
         if exc.retry_after:
@@ -857,13 +953,21 @@ def _same_protocol_error(exc, inbound) -> bool:
     return isinstance(exc, UpstreamError) and getattr(exc, "protocol", None) is inbound
 
 
-def _error(inbound, status: int, message: str, headers=None, raw: bytes = b""):
-    """An error response in the inbound protocol's shape (never HTML, never a traceback)."""
-    resp = bottle.HTTPResponse(status=status, body=raw or json.dumps(inbound.error_body(status, str(message))))
+def _error(inbound, status: int, message: str, headers=None, raw: bytes = b"", secrets=()):
+    """An error response in the inbound protocol's shape (never HTML, never a traceback, no key)."""
+    body = raw or json.dumps(inbound.error_body(status, str(message)))
+    resp = bottle.HTTPResponse(status=status, body=redact(body, secrets))
     resp.content_type = JSON
     for name, value in (headers or {}).items():
         resp.set_header(name, value)
     return resp
+
+
+def _protocol_of(path: str):
+    """The protocol whose clients use a path, for errors raised before any endpoint answers."""
+    name = "anthropic" if path.startswith("/v1/messages") else \
+        "google" if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path) else "openai"
+    return protocols.get(name)
 
 
 def _model_ids(rt: Runtime) -> list:
@@ -883,7 +987,14 @@ def _json(data) -> str:
 
 
 class _Handler(WSGIHandler):
-    """Sets TCP_NODELAY on accepted connections, so small replies are not held back by Nagle."""
+    """gevent's handler with BitRouter's connection rules.
+
+    TCP_NODELAY, so small replies are not held back by Nagle; an idle timeout on every
+    socket read and write (a client that stops reading is cut off, so it cannot hold an
+    upstream); a deadline for the request headers; errors gevent answers itself (a bad
+    request line, a 414, bad chunking) in JSON; and a connection whose body was not read
+    whole is closed after its reply instead of being read to the end.
+    """
 
     def __init__(self, sock, *args, **kwargs):
         try:
@@ -891,6 +1002,14 @@ class _Handler(WSGIHandler):
         except OSError:
             pass
         super().__init__(sock, *args, **kwargs)
+        sock.settimeout(self._limit("idle_timeout"))
+
+    def handle(self):
+        self.server.in_flight.opened(self)
+        try:
+            return super().handle()
+        finally:
+            self.server.in_flight.closed(self)
 
     def handle_one_response(self):
         self.server.in_flight.enter()
@@ -905,14 +1024,59 @@ class _Handler(WSGIHandler):
     def read_requestline(self):
         if self.server.closed:
             return ""
-        self.server.in_flight.waiting.add(self)
+        with self.server.in_flight.idle_while(self):
+            try:
+                return super().read_requestline()
+            except socket.timeout:  # idle_timeout passed without a request
+                return ""
+
+    def read_request(self, raw_requestline):
+        import gevent
+
+        limit = self._limit("header_timeout")
+        expired = _ClientTimeout(f"request headers did not arrive within {limit:g} s (server.header_timeout)")
+        with self.server.in_flight.idle_while(self), gevent.Timeout(limit, expired):
+            return super().read_request(raw_requestline)
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ["bitrouter.idle_while"] = lambda: self.server.in_flight.idle_while(self)
+        return environ
+
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and result[1] in _GEVENT_REPLIES:  # gevent's own empty-bodied replies
+            return result[0], _raw_error(int(result[0]), _GEVENT_REPLIES[result[1]])
+        return result
+
+    def _handle_client_error(self, ex):
+        super()._handle_client_error(ex)  # logs it
+        if isinstance(ex, _ClientTimeout):
+            return "408", _raw_error(408, str(ex))
+        return "400", _raw_error(400, "malformed HTTP request")
+
+    def _send_error_response_if_possible(self, error_code):
+        """gevent's own 400 (bad chunking) and 500, in JSON like every other error."""
+        if self.response_length:
+            self.close_connection = True
+            return
+        message = "malformed HTTP request" if error_code == 400 else "internal error"
+        body = json.dumps(_protocol_of(self.environ.get("PATH_INFO", "")).error_body(error_code, message))
         try:
-            return super().read_requestline()
-        finally:
-            self.server.in_flight.waiting.discard(self)
+            self.start_response(f"{error_code} {'Bad Request' if error_code == 400 else 'Internal Server Error'}",
+                                [("Content-Type", JSON), ("Content-Length", str(len(body))),
+                                 ("Connection", "close")])
+            self.write(body.encode())
+        except OSError:
+            self.close_connection = True
 
     def start_response(self, status, headers, exc_info=None):
-        if self.server.closed and not any(name.lower() == "connection" for name, _ in headers):
+        unread = not self.environ.get("bitrouter.read") and (
+            self.environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "chunked" in self.environ.get(
+                "HTTP_TRANSFER_ENCODING", "").lower())
+        if unread:  # do not read (maybe gigabytes of) a body nobody wants: close instead
+            self.wsgi_input._chunked_input_error = True  # gevent's own "do not discard" state
+        if (self.server.closed or unread) and not any(name.lower() == "connection" for name, _ in headers):
             headers = [*headers, ("Connection", "close")]
         return super().start_response(status, headers, exc_info)
 
@@ -923,16 +1087,45 @@ class _Handler(WSGIHandler):
         except (OSError, AttributeError):  # already closed, or gone with its handler
             pass
 
+    def _limit(self, name: str) -> float | None:
+        return self.server.srv.runtime.cfg.server[name] or None  # 0 turns a timeout off
+
+
+class _ClientTimeout(ValueError):
+    """A client too slow to send its request (gevent answers ValueErrors from reading one with a 400)."""
+
+
+# gevent's empty-bodied error replies, by the bytes it would send, and what they mean.
+_GEVENT_REPLIES = {
+    pywsgi._BAD_REQUEST_RESPONSE: "malformed HTTP request",
+    pywsgi._REQUEST_TOO_LONG_RESPONSE: f"request line longer than {pywsgi.MAX_REQUEST_LINE} bytes",
+}
+
+
+def _raw_error(status: int, message: str) -> bytes:
+    """A whole HTTP error response in OpenAI's error shape, for errors before any request exists."""
+    body = json.dumps(protocols.get("openai").error_body(status, message)).encode()
+    reason = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long"}.get(status, "Error")
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {JSON}\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
 
 class _InFlight:
-    """Counts requests being answered, so stopping can wait for exactly those."""
+    """Counts connections and requests being answered, so stopping can wait for exactly those.
 
-    def __init__(self):
+    Connections not yet sending a request are idle; when open connections reach
+    `capacity` (the fd soft limit less a reserve), the longest idle one is hung up, so a
+    flood of idle or slow connections cannot lock new clients out.
+    """
+
+    def __init__(self, capacity: int = 0):
         import gevent.event
         self.count = 0
+        self.connections = 0
+        self.capacity = capacity  # 0: no cap
         self.idle = gevent.event.Event()
         self.idle.set()
-        self.waiting = set()  # handlers of idle keep-alive connections, waiting for a request
+        self.waiting = {}  # handlers of idle connections, oldest first (a dict keeps order)
 
     def enter(self) -> None:
         self.count += 1
@@ -942,6 +1135,28 @@ class _InFlight:
         self.count -= 1
         if not self.count:
             self.idle.set()
+
+    def opened(self, handler) -> None:
+        """A new connection; at capacity, the longest idle connection makes room for it."""
+        self.connections += 1
+        if self.capacity and self.connections > self.capacity and self.waiting:
+            oldest = next(iter(self.waiting))
+            log.warning("%d connections open (capacity %d): closing the longest idle one",
+                        self.connections, self.capacity)
+            self.waiting.pop(oldest)
+            oldest.hang_up()
+
+    def closed(self, handler) -> None:
+        self.connections -= 1
+
+    @contextlib.contextmanager
+    def idle_while(self, handler):
+        """Count handler as idle (and first to go at capacity) for the block."""
+        self.waiting[handler] = None
+        try:
+            yield
+        finally:
+            self.waiting.pop(handler, None)
 
 
 def main() -> None:

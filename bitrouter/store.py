@@ -8,6 +8,7 @@ per process; the spend writer keeps its own connection on its own OS thread.
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ import peewee
 
 from bitrouter import Error
 from bitrouter.config import mask_url
+from bitrouter.home import private_file
 
 log = logging.getLogger("bitrouter.store")
 
@@ -88,6 +90,7 @@ def connect(url: str, thread_safe: bool = True) -> peewee.Database:
     from playhouse.db_url import connect as url_connect
     params = {"thread_safe": thread_safe}
     if url.split(":", 1)[0] in ("sqlite", "sqlite+pool"):
+        _private_sqlite(url)
         # WAL lets the CLI and the spend writer work while the server reads; the busy
         # timeout makes a second writer wait instead of failing with "database is locked".
         params["pragmas"] = {"journal_mode": "wal", "busy_timeout": 5000, "synchronous": "normal"}
@@ -192,7 +195,7 @@ class SpendWriter:
         """Queue one spend row (SpendLog field names; `time` may be a Unix time or omitted)."""
         if self._closed:
             raise RuntimeError("the spend writer is closed")
-        row = {k: row[k] for k in SPEND_FIELDS if row.get(k) is not None}
+        row = _clean({k: row[k] for k in SPEND_FIELDS if row.get(k) is not None})
         row["time"] = _utc_naive(row.get("time", time.time()))
         self._count(row, +1)
         self._queue.put(row)
@@ -262,16 +265,39 @@ class SpendWriter:
             self._done.release()
 
     def _flush(self, batch: list) -> bool:
-        """Insert a batch in one transaction; True on success."""
+        """Insert a batch in one transaction; True on success (bad rows are dropped, logged).
+
+        When the batch fails for any reason but an unusable database, its rows are tried one
+        by one, so a row the database refuses is set aside instead of blocking every other.
+        """
         try:
             with self._db.atomic():
                 for start in range(0, len(batch), 100):  # stay under SQLite's variable limit
                     SpendLog.insert_many(batch[start:start + 100]).execute(self._db)
-        except Exception as exc:  # any driver error: keep the rows and retry
+        except peewee.OperationalError as exc:  # unreachable, locked, read-only: keep the rows and retry
             log.warning("spend log write failed (%d rows kept): %s", len(batch),
                         _reason(exc, self.url))
             return False
+        except Exception:
+            return self._flush_each(batch)
         self._forget(batch)
+        return True
+
+    def _flush_each(self, batch: list) -> bool:
+        """Insert rows one at a time; a row refused for its content is dropped with a log line."""
+        for i, row in enumerate(batch):
+            try:
+                with self._db.atomic():
+                    SpendLog.insert(row).execute(self._db)
+            except peewee.OperationalError as exc:
+                log.warning("spend log write failed (%d rows kept): %s", len(batch) - i,
+                            _reason(exc, self.url))
+                del batch[:i]  # those were written (or dropped) and forgotten already
+                return False
+            except Exception as exc:
+                log.error("spend row dropped, the database refused it (%s): %r",
+                          _reason(exc, self.url), {k: row.get(k) for k in ("model", "status", "token_hash")})
+            self._forget([row])
         return True
 
     def _forget(self, rows: list) -> None:
@@ -337,6 +363,29 @@ def _reason(exc: Exception, url: str = "") -> str:
     """A driver's message on one line, with any URL's password masked."""
     text = " ".join((str(exc) or type(exc).__name__).split())  # psycopg2 spreads it over lines
     return mask_url(text.replace(url, mask_url(url)) if url else text)
+
+
+def _clean(row: dict) -> dict:
+    """A spend row every database can store: encodable strings of bounded length, ints in range."""
+    for name, value in row.items():
+        field = SpendLog._meta.fields[name]
+        if isinstance(field, peewee.CharField):
+            text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+            row[name] = text.replace("\x00", "\\x00")[:field.max_length]
+        elif isinstance(field, peewee.IntegerField):  # BigIntegerField is one too
+            limit = 2 ** 63 - 1 if isinstance(field, peewee.BigIntegerField) else 2 ** 31 - 1
+            row[name] = max(-limit, min(limit, int(value)))
+    return row
+
+
+def _private_sqlite(url: str) -> None:
+    """Create a SQLite file 0600 before SQLite does (its -wal and -shm files copy that mode)."""
+    path = url.split(":///", 1)[-1].split("?", 1)[0]  # sqlite:///relative.db, sqlite:////absolute.db
+    if path and path != ":memory:" and not path.startswith("file:") and os.path.isdir(os.path.dirname(path) or "."):
+        try:
+            private_file(path)
+        except OSError:
+            pass  # SQLite reports what is wrong with the path, in its own words
 
 
 def _json(value) -> str | None:

@@ -89,15 +89,17 @@ class Reply:
         self.status = raw.status
         self.headers = raw.headers
 
-    def read(self) -> bytes:
-        """The whole body (connection returned to the pool afterwards)."""
-        try:
-            return self._raw.data
-        except (ProtocolError, ReadTimeoutError, HTTPError) as exc:
-            raise UpstreamError(f"upstream body read failed: {_reason(exc)}",
-                                kind="timeout" if isinstance(exc, ReadTimeoutError) else "connect") from None
-        finally:
-            self._raw.release_conn()
+    def read(self, limit: int = 0) -> bytes:
+        """The whole body, up to limit bytes (0: no limit); a longer one is a 502 UpstreamError."""
+        parts, size = [], 0
+        for chunk in self.chunks():
+            size += len(chunk)
+            if limit and size > limit:
+                self.close()
+                raise UpstreamError(f"upstream reply is larger than the limit of {limit} bytes "
+                                    "(upstream.max_body_bytes)", status=502)
+            parts.append(chunk)
+        return b"".join(parts)
 
     def chunks(self):
         """Yield body bytes as soon as they arrive (no buffering to a fixed size)."""
@@ -109,7 +111,7 @@ class Reply:
                     return
                 yield chunk
         except (ProtocolError, ReadTimeoutError, HTTPError, OSError) as exc:
-            raise UpstreamError(f"upstream stream broke: {_reason(exc)}",
+            raise UpstreamError(f"upstream read failed: {_reason(exc)}",
                                 kind="timeout" if isinstance(exc, ReadTimeoutError) else "connect") from None
         finally:
             raw.release_conn()
@@ -119,9 +121,9 @@ class Reply:
         self._raw.close()
         self._raw.release_conn()
 
-    def error(self, describe) -> UpstreamError:
+    def error(self, describe, limit: int = 0) -> UpstreamError:
         """A non-2xx reply as an UpstreamError: status, describe(status, body), Retry-After."""
-        body = self.read()
+        body = self.read(limit)
         message = describe(self.status, body) or f"upstream returned HTTP {self.status}"
         return UpstreamError(message, status=self.status,
                              retry_after=parse_retry_after(self.headers.get("retry-after")),

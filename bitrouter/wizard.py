@@ -568,10 +568,10 @@ def _write(home, plan: Plan, yaml_text: str, env_text: str, backup) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace a file in one step, keeping its mode (0644 when new)."""
+    """Replace a file in one step, keeping its owner bits (0600 when new: it may name keys)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    mode = path.stat().st_mode & 0o700 if path.exists() else 0o600
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

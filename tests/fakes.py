@@ -18,7 +18,7 @@ class Reply:
     """What the fake sends: a JSON body, or SSE frames (optionally slow or cut short)."""
 
     status: int = 200
-    body: object = None  # dict -> JSON
+    body: object = None  # dict -> JSON; bytes are sent as they are
     frames: list = None  # list of bytes (already framed SSE)
     headers: dict = field(default_factory=dict)
     delay: float = 0.0  # before the status line
@@ -89,9 +89,11 @@ class FakeUpstream:
         handler.send_response(reply.status)
         for name, value in reply.headers.items():
             handler.send_header(name, value)
-        if reply.frames is None:
-            data = json.dumps(reply.body if reply.body is not None else {}).encode()
-            handler.send_header("content-type", "application/json")
+        if reply.frames is None:  # a dict body is JSON; bytes go as they are (with the reply's content-type)
+            raw = isinstance(reply.body, bytes)
+            data = reply.body if raw else json.dumps(reply.body if reply.body is not None else {}).encode()
+            if not raw:
+                handler.send_header("content-type", "application/json")
             handler.send_header("content-length", str(len(data)))
             handler.end_headers()
             handler.wfile.write(data)

@@ -65,7 +65,7 @@ def test_section_values_override_defaults_one_key_at_a_time(home):
     assert cfg.host_port == ("::1", 9000)
     assert cfg.server["drain_timeout"] == 2
     assert cfg.server["max_body_bytes"] == config.SERVER_DEFAULTS["max_body_bytes"]
-    assert cfg.upstream == {"connect_timeout": 5.0, "read_timeout": 60}
+    assert cfg.upstream == {**config.UPSTREAM_DEFAULTS, "read_timeout": 60}
     assert cfg.routing["cooldown_failures"] == 5 and cfg.routing["cooldown_seconds"] == 5.0
     assert cfg.auth["mode"] == "on" and cfg.auth["trusted_issuers"] == ["abc"]
     assert cfg.logging == {"max_bytes": 10 * 1024 * 1024, "backups": 1}

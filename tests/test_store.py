@@ -197,3 +197,27 @@ def test_postgresql_url_when_a_server_is_available():
     store.revoke("pg-" + "0" * 61)
     assert "pg-" + "0" * 61 in store.revoked_hashes()
     db.close()
+
+
+def test_hostile_strings_are_cleaned_and_never_block_other_rows(url):
+    writer = store.SpendWriter(url, interval=0.01, batch_size=50)
+    hostile = ["\ud800", "nul\x00byte", "m" * 10_000, "\udcff\ud83d"]
+    for i in range(200):
+        writer.log(row(model=hostile[i // 2 % 4] if i % 2 else "good", latency_ms=10 ** 12))
+    writer.close()
+    with sqlite3.connect(url[len("sqlite:///"):]) as conn:
+        models = [m for (m,) in conn.execute("select model from spend_logs")]
+    assert len(models) == 200
+    assert models.count("good") == 100
+    assert {"\\ud800", "nul\\x00byte", "m" * 255, "\\udcff\\ud83d"} == set(models) - {"good"}
+    assert writer.pending(token_hash="t" * 64) == (0, 0)
+
+
+def test_a_row_the_database_refuses_is_dropped_alone(url):
+    writer = store.SpendWriter(url, interval=60, batch_size=100_000)
+    for i in range(10):
+        writer.log(row(model=f"m{i}"))
+    # A row that skipped cleaning, as every row did before: the database cannot encode it.
+    writer._queue.put({**row(model="\ud800"), "time": datetime.now(timezone.utc).replace(tzinfo=None)})
+    writer.close()
+    assert count_rows(url) == 10

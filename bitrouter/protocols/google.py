@@ -7,7 +7,9 @@ name of each result is resolved from the call it answers.
 """
 
 import json
+import re
 import secrets
+from urllib.parse import quote
 
 from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
                                  arguments_object, native_proof, proof, reply_model, set_given,
@@ -18,6 +20,7 @@ NAME = "google"
 FIXED_HEADERS = {}
 MODEL_FIELD = "modelVersion"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # what goes into models/{id}:generateContent
 ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
 # Google's documented placeholder for function calls that came from another model and so
 # carry no thought signature of Gemini's own (Gemini 3 refuses such calls otherwise).
@@ -241,9 +244,16 @@ def model_entry(model_id: str) -> dict:
 
 
 def request_url(api_base: str, model_id: str, stream: bool) -> str:
-    """The (streaming) generateContent URL for a model; /v1beta is added to an unversioned base."""
+    """The (streaming) generateContent URL for a model; /v1beta is added to an unversioned base.
+
+    The model id goes into the path, next to the provider's key: anything but a plain
+    Gemini id (which could climb to another path, add a query or cut the URL) is a 400.
+    """
     base = api_base if api_base.endswith(("/v1beta", "/v1")) else api_base + "/v1beta"
-    model = model_id if model_id.startswith("models/") else "models/" + model_id
+    model_id = model_id.removeprefix("models/")
+    if not MODEL_ID.fullmatch(model_id):
+        raise ProtocolError(f"{model_id[:80]!r} is not a Gemini model id (letters, digits, '.', '_', '-')")
+    model = "models/" + quote(model_id, safe="")
     return f"{base}/{model}:streamGenerateContent?alt=sse" if stream else f"{base}/{model}:generateContent"
 
 

@@ -3,59 +3,73 @@
 import json
 
 
-class Parser:
-    """Turn arbitrary byte chunks into (event, data) pairs as each blank line completes one."""
+class FrameTooLarge(ValueError):
+    """An SSE frame (or a line without an end) grew past the parser's limit."""
 
-    def __init__(self):
-        self._buffer = b""
+
+class Parser:
+    """Turn arbitrary byte chunks into whole frames as each blank line completes one.
+
+    Every byte is scanned once, however the chunks split the lines, so one endless line
+    costs linear time; `max_frame` (0: no limit) bounds the bytes held for one frame.
+    """
+
+    def __init__(self, max_frame: int = 0):
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._line = 0  # where the line being read starts in _buffer
+        self._scan = 0  # how far that line has been searched for its end
         self._event = ""
         self._data = []
-        self._raw = []  # the bytes of the frame being read, as they arrived
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        """Consume bytes; return the events completed by them."""
-        return [(event, data) for _, event, data in self.frames(chunk) if data is not None]
+        """Consume bytes; return the (event, data) pairs completed by them."""
+        return [(event, data) for _raw, event, data in self.frames(chunk) if event or data]
 
-    def frames(self, chunk: bytes) -> list[tuple[bytes, str, str | None]]:
-        """Consume bytes; return each frame they complete as (its raw bytes, event, data).
+    def frames(self, chunk: bytes) -> list[tuple[bytes, str, str]]:
+        """Consume bytes; return every frame they complete as (raw bytes, event, data).
 
-        A frame of comments only (a keep-alive) has data None; relaying the raw bytes of
-        whole frames means a client never sees half a frame.
+        Frames with neither event nor data (keep-alive comments) are included, so a relay
+        can pass them on; bytes of a frame still incomplete are held back.
         """
-        self._buffer += chunk
-        frames = []
+        buf = self._buffer
+        buf += chunk
+        done, start = [], 0  # start: where the frame being read begins
         while True:
-            cut = _line_end(self._buffer)
+            cut = _line_end(buf, self._scan)
             if cut is None:
-                return frames
+                self._scan = max(self._line, len(buf) - 1)  # a trailing \r is looked at again
+                break
             end, skip = cut
-            line = self._buffer[:end]
-            self._raw.append(self._buffer[:end + skip])
-            self._buffer = self._buffer[end + skip:]
-            if not line:
-                raw = b"".join(self._raw)
-                data = "\n".join(self._data) if self._data or self._event else None
-                frames.append((raw, self._event, data))
-                self._event, self._data, self._raw = "", [], []
+            line = bytes(buf[self._line:end])
+            self._line = self._scan = end + skip
+            if line:
+                self._field(line)
                 continue
-            name, _, value = line.decode("utf-8", "replace").partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                self._data.append(value)
-            elif name == "event":
-                self._event = value
-
-    def close_frames(self) -> list[tuple[bytes, str, str | None]]:
-        """The frames of a stream that ended without the blank line after its last frame."""
-        frames = self.frames(b"\n\n") if self._buffer.strip() or self._data else []
-        self._buffer, self._raw = b"", []
-        return frames
+            done.append((bytes(buf[start:self._line]), self._event, "\n".join(self._data)))
+            start, self._event, self._data = self._line, "", []
+        if start:
+            del buf[:start]
+            self._line -= start
+            self._scan -= start
+        if self.max_frame and len(buf) > self.max_frame:
+            raise FrameTooLarge(f"upstream sent an SSE frame larger than {self.max_frame} bytes")
+        return done
 
     def close(self) -> list[tuple[str, str]]:
         """Flush a final event that the stream ended without a blank line."""
-        events = self.feed(b"\n\n") if self._buffer.strip() or self._data else []
-        self._buffer = b""
+        events = self.feed(b"\n\n") if bytes(self._buffer).strip() or self._data else []
+        self._buffer = bytearray()
+        self._line = self._scan = 0
         return events
+
+    def _field(self, line: bytes) -> None:
+        name, _, value = line.decode("utf-8", "replace").partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
 
 
 def frame(data, event: str = "") -> bytes:
@@ -66,12 +80,12 @@ def frame(data, event: str = "") -> bytes:
     return f"{head}data: {data}\n\n".encode()
 
 
-def _line_end(buffer: bytes):
-    """Position and length of the first line terminator (\\r\\n, \\n or \\r), or None."""
-    n = buffer.find(b"\n")
-    r = buffer.find(b"\r")
-    if r == -1 or (n != -1 and n < r):
+def _line_end(buffer: bytearray, start: int):
+    """Position and length of the first line terminator (\\r\\n, \\n or \\r) from start, or None."""
+    n = buffer.find(b"\n", start)
+    r = buffer.find(b"\r", start, len(buffer) if n == -1 else n)
+    if r == -1:
         return (n, 1) if n != -1 else None
     if r == len(buffer) - 1:
         return None  # a \r at the end may be the first half of \r\n
-    return (r, 2) if buffer[r + 1:r + 2] == b"\n" else (r, 1)
+    return (r, 2) if buffer[r + 1] == 0x0A else (r, 1)

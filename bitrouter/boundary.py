@@ -1,0 +1,145 @@
+"""The boundary: one set of checks for what enters BitRouter, one redaction for what leaves.
+
+Everything that comes in from a client or an upstream (JSON bodies, header values, model
+and route names) is checked here, so a hostile value is a clear 400 (or an upstream
+failure) before any code that trusts its shape runs. Everything that goes out (client
+errors, streams, logs, metrics, events) passes through `redact`, so no configured key
+leaves the process, whatever its length.
+"""
+
+import dataclasses
+import json
+import math
+import re
+import typing
+
+from bitrouter.config import mask
+
+MAX_DEPTH = 64  # JSON nesting accepted from clients and upstreams (real requests use under 20)
+MAX_NAME = 256  # characters in a model or route name
+# Model and route names: what provider ids and aliases use (`openrouter:anthropic/claude-3.5`,
+# `ollama:qwen2.5:7b`, `vertex:claude@20240620`), and nothing that could end a header, a
+# URL path segment or a log field.
+NAME = re.compile(r"[A-Za-z0-9._:/@+~\[\]-]+")
+# Header values: visible ASCII, spaces and tabs (RFC 9110 field-vchar without obs-text).
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+# Keys inside the unified model's dict fields, with the types encoders rely on.
+NESTED = {"Request": {"reasoning": {"effort": str, "budget_tokens": int},
+                      "response_format": {"type": str, "name": str, "schema": dict, "strict": bool}}}
+
+
+class Invalid(ValueError):
+    """Input that fails a boundary check; the message says what is wrong with it."""
+
+
+def load_json(data: bytes, what: str = "request body"):
+    """Parse JSON within the depth limit; NaN, Infinity and numbers beyond a double are refused."""
+    try:
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise Invalid(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
+    except UnicodeDecodeError:
+        raise Invalid(f"{what} is not valid UTF-8") from None
+    except Invalid:
+        raise
+    except ValueError as exc:
+        raise Invalid(f"{what} is not valid JSON: {exc}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise Invalid(f"{what} is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def check_name(name, what: str = "model") -> str:
+    """A model or route name, or Invalid: a string of NAME characters, at most MAX_NAME long."""
+    if not isinstance(name, str) or not name:
+        raise Invalid(f"{what} must be a non-empty string")
+    if len(name) > MAX_NAME:
+        raise Invalid(f"{what} is longer than {MAX_NAME} characters")
+    if not NAME.fullmatch(name):
+        raise Invalid(f"{what} {name[:80]!r} has characters outside letters, digits and . _ - : / @ + ~ [ ]")
+    return name
+
+
+def check_fields(value, where: str = "request"):
+    """value (a unified-model dataclass, as decoded from a client) with every field of its declared type.
+
+    Decoders copy client values into the unified model; this is where a `text: true` or a
+    `budget_tokens: "x"` is refused, instead of breaking an encoder later.
+    """
+    stack = [(value, where)]
+    while stack:
+        node, path = stack.pop()
+        hints = typing.get_type_hints(type(node))
+        for field in dataclasses.fields(node):
+            item, kind = getattr(node, field.name), hints[field.name]
+            if kind is float or kind == float | None:  # a JSON 1 is a fine temperature
+                kind = kind | int
+            if kind is not object and not isinstance(item, kind):
+                raise Invalid(f"{path}.{field.name} has the wrong type ({type(item).__name__})")
+            if isinstance(item, list):
+                for i, child in enumerate(item):
+                    if dataclasses.is_dataclass(child):
+                        stack.append((child, f"{path}.{field.name}[{i}]"))
+                    elif not isinstance(child, str):
+                        raise Invalid(f"{path}.{field.name}[{i}] has the wrong type ({type(child).__name__})")
+        for name, kind in NESTED.get(type(node).__name__, {}).items():
+            for key, item in (getattr(node, name) or {}).items():
+                if key in kind and item is not None and not isinstance(item, kind[key]):
+                    raise Invalid(f"{path}.{name}.{key} has the wrong type ({type(item).__name__})")
+    return value
+
+
+def check_headers(environ: dict) -> None:
+    """Invalid if any request header value has a control character or a non-ASCII byte.
+
+    Such a value is never forwarded upstream, and never reaches code that decodes headers.
+    """
+    for key, value in environ.items():
+        if (key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) \
+                and not HEADER_VALUE.fullmatch(value):
+            name = key.removeprefix("HTTP_").replace("_", "-").lower()
+            raise Invalid(f"header {name!r} has a control character or a non-ASCII byte")
+
+
+def redact(text, secrets):
+    """text (str or bytes) with every secret in `secrets` replaced by its masked form."""
+    binary = isinstance(text, (bytes, bytearray))
+    for secret in secrets:
+        needle = secret.encode() if binary else secret
+        if needle in text:
+            masked = mask(secret)  # the one masked form, as `status` and the wizard show keys
+            text = text.replace(needle, masked.encode() if binary else masked)
+    return text
+
+
+def secrets_of(cfg) -> list:
+    """Every key in the configuration, longest first (so a key's prefix never half-masks it)."""
+    keys = {p.api_key for p in cfg.providers.values() if p.api_key}
+    keys.update(e.api_key for a in cfg.models.values() for e in a.endpoints if e.api_key)
+    return sorted(keys, key=len, reverse=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _no_constant(name: str):
+    raise Invalid(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise Invalid(f"number {text[:40]} is out of range")
+    return value
+
+
+def _depth(value) -> int:
+    """The nesting depth of parsed JSON (at most MAX_DEPTH + 1), level by level, without recursion."""
+    level, depth = [value], 0
+    while level and depth <= MAX_DEPTH:
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node) if isinstance(child, (dict, list))]
+        depth += 1
+    return depth + bool(level)
