@@ -21,7 +21,7 @@ import bottle
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, config, daemon, protocols
+from bitrouter import Error, access, config, daemon, guardrails, protocols
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard, redact, secrets_of
 from bitrouter.protocols import ProtocolError, Usage, sse
 from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
@@ -59,6 +59,8 @@ class Server:
         self.dynamic = {}
         self.health = Health()
         self.metrics = Metrics()
+        self.sessions = guardrails.Sessions()  # per agent session: requests and spend, for its limits
+        self.metrics.listeners.append(self.sessions.finished)
         self.started = time.time()
         self.mode = "foreground"  # how this process runs the server: foreground | dashboard | daemon
         self.port = None  # the port actually bound, once listening
@@ -294,9 +296,11 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         stream = inbound.wants_stream(body, action)
         record = srv.metrics.begin(inbound.NAME, model, stream)
         identity = authenticate(srv, "api", record)
+        _guard_request(srv, rt, inbound, body, record)  # GUARDRAILS HOOK: upgoing text, session limits
         route = authorize_route(srv, identity, rt.router.resolve(model))
         call = _Call(srv, rt, inbound, body, stream)
         route = call.capable(route)
+        _guard_loop(srv, rt, call, record)  # GUARDRAILS HOOK: the same tool call over and over
         answer, attempts = rt.router.dispatch(route, call.attempt)
     except Exception as exc:  # every failure becomes a protocol-shaped error, never a traceback
         status, message, headers = _classify(exc)
@@ -328,6 +332,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         record.status, record.error = 502, f"upstream reply could not be translated: {exc}"
         _finish(srv, rt, answer.endpoint, record, None, clock)
         return _error(inbound, 502, record.error)
+    payload = _guard_reply(srv, rt, inbound, payload, record, usage)  # GUARDRAILS HOOK: downgoing text
     record.status = 200
     _finish(srv, rt, answer.endpoint, record, usage, clock)
     bottle.response.set_header("x-bitrouter-overhead-ms", f"{record.latency_ms - call.upstream_ms:.2f}")
@@ -571,14 +576,23 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
     """The streamed body: relayed frames, or re-encoded events; failures end it in-band."""
     inbound = answer.inbound
     usage, complete, encoder = None, False, None
+    # GUARDRAILS HOOK: downgoing frames pass through the guard, which holds back only what may
+    # still be completing a match; a block ends the stream with the protocol's in-band error.
+    guard = rt.cfg.guardrails.stream_guard(inbound.NAME, inbound.stream_error,
+                                           lambda hits: _report(srv, record, hits))
+    guarded = guard.feed if guard else (lambda out: out)
     try:
         if answer.kind == "passthrough":
             parser = sse.Parser()
             for chunk in answer.payload:
-                yield chunk
+                out = guarded(chunk)
+                if out:
+                    yield out
                 for event, data in parser.feed(chunk):
                     usage = _running_usage(usage, inbound.stream_usage(event, data))
                     complete = complete or inbound.is_final(event, data)
+                if guard and guard.blocked:
+                    break
         else:
             encoder = inbound.StreamEncoder(record.model, answer.request)
             for event in answer.events():
@@ -586,16 +600,26 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
                     usage = event.usage
                 complete = complete or event.kind == "finish"
                 out = encoder.event(event)
+                out = out and guarded(out)
                 if out:
                     yield out
-            if complete:
-                yield encoder.finish_stream()
+                if guard and guard.blocked:
+                    break
+            if complete and not (guard and guard.blocked):
+                yield guarded(encoder.finish_stream())
+        if guard:
+            yield guard.close()
+            if guard.blocked:
+                record.status, record.error = 400, guard.blocked
+                return
         if not complete:  # the connection closed cleanly but the protocol's ending never came
             raise UpstreamError("upstream stream ended before it was complete")
         record.status = 200
     except (UpstreamError, ProtocolError, ValueError) as exc:
         record.status, record.error = 502, str(exc)
         log.warning("stream from %s broke: %s", answer.endpoint.label, exc)
+        if guard and not guard.blocked:
+            yield guard.close()
         # An encoder with stream state (Responses numbers its events) ends the stream itself.
         yield (getattr(encoder, "error", None) or inbound.stream_error)(502, str(exc))
     except (GeneratorExit, GreenletExit):  # the client went away
@@ -659,6 +683,72 @@ def _finish(srv: Server, rt: Runtime, endpoint, record: Record, usage, clock: fl
         info = rt.providers[endpoint.provider].models.get(endpoint.model_id) or {}
         record.cost_micro_usd = cost_micro_usd(usage, info.get("pricing") or {})
     srv.metrics.finish(record)
+
+
+# GUARDRAILS HOOK: the guardrails (bitrouter/guardrails.py, docs/guardrails.md) on the request
+# path; relay() and _stream_reply() call these, every hit is counted, logged and announced.
+
+
+def _guard_request(srv: Server, rt: Runtime, inbound, body: dict, record: Record) -> None:
+    """Redact or refuse the request's text (upgoing), and refuse a session over its limits."""
+    policy = rt.cfg.guardrails
+    hits = []
+    try:
+        policy.walk(body, inbound.NAME, "request", guardrails.UPGOING, hits)
+    except guardrails.GuardrailError as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    finally:
+        _report(srv, record, hits)
+    if policy.loop["enabled"]:
+        record.session = guardrails.session_of(inbound.NAME, body, bottle.request.headers)
+        refusal = srv.sessions.admit(record.session, policy.loop)
+        if refusal:
+            _report(srv, record, [guardrails.Hit("session_limit", guardrails.UPGOING, "block", "session")])
+            raise HttpError(400, refusal)
+
+
+def _guard_loop(srv: Server, rt: Runtime, call: "_Call", record: Record) -> None:
+    """Warn about, or stop, an agent repeating the same tool call (or getting the same tool error)."""
+    loop = rt.cfg.guardrails.loop
+    if not loop["enabled"] or not (loop["warn_after"] or loop["stop_after"]):
+        return
+    verdict = guardrails.loop_verdict(call._unified().messages, loop)
+    if verdict:
+        action, message = verdict
+        _report(srv, record, [guardrails.Hit("tool_loop", guardrails.UPGOING, action, "messages")])
+        if action == "block":
+            raise HttpError(400, message)
+        log.warning("request %d: %s", record.id, message)
+
+
+def _guard_reply(srv: Server, rt: Runtime, inbound, payload, record: Record, usage):
+    """A non-streamed reply with its text checked (downgoing); a block becomes an in-band refusal."""
+    policy = rt.cfg.guardrails
+    if not policy.rules[guardrails.DOWNGOING]:
+        return payload
+    data, hits = json.loads(payload), []
+    try:
+        policy.walk(data, inbound.NAME, "reply", guardrails.DOWNGOING, hits)
+        changed = any(hit.action == "redact" for hit in hits)
+    except guardrails.GuardrailError as exc:
+        record.error = str(exc)
+        refusal = protocols.Response(id="bitrouter-guardrail", model=record.model,
+                                     parts=[protocols.Part("text", text=str(exc))],
+                                     finish_reason="content_filter", usage=usage)
+        data, changed = inbound.encode_response(refusal, record.model), True
+    finally:
+        _report(srv, record, hits)
+    return json.dumps(data) if changed else payload
+
+
+def _report(srv: Server, record: Record, hits: list) -> None:
+    """Count, log and announce guardrail hits; the matched text is never part of them."""
+    if not hits:
+        return
+    srv.metrics.guardrail(record, hits)
+    for hit in hits:
+        log.warning("guardrail %s: %s (%s, %s, %d match%s) on request %d", hit.action, hit.pattern,
+                    hit.direction, hit.where, hit.count, "" if hit.count == 1 else "es", record.id)
 
 
 def _close(payload) -> None:
