@@ -113,7 +113,7 @@ class GuardrailError(Exception):
         self.status = status
 
 
-@dataclass
+@dataclass(eq=False)
 class Rule:
     """One compiled pattern with its action in one direction."""
 
