@@ -21,6 +21,9 @@ REDACTED = "[REDACTED]"
 HELP_LINK = "https://github.com/bitrouter/bitrouter"
 OWN_KEYS = "bitrouter_keys"  # the always-on rule for BitRouter's own keys (not configurable)
 MAX_HOLD = 16384  # characters a stream may hold back for one unfinished match before it is decided
+# Agents re-send the whole conversation every turn: each text is scanned once and the outcome
+# remembered, up to MEMO_CHARS characters (plus MEMO_ENTRY a text), the oldest forgotten first.
+MEMO_CHARS, MEMO_ENTRY = 4_000_000, 64
 
 # Built-in patterns: the original's names, descriptions and native directions. A built-in is
 # also applied in the other direction when that direction's map gives it an action. Each regex
@@ -106,11 +109,7 @@ STREAM_INDEXES = ("index", "output_index", "content_index", "summary_index")  # 
 
 
 class GuardrailError(Exception):
-    """A request or reply that a guardrail blocks; status is the HTTP status of an upgoing refusal."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+    """A request or reply that a guardrail blocks; the message says which patterns, never what matched."""
 
 
 @dataclass(eq=False)
@@ -142,23 +141,53 @@ class Hit:
 class Policy:
     """The compiled `guardrails:` section: rules per direction, the block message, the loop guard."""
 
-    enabled: bool
     rules: dict  # direction -> [Rule]
     include_details: bool = True
     include_help_link: bool = True
     loop: dict = field(default_factory=lambda: dict(LOOP_DEFAULTS))
+    memo: dict = field(default_factory=dict, repr=False)  # (direction, text) -> (result, block hits, message)
+    memo_chars: int = 0
 
     def scan(self, text: str, direction: str, where: str, hits: list) -> str:
         """The text after every rule of the direction ran on it; hits are appended to `hits`.
 
-        Redactions happen first, in rule order, so later rules see the redacted text; a block
-        raises GuardrailError once the text is fully checked (so every hit is reported).
+        Rules run in order, BitRouter's own keys first, and later rules see earlier redactions;
+        a block raises GuardrailError once the text is fully checked (so every hit is reported).
+        A text seen before gets the same outcome without a scan; only its blocks are reported
+        again (a warning about history the agent re-sends each turn would be noise).
         """
+        key = (direction, text)
+        remembered = self.memo.get(key)
+        if remembered is not None:
+            result, blocking, message = remembered
+            if message:
+                hits += blocking
+                raise GuardrailError(message)
+            return result
+        before = len(hits)
+        try:
+            result = self._scan(text, direction, where, hits)
+        except GuardrailError as exc:
+            self._remember(key, (None, [h for h in hits[before:] if h.action == "block"], str(exc)))
+            raise
+        self._remember(key, (result, [], ""))
+        return result
+
+    def _remember(self, key: tuple, outcome: tuple) -> None:
+        size = len(key[1]) + MEMO_ENTRY
+        while self.memo and self.memo_chars + size > MEMO_CHARS:
+            oldest = next(iter(self.memo))
+            del self.memo[oldest]
+            self.memo_chars -= len(oldest[1]) + MEMO_ENTRY
+        self.memo[key] = outcome
+        self.memo_chars += size
+
+    def _scan(self, text: str, direction: str, where: str, hits: list) -> str:
         blocked = []
         for rule in self.rules[direction]:
             count = 0
             for hint, pattern in rule.patterns:
-                if hint and not any(c in text for c in hint):
+                if hint and not any(map(text.__contains__, hint)):
                     continue
                 if rule.action == "redact":
                     spans = [span(m) for m in pattern.finditer(text)]
@@ -176,17 +205,11 @@ class Policy:
 
     def walk(self, body: dict, protocol: str, part: str, direction: str, hits: list) -> None:
         """Scan (and redact in place) every conversation string of a protocol's body."""
-        for path in FIELDS[protocol][part]:
-            node, name = body, path
-            for name in path.split(".")[:-1]:
-                node = node.get(name) if isinstance(node, dict) else None
-            name = path.rsplit(".", 1)[-1]
-            if isinstance(node, dict) and name in node:
-                for container, key, where in walk_json(node, name, name):
-                    value = container[key]
-                    new = self.scan(value, direction, where, hits)
-                    if new != value:
-                        container[key] = new
+        for container, key, where in strings(body, FIELDS[protocol][part]):
+            value = container[key]
+            new = self.scan(value, direction, where, hits)
+            if new != value:
+                container[key] = new
 
     def block_message(self, direction: str, where: str, rules: list) -> str:
         """`guardrail blocked upgoing content (messages[0].content): PEM-encoded private keys...`."""
@@ -229,7 +252,7 @@ def compile_policy(raw, fail, secrets=()) -> Policy:
     for direction in rules:
         if own:
             rules[direction].append(Rule(OWN_KEYS, "BitRouter's own keys",
-                                         [(key, regex.compile(regex.escape(key))) for key in own], "redact"))
+                                         [("", regex.compile(regex.escape(key))) for key in own], "redact"))
         if not cfg["enabled"]:
             continue
         for name, (description, native, patterns) in BUILTIN.items():
@@ -241,7 +264,19 @@ def compile_policy(raw, fail, secrets=()) -> Policy:
                 rules[direction].append(Rule(name, f"custom pattern '{name}'", [("", pattern)],
                                              custom_actions[direction].get(name, "warn")))
     loop["enabled"] = loop["enabled"] and cfg["enabled"]
-    return Policy(cfg["enabled"], rules, block["include_details"], block["include_help_link"], loop)
+    return Policy(rules, block["include_details"], block["include_help_link"], loop)
+
+
+def strings(body: dict, paths) -> list:
+    """(container, key, where) for every conversation string under the dotted key paths of body."""
+    found = []
+    for path in paths:
+        node, names = body, path.split(".")
+        for name in names[:-1]:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and names[-1] in node:
+            found += walk_json(node, names[-1], names[-1])
+    return found
 
 
 def walk_json(node, key, where: str):
@@ -261,8 +296,9 @@ def walk_json(node, key, where: str):
 
 def span(match) -> tuple[int, int]:
     """A match's extent: from its earliest group (a captured lookbehind counts) to its end."""
-    starts = [match.start(g) for g in range(len(match.regs)) if match.start(g) >= 0]
-    return min(starts), match.end()
+    if len(match.regs) == 1:
+        return match.regs[0]
+    return min(start for start, _ in match.regs if start >= 0), match.end()
 
 
 def session_of(protocol: str, body: dict, headers) -> str:
@@ -408,11 +444,9 @@ class StreamGuard:
 
     def close(self) -> bytes:
         """The end of the stream: everything held is decided and sent (or blocked)."""
-        out = b"" if self.blocked else self._release(final=True)
-        if self.buffer.strip() and not self.blocked:
-            out += self._frame(self.buffer + b"\n\n")
+        out = self._frame(self.buffer + b"\n\n") if self.buffer.strip() and not self.blocked else b""
         self.buffer = b""
-        return out
+        return out + (b"" if self.blocked else self._release(final=True))
 
     # ------------------------------------------------------------ helpers
 
@@ -454,13 +488,14 @@ class StreamGuard:
         base = len(self.context)
         scanned = self.context + joined
         for rule in self.rules:  # no hints here: a partial match may not contain its hint yet
-            for m in (m for _, pattern in rule.patterns for m in pattern.finditer(scanned, base, partial=not final)):
-                start, end = span(m)
-                start, end = max(start, base) - base, end - base
-                if not final and (m.partial or end == len(joined)):
-                    hold_from = min(hold_from, start)  # may still grow into a match: wait for more
-                else:
-                    found.setdefault(rule, []).append((start, end))
+            for _, pattern in rule.patterns:
+                for m in pattern.finditer(scanned, base, partial=not final):
+                    start, end = span(m)
+                    start, end = max(start, base) - base, end - base
+                    if not final and (m.partial or end == len(joined)):
+                        hold_from = min(hold_from, start)  # may still grow into a match: wait for more
+                    else:
+                        found.setdefault(rule, []).append((start, end))
         cut = self._cut(hold_from, found)
         hits, spans, blocked = [], [], []
         for rule, matches in found.items():
@@ -517,12 +552,7 @@ class _Frame:
             self.passive = not data  # a comment (keep-alive)
             return
         self.passive = self.event == "ping" or self.data.get("type") == "ping"
-        for path in fields:
-            node, names = self.data, path.split(".")
-            for name in names[:-1]:
-                node = node.get(name) if isinstance(node, dict) else None
-            if isinstance(node, dict) and names[-1] in node:
-                self.strings += walk_json(node, names[-1], names[-1])
+        self.strings = strings(self.data, fields)
         if len(self.strings) == 1:
             container, _, where = self.strings[0]
             inner = container.get("index") if isinstance(container, dict) else None

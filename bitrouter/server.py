@@ -696,7 +696,7 @@ def _guard_request(srv: Server, rt: Runtime, inbound, body: dict, record: Record
     try:
         policy.walk(body, inbound.NAME, "request", guardrails.UPGOING, hits)
     except guardrails.GuardrailError as exc:
-        raise HttpError(exc.status, str(exc)) from None
+        raise HttpError(400, str(exc)) from None
     finally:
         _report(srv, record, hits)
     if policy.loop["enabled"]:
