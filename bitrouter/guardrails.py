@@ -203,13 +203,15 @@ class Policy:
             raise GuardrailError(self.block_message(direction, where, blocked))
         return text
 
-    def walk(self, body: dict, protocol: str, part: str, direction: str, hits: list) -> None:
-        """Scan (and redact in place) every conversation string of a protocol's body."""
+    def walk(self, body: dict, protocol: str, part: str, direction: str, hits: list) -> bool:
+        """Scan (and redact in place) every conversation string of a protocol's body; True if any changed."""
+        changed = False
         for container, key, where in strings(body, FIELDS[protocol][part]):
             value = container[key]
             new = self.scan(value, direction, where, hits)
             if new != value:
-                container[key] = new
+                container[key], changed = new, True
+        return changed
 
     def block_message(self, direction: str, where: str, rules: list) -> str:
         """`guardrail blocked upgoing content (messages[0].content): PEM-encoded private keys...`."""

@@ -728,8 +728,7 @@ def _guard_reply(srv: Server, rt: Runtime, inbound, payload, record: Record, usa
         return payload
     data, hits = json.loads(payload), []
     try:
-        policy.walk(data, inbound.NAME, "reply", guardrails.DOWNGOING, hits)
-        changed = any(hit.action == "redact" for hit in hits)
+        changed = policy.walk(data, inbound.NAME, "reply", guardrails.DOWNGOING, hits)
     except guardrails.GuardrailError as exc:
         record.error = str(exc)
         refusal = protocols.Response(id="bitrouter-guardrail", model=record.model,

@@ -304,12 +304,15 @@ def test_own_key_read_from_dotenv_never_leaves_even_with_guardrails_off(tmp_path
     try:
         upstreams.reset()
         for inbound in PROTOCOLS:
-            resp = post(srv, inbound, f"I found {own} in .env", stream, model="via-openai")
+            resp = post(srv, inbound, f"{inbound} found {own} in .env", stream, model="via-openai")
             assert resp.status_code == 200, resp.text
             sent = json.dumps(upstreams["openai"].received[-1].body)
-            assert own not in sent and "I found [REDACTED] in .env" in sent
+            assert own not in sent and f"{inbound} found [REDACTED] in .env" in sent
         assert upstreams["openai"].received[-1].headers["authorization"] == f"Bearer {own}"  # still used
         assert hits(srv)[("bitrouter_keys", "upgoing", "redact")] == len(PROTOCOLS)
+        resp = post(srv, "openai", f"openai found {own} in .env", stream, model="via-openai")  # re-sent history
+        assert own not in json.dumps(upstreams["openai"].received[-1].body)
+        assert hits(srv)[("bitrouter_keys", "upgoing", "redact")] == len(PROTOCOLS)  # reported once
     finally:
         srv.stop()
         upstreams.reset()
