@@ -31,7 +31,7 @@ MEMO_CHARS, MEMO_ENTRY = 4_000_000, 64
 # memchr-fast `in` test skips the regex on text without any (docs/performance.md).
 BUILTIN = {
     "api_keys": ("API keys from common providers", UPGOING, [
-        ("-", r"(?<![\w-])sk-[A-Za-z0-9_-]{20,}"),  # OpenAI (sk-, sk-proj-), Anthropic (sk-ant-)...
+        ("-", r"\bsk-[A-Za-z0-9_-]{20,}"),  # OpenAI (sk-, sk-proj-), Anthropic (sk-ant-)...
         ("", r"\bAKIA[0-9A-Z]{16}\b"), ("", r"\bAIza[0-9A-Za-z_-]{35}"),  # AWS access key id, Google
         ("_", r"\bgh(?:[pousr]_[A-Za-z0-9]{36,}|ithub_pat_[A-Za-z0-9_]{22,})"),  # GitHub
         ("_", r"(?<=\b([spr]))k_(?:live|test)_[A-Za-z0-9]{20,}"),  # Stripe
@@ -303,14 +303,14 @@ def span(match) -> tuple[int, int]:
     return min(start for start, _ in match.regs if start >= 0), match.end()
 
 
-def session_of(protocol: str, body: dict, headers) -> str:
+def session_of(body: dict, headers) -> str:
     """The agent session a request belongs to, or "" when the client names none.
 
     x-bitrouter-session for any client; Claude Code's session id (its header, or the JSON in
     metadata.user_id, or the older `..._session_<uuid>` form); Codex's session_id header or
-    client_metadata.session_id; Gemini CLI's session id header.
+    client_metadata.session_id. Gemini CLI sends none on the Gemini API.
     """
-    for name in ("x-bitrouter-session", "x-claude-code-session-id", "session_id", "x-gemini-cli-session-id"):
+    for name in ("x-bitrouter-session", "x-claude-code-session-id", "session_id"):
         value = headers.get(name)
         if value:
             return str(value)[:200]

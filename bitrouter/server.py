@@ -700,7 +700,7 @@ def _guard_request(srv: Server, rt: Runtime, inbound, body: dict, record: Record
     finally:
         _report(srv, record, hits)
     if policy.loop["enabled"]:
-        record.session = guardrails.session_of(inbound.NAME, body, bottle.request.headers)
+        record.session = guardrails.session_of(body, bottle.request.headers)
         refusal = srv.sessions.admit(record.session, policy.loop)
         if refusal:
             _report(srv, record, [guardrails.Hit("session_limit", guardrails.UPGOING, "block", "session")])
@@ -712,7 +712,11 @@ def _guard_loop(srv: Server, rt: Runtime, call: "_Call", record: Record) -> None
     loop = rt.cfg.guardrails.loop
     if not loop["enabled"] or not (loop["warn_after"] or loop["stop_after"]):
         return
-    verdict = guardrails.loop_verdict(call._unified().messages, loop)
+    try:
+        messages = call._unified().messages
+    except ProtocolError:  # a pass-through body our decoder cannot read: the upstream may still take it
+        return
+    verdict = guardrails.loop_verdict(messages, loop)
     if verdict:
         action, message = verdict
         _report(srv, record, [guardrails.Hit("tool_loop", guardrails.UPGOING, action, "messages")])

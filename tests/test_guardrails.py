@@ -467,3 +467,14 @@ def test_builtin_patterns(text, found):
     policy.scan(text, "downgoing", "x", hit)
     patterns = [h.pattern for h in hit]
     assert found in patterns if found else patterns == []
+
+
+def test_dashboard_shows_the_hits(server):
+    from bitrouter import tui
+    post(server, "openai", f"my key {SECRET}")
+    post(server, "openai", f"and my private key\n{PEM}")
+    snap = requests.get(server.url + "/admin/metrics", timeout=10).json()
+    lines = tui.render(snap, 120, 40, tui.View(mode="attached"))
+    style, line = next((s, t) for s, t in lines if t.startswith("Guardrails:"))
+    assert "blocked" in line and "api_keys" in line and "private_keys" in line and style == "warn"
+    assert SECRET not in "".join(t for _, t in lines)
