@@ -90,7 +90,8 @@ LOOP_DEFAULTS = {"enabled": True, "warn_after": 5, "stop_after": 0, "max_session
 
 # Where each protocol carries conversation text, as dotted key paths from the body: request
 # bodies, non-streamed replies, and stream frames. Everything below them is walked, except the
-# OPAQUE keys: base64 payloads, signatures and identifiers that must reach the other side intact.
+# OPAQUE keys: base64 payloads, signatures and identifiers that must reach the other side intact,
+# and Anthropic's signed `thinking` (a changed thinking block is refused when it is sent back).
 FIELDS = {
     "openai": {"request": ("messages",), "reply": ("choices",), "stream": ("choices",)},
     "responses": {"request": ("input", "instructions"), "reply": ("output",),
@@ -104,7 +105,7 @@ OPAQUE = frozenset(("data", "file_data", "signature", "thoughtSignature", "thoug
                     "encrypted_content", "url", "image_url", "file_url", "fileUri", "file_uri", "file_id",
                     "id", "call_id", "tool_use_id", "tool_call_id", "item_id", "type", "role", "name",
                     "mimeType", "mime_type", "media_type", "status", "cache_control", "finish_reason",
-                    "finishReason", "stop_reason", "logprobs", "annotations"))
+                    "finishReason", "stop_reason", "logprobs", "annotations", "thinking"))
 STREAM_INDEXES = ("index", "output_index", "content_index", "summary_index")  # which block a delta extends
 
 
