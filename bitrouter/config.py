@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitrouter import Error, registry
+from bitrouter import Error, guardrails, registry
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 STRATEGIES = ("priority", "load_balance")
@@ -28,6 +28,7 @@ PROVIDER_KEYS = ("api_key", "api_base", "api_protocol", "derives", "env_prefix",
 ENDPOINT_KEYS = ("provider", "model_id", "api_key", "api_base", "weight")
 ALIAS_KEYS = ("strategy", "endpoints") + tuple(ROUTING_DEFAULTS)
 
+_SECRET_NAME = re.compile(r"(?:_API_KEY|_TOKEN|_SECRET|_PASSWORD|_ACCESS_KEY)$", re.IGNORECASE)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -96,6 +97,7 @@ class Config:
     providers: dict
     models: dict
     unset_vars: list = field(default_factory=list)
+    guardrails: "guardrails.Policy" = None  # the compiled `guardrails:` section
 
     @property
     def listen(self) -> str:
@@ -216,7 +218,7 @@ def _build(path: Path, tree: dict, env: dict, home, unset: list) -> Config:
     """Validate the expanded tree and resolve it into a Config."""
     v = _Validator(path)
     v.keys(tree, "", ("server", "upstream", "routing", "auth", "logging", "database",
-                      "providers", "models"))
+                      "providers", "models", "guardrails"))
     server = v.section(tree, "server", SERVER_DEFAULTS)
     try:
         split_listen(server["listen"])
@@ -231,10 +233,20 @@ def _build(path: Path, tree: dict, env: dict, home, unset: list) -> Config:
     v.keys(database, "database", ("url",))
     v.strings(database, "database", ("url",))
     db_url = home.db_url or env.get("BITROUTER_DATABASE_URL") or database.get("url") or home.default_db_url
-    return Config(path=path, server=server, upstream=v.section(tree, "upstream", UPSTREAM_DEFAULTS),
-                  routing=routing, auth=auth,
-                  logging=v.section(tree, "logging", LOGGING_DEFAULTS), database_url=str(db_url),
-                  providers=providers, models=models, unset_vars=unset)
+    cfg = Config(path=path, server=server, upstream=v.section(tree, "upstream", UPSTREAM_DEFAULTS),
+                 routing=routing, auth=auth,
+                 logging=v.section(tree, "logging", LOGGING_DEFAULTS), database_url=str(db_url),
+                 providers=providers, models=models, unset_vars=unset)
+    cfg.guardrails = guardrails.compile_policy(tree.get("guardrails"), v.fail, _own_secrets(cfg, env))
+    return cfg
+
+
+def _own_secrets(cfg: Config, env: dict) -> list:
+    """Keys BitRouter holds: its providers' and endpoints' keys, and secret-named environment values
+    (an agent that read them from .env or the shell must not send them to a provider)."""
+    from bitrouter.boundary import secrets_of
+    named = {value for name, value in env.items() if _SECRET_NAME.search(name) and len(value) >= 8}
+    return sorted(set(secrets_of(cfg)) | named)
 
 
 def _resolve_providers(v, user, env: dict) -> dict:

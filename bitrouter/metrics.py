@@ -39,6 +39,7 @@ class Record:
     account: str = ""
     token_hash: str = ""
     refused: bool = False  # refused before it passed authentication: bills no one
+    session: str = ""  # the agent session the client named (guardrails.session_of)
 
     def as_dict(self) -> dict:
         """The record as JSON-ready data (a fast, flat copy; usage as its own dict)."""
@@ -93,6 +94,7 @@ class Metrics:
         self.totals = dict.fromkeys(TOTAL_KEYS, 0)
         self.today = {"date": _date(self.started), **self.totals}
         self.closed = False
+        self.guardrails = {}  # (pattern, direction, action) -> hits since start
         self._samples = samples
         self._next_id = 0
         self._seq = 0
@@ -128,6 +130,13 @@ class Metrics:
             listener(record)
         self._publish("finished", record)
 
+    def guardrail(self, record: Record, hits: list) -> None:
+        """Count guardrail hits (never the matched text) and announce them as a `guardrail` event."""
+        for hit in hits:
+            key = (hit.pattern, hit.direction, hit.action)
+            self.guardrails[key] = self.guardrails.get(key, 0) + hit.count
+        self._publish("guardrail", record, hits=[hit.as_dict() for hit in hits])
+
     def subscribe(self, keep: int = 1000) -> Subscription:
         """A new event inbox; events are {"type", "seq", "request"} dicts."""
         sub = Subscription(keep)
@@ -154,7 +163,9 @@ class Metrics:
         recent = max(0, min(recent, len(self.recent)))
         return {"running": [r.as_dict() for r in sorted(self.running.values(), key=lambda r: -r.id)],
                 "recent": [self.recent[-i].as_dict() for i in range(1, recent + 1)],
-                "totals": {"since_start": dict(self.totals), "today": dict(self._today())}}
+                "totals": {"since_start": dict(self.totals), "today": dict(self._today())},
+                "guardrails": [{"pattern": p, "direction": d, "action": a, "hits": n}
+                               for (p, d, a), n in sorted(self.guardrails.items())]}
 
     def _today(self) -> dict:
         """Today's totals (local date), starting afresh after midnight."""
@@ -163,11 +174,11 @@ class Metrics:
             self.today = {"date": date, **dict.fromkeys(TOTAL_KEYS, 0)}
         return self.today
 
-    def _publish(self, kind: str, record: Record) -> None:
+    def _publish(self, kind: str, record: Record, **extra) -> None:
         if not self.subscribers:
             return
         self._seq += 1
-        event = {"type": kind, "seq": self._seq, "request": record.as_dict()}  # a copy: later changes stay out
+        event = {"type": kind, "seq": self._seq, "request": record.as_dict(), **extra}  # a copy: later changes stay out
         for sub in self.subscribers:
             sub.push(event)
 

@@ -24,7 +24,7 @@ from gevent import GreenletExit
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, boundary, config, daemon, protocols
+from bitrouter import Error, access, boundary, config, daemon, guardrails, protocols
 from bitrouter.boundary import redact
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard
 from bitrouter.protocols import ProtocolError, Usage, sse
@@ -68,6 +68,8 @@ class Server:
         self.dynamic = {}
         self.health = Health()
         self.metrics = Metrics()
+        self.sessions = guardrails.Sessions()  # per agent session: requests and spend, for its limits
+        self.metrics.listeners.append(self.sessions.finished)
         self.started = time.time()
         self.counts = collections.OrderedDict()  # (endpoint label, body digest) -> provider token count
         self.mode = "foreground"  # how this process runs the server: foreground | dashboard | daemon
@@ -325,9 +327,11 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         stream = inbound.wants_stream(body, action)
         record = srv.metrics.begin(inbound.NAME, model, stream)
         identity = authenticate(srv, "api", record)
+        _guard_request(srv, rt, inbound, body, record)  # GUARDRAILS HOOK: upgoing text, session limits
         route = authorize_route(srv, identity, rt.router.resolve(model))
         call = _Call(srv, rt, inbound, body, stream, sealed=protocols.SEAL_PREFIX.encode() in raw)
         route = call.capable(route)
+        _guard_loop(srv, rt, call, record)  # GUARDRAILS HOOK: the same tool call over and over
         answer, attempts = rt.router.dispatch(route, call.attempt)
     except Exception as exc:  # every failure becomes a protocol-shaped error, never a traceback
         status, message, headers = _classify(exc)
@@ -364,7 +368,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         record.status, record.error = 502, f"upstream reply could not be read: {type(exc).__name__}: {exc}"
         _finish(srv, rt, answer.endpoint, record, None, clock)
         return _error(inbound, 502, record.error, secrets=rt.secrets)
-    payload = redact(payload, rt.secrets)
+    payload = _guard_reply(srv, rt, inbound, redact(payload, rt.secrets), record, usage)  # GUARDRAILS HOOK: downgoing text
     record.status = 200
     _finish(srv, rt, answer.endpoint, record, usage, clock)
     bottle.response.set_header("x-bitrouter-overhead-ms", f"{record.latency_ms - call.upstream_ms:.2f}")
@@ -721,6 +725,11 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
     """The streamed body: relayed frames, or re-encoded events; failures end it in-band."""
     inbound, secrets = answer.inbound, rt.secrets
     usage, complete, encoder = None, False, None
+    # GUARDRAILS HOOK: downgoing frames pass through the guard, which holds back only what may
+    # still be completing a match; a block ends the stream with the protocol's in-band error.
+    guard = rt.cfg.guardrails.stream_guard(inbound.NAME, inbound.stream_error,
+                                           lambda hits: _report(srv, record, hits))
+    guarded = guard.feed if guard else (lambda out: out)
     try:
         if answer.kind == "passthrough":
             # Only whole frames are relayed, each naming the client's model: a cut leaves no
@@ -732,9 +741,12 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
                     if data:
                         usage = _running_usage(usage, _checked(inbound.stream_usage(event, data)))
                         complete = complete or inbound.is_final(event, data)
-                if frames:
-                    yield redact(b"".join(inbound.relay_frame(event, raw, record.model) for raw, event, _data in frames),
-                                 secrets)
+                out = frames and guarded(redact(b"".join(inbound.relay_frame(event, raw, record.model)
+                                                         for raw, event, _data in frames), secrets))
+                if out:
+                    yield out
+                if guard and guard.blocked:
+                    break
         else:
             encoder = inbound.StreamEncoder(record.model, answer.request)
             for event in answer.events(rt.cfg.upstream["max_frame_bytes"]):
@@ -742,10 +754,18 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
                     usage = _checked(event.usage)
                 complete = complete or event.kind == "finish"
                 out = encoder.event(event)
+                out = out and guarded(redact(out, secrets))
                 if out:
-                    yield redact(out, secrets)
-            if complete:
-                yield encoder.finish_stream()
+                    yield out
+                if guard and guard.blocked:
+                    break
+            if complete and not (guard and guard.blocked):
+                yield guarded(redact(encoder.finish_stream(), secrets))
+        if guard:
+            yield guard.close()
+            if guard.blocked:
+                record.status, record.error = 400, guard.blocked
+                return
         if not complete:  # the connection closed cleanly but the protocol's ending never came
             raise UpstreamError("upstream stream ended before it was complete")
         record.status = 200
@@ -757,6 +777,8 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
             else f"upstream stream could not be read: {type(exc).__name__}"
         record.status, record.error = 502, redact(message, secrets)
         log.warning("stream from %s broke: %s", answer.endpoint.label, record.error)
+        if guard and not guard.blocked:
+            yield guard.close()
         # An encoder with stream state (Responses numbers its events) ends the stream itself.
         yield (getattr(encoder, "error", None) or inbound.stream_error)(502, record.error)
     finally:
@@ -823,6 +845,75 @@ def _finish(srv: Server, rt: Runtime, endpoint, record: Record, usage, clock: fl
         info = rt.providers[endpoint.provider].models.get(endpoint.model_id) or {}
         record.cost_micro_usd = cost_micro_usd(usage, info.get("pricing") or {})
     srv.metrics.finish(record)
+
+
+# GUARDRAILS HOOK: the guardrails (bitrouter/guardrails.py, docs/guardrails.md) on the request
+# path; relay() and _stream_reply() call these, every hit is counted, logged and announced.
+
+
+def _guard_request(srv: Server, rt: Runtime, inbound, body: dict, record: Record) -> None:
+    """Redact or refuse the request's text (upgoing), and refuse a session over its limits."""
+    policy = rt.cfg.guardrails
+    hits = []
+    try:
+        policy.walk(body, inbound.NAME, "request", guardrails.UPGOING, hits)
+    except guardrails.GuardrailError as exc:
+        raise HttpError(400, str(exc)) from None
+    finally:
+        _report(srv, record, hits)
+    if policy.loop["enabled"]:
+        record.session = guardrails.session_of(body, bottle.request.headers)
+        refusal = srv.sessions.admit(record.session, policy.loop)
+        if refusal:
+            _report(srv, record, [guardrails.Hit("session_limit", guardrails.UPGOING, "block", "session")])
+            raise HttpError(400, refusal)
+
+
+def _guard_loop(srv: Server, rt: Runtime, call: "_Call", record: Record) -> None:
+    """Warn about, or stop, an agent repeating the same tool call (or getting the same tool error)."""
+    loop = rt.cfg.guardrails.loop
+    if not loop["enabled"] or not (loop["warn_after"] or loop["stop_after"]):
+        return
+    try:
+        messages = call._unified().messages
+    except ProtocolError:  # a pass-through body our decoder cannot read: the upstream may still take it
+        return
+    verdict = guardrails.loop_verdict(messages, loop)
+    if verdict:
+        action, message = verdict
+        _report(srv, record, [guardrails.Hit("tool_loop", guardrails.UPGOING, action, "messages")])
+        if action == "block":
+            raise HttpError(400, message)
+        log.warning("request %d: %s", record.id, message)
+
+
+def _guard_reply(srv: Server, rt: Runtime, inbound, payload, record: Record, usage):
+    """A non-streamed reply with its text checked (downgoing); a block becomes an in-band refusal."""
+    policy = rt.cfg.guardrails
+    if not policy.rules[guardrails.DOWNGOING]:
+        return payload
+    data, hits = json.loads(payload), []
+    try:
+        changed = policy.walk(data, inbound.NAME, "reply", guardrails.DOWNGOING, hits)
+    except guardrails.GuardrailError as exc:
+        record.error = str(exc)
+        refusal = protocols.Response(id="bitrouter-guardrail", model=record.model,
+                                     parts=[protocols.Part("text", text=str(exc))],
+                                     finish_reason="content_filter", usage=usage)
+        data, changed = inbound.encode_response(refusal, record.model), True
+    finally:
+        _report(srv, record, hits)
+    return json.dumps(data) if changed else payload
+
+
+def _report(srv: Server, record: Record, hits: list) -> None:
+    """Count, log and announce guardrail hits; the matched text is never part of them."""
+    if not hits:
+        return
+    srv.metrics.guardrail(record, hits)
+    for hit in hits:
+        log.warning("guardrail %s: %s (%s, %s, %d match%s) on request %d", hit.action, hit.pattern,
+                    hit.direction, hit.where, hit.count, "" if hit.count == 1 else "es", record.id)
 
 
 def _close(payload) -> None:

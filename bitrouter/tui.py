@@ -576,6 +576,16 @@ def _totals(snap: dict, width: int) -> list:
                 f"{_count(t.get('input_tokens', 0))} in / {_count(t.get('output_tokens', 0))} out tokens, "
                 f"{_usd(t.get('cost_micro_usd', 0))}")
         lines.append(("", _fit(text, width)))
+    hits = snap.get("guardrails") or []
+    if hits:  # only once a guardrail has found something (docs/guardrails.md)
+        by_action = {a: sum(h["hits"] for h in hits if h["action"] == a) for a in ("block", "redact", "warn")}
+        by_pattern = {}
+        for h in hits:
+            by_pattern[h["pattern"]] = by_pattern.get(h["pattern"], 0) + h["hits"]
+        text = (f"{'Guardrails:':<13}{by_action['block']} blocked, {by_action['redact']} redacted, "
+                f"{by_action['warn']} warned ("
+                + ", ".join(f"{p} {n}" for p, n in sorted(by_pattern.items(), key=lambda i: -i[1])) + ")")
+        lines.append(("warn" if by_action["block"] else "", _fit(text, width)))
     return lines
 
 

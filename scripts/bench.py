@@ -40,6 +40,7 @@ def main() -> None:
         serve_upstream(int(sys.argv[2]))
         return
     import bench_auth
+    import bench_guardrails
     import bench_protocols
     report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     with Stack() as stack:
@@ -50,6 +51,7 @@ def main() -> None:
         report["streaming_ttfb"] = added_ttfb(stack, n=500)
         report["rss_mb_loaded"] = stack.rss_mb()
         report["translation"] = bench_protocols.run(stack)
+        report["guardrails"] = bench_guardrails.run(stack)
     report["auth"] = bench_auth.run()
     print(json.dumps(report, indent=2))
 
@@ -120,7 +122,10 @@ class Target:
 
 
 class Stack:
-    """The upstream and BitRouter processes, torn down on exit."""
+    """The upstream and BitRouter processes, torn down on exit; `extra` is merged into bitrouter.yaml."""
+
+    def __init__(self, extra: dict | None = None):
+        self.extra = extra or {}
 
     def __enter__(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
@@ -131,7 +136,7 @@ class Stack:
             "server": {"listen": f"127.0.0.1:{br_port}"},
             "providers": {"fast": {"derives": "openai", "api_base": f"http://127.0.0.1:{up_port}/v1",
                                    "api_key": "bench"}},
-            "models": {"bench": {"endpoints": [{"provider": "fast", "model_id": "m"}]}}}))
+            "models": {"bench": {"endpoints": [{"provider": "fast", "model_id": "m"}]}}, **self.extra}))
         exe = Path(sys.executable).with_name("bitrouter")
         self.proxy_proc = subprocess.Popen([str(exe), "--home-dir", str(home), "serve"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

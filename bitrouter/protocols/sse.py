@@ -52,7 +52,7 @@ class Parser:
             del buf[:start]
             self._line -= start
             self._scan -= start
-        if self.max_frame and len(buf) > self.max_frame:
+        if self.max_frame and len(buf) > self.max_frame and not done:  # whole frames first, then the error
             raise FrameTooLarge(f"upstream sent an SSE frame larger than {self.max_frame} bytes")
         return done
 
