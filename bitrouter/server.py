@@ -294,7 +294,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         stream = inbound.wants_stream(body, action)
         record = srv.metrics.begin(inbound.NAME, model, stream)
         identity = authenticate(srv, "api", record)
-        route = authorize_route(srv, identity, rt.router.resolve(model))
+        route = authorize_route(srv, identity, rt.router.resolve(model), record)
         call = _Call(srv, rt, inbound, body, stream)
         route = call.capable(route)
         answer, attempts = rt.router.dispatch(route, call.attempt)
@@ -365,10 +365,13 @@ def authenticate(srv: Server, scope: str, record: Record | None = None):
     return claims
 
 
-def authorize_route(srv: Server, identity, route):
-    """The route narrowed to the models the token allows; HttpError 403, or 402 over budget."""
+def authorize_route(srv: Server, identity, route, record: Record | None = None):
+    """The route narrowed to the models the token allows; HttpError 403, or 402 over budget.
+
+    With the request's record, a budgeted request holds its round until the record finishes.
+    """
     try:
-        return srv.gate.authorize(identity, route)
+        return srv.gate.authorize(identity, route, record)
     except access.AuthError as exc:
         raise HttpError(exc.status, exc.message) from None
 
