@@ -144,6 +144,12 @@ class Gate:
         finally:
             self.holds.release(rec.id, rec.cost_micro_usd if rec.status < 400 else None)
 
+    def adopt_revocations(self, hashes: set) -> None:
+        """Use the database's current revocations (read by `cluster.Sync`); clears the cache."""
+        if hashes != self.revoked:
+            self.revoked = hashes
+            self._cache.clear()
+
     def close(self) -> None:
         """Write every queued spend row and close the database."""
         self.writer.close()

@@ -21,7 +21,7 @@ import bottle
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, config, daemon, protocols
+from bitrouter import Error, access, cluster, config, daemon, protocols, store
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard, redact, secrets_of
 from bitrouter.protocols import ProtocolError, Usage, sse
 from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
@@ -154,6 +154,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         claim.publish(url, mode)
         log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
         srv.gate.start(owned)  # AUTH HOOK: logs the auth mode; closes (writes all spend) after the drain
+        cluster.Sync(srv).start(owned)  # revocations and dynamic routes shared through the database
         return Running(srv, listener, owned.pop_all())
 
 
@@ -680,15 +681,25 @@ def _add_route(srv: Server):
         route = dynamic_route(spec, rt.providers, rt.cfg.routing)
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
+    _shared(lambda: store.save_route(route.name, spec))  # so every instance serves it
     srv.dynamic[route.name] = route
     log.info("dynamic route %s set: %s", route.name, ", ".join(e.label for e in route.endpoints))
     return _json({"status": "ok", "route": describe(route)})
 
 
 def _remove_route(srv: Server, name: str):
-    if srv.dynamic.pop(name, None) is None:
+    stored = _shared(lambda: store.delete_route(name))
+    if srv.dynamic.pop(name, None) is None and not stored:
         raise HttpError(404, f"no dynamic route named {name!r}")
     return _json({"status": "ok", "model": name, "removed": True})
+
+
+def _shared(change):
+    """Apply a change to the state instances share; 503 while the database is unreachable."""
+    try:
+        return change()
+    except Error as exc:
+        raise HttpError(503, f"cannot store the change: {exc}") from None
 
 
 def _reload(srv: Server):

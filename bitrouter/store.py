@@ -5,9 +5,11 @@ PostgreSQL driver such as psycopg2 installed). `open_db` binds the models to one
 per process; the spend writer keeps its own connection on its own OS thread.
 """
 
+import contextlib
 import importlib
 import json
 import logging
+import secrets
 import sys
 import time
 from datetime import datetime, timezone
@@ -67,7 +69,18 @@ class SpendLog(peewee.Model):
         indexes = ((("token_hash", "time"), False), (("account", "time"), False))
 
 
-MODELS = (TokenRecord, SpendLog)
+class RouteRecord(peewee.Model):
+    """A dynamic route added through `POST /admin/routes`: every instance on the database serves it."""
+
+    name = peewee.CharField(unique=True)
+    spec = peewee.TextField()  # the JSON body it was added with
+    tag = peewee.IntegerField()  # random, new on every write: a change the instances' poll can see
+
+    class Meta:
+        table_name = "routes"
+
+
+MODELS = (TokenRecord, SpendLog, RouteRecord)
 SPEND_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f != "id")
 
 
@@ -161,6 +174,35 @@ def usage(since=None, by="token") -> list[dict]:
     return [{"keys": tuple(str(k) for k in row[:width]), "requests": int(row[width]),
              "input_tokens": int(row[width + 1] or 0), "output_tokens": int(row[width + 2] or 0),
              "cost": int(row[width + 3] or 0)} for row in rows]
+
+
+# ---------------------------------------------------------------- shared by every instance
+
+
+def save_route(name: str, spec: dict) -> None:
+    """Store (or replace) a dynamic route's validated spec."""
+    row = {"name": name, "spec": _json(spec), "tag": secrets.randbits(31)}
+    _write(lambda: RouteRecord.insert(**row).on_conflict(
+        conflict_target=[RouteRecord.name], update={k: v for k, v in row.items() if k != "name"}).execute())
+
+
+def delete_route(name: str) -> bool:
+    """Remove a dynamic route; False if there was none of that name."""
+    removed = []
+    _write(lambda: removed.append(RouteRecord.delete().where(RouteRecord.name == name).execute()))
+    return bool(removed[0])
+
+
+def routes() -> dict:
+    """Every stored dynamic route: name -> spec."""
+    return {row.name: json.loads(row.spec) for row in _read(lambda: list(RouteRecord.select()))}
+
+
+def shared_stamp() -> tuple:
+    """A cheap signature of what instances share: it changes with every revocation or route change."""
+    revoked = TokenRecord.select(peewee.fn.COUNT(TokenRecord.id)).where(TokenRecord.revoked == True)  # noqa: E712
+    stored = RouteRecord.select(peewee.fn.COUNT(RouteRecord.id), peewee.fn.SUM(RouteRecord.tag))
+    return _read(lambda: (revoked.scalar(), *stored.tuples().get()))
 
 
 class SpendWriter:
@@ -268,6 +310,7 @@ class SpendWriter:
                 for start in range(0, len(batch), 100):  # stay under SQLite's variable limit
                     SpendLog.insert_many(batch[start:start + 100]).execute(self._db)
         except Exception as exc:  # any driver error: keep the rows and retry
+            _drop_connection(self._db)
             log.warning("spend log write failed (%d rows kept): %s", len(batch),
                         _reason(exc, self.url))
             return False
@@ -322,6 +365,7 @@ def _write(operation) -> None:
         with db.atomic():
             operation()
     except peewee.PeeweeException as exc:
+        _drop_connection(db)
         raise Error(f"database error: {_reason(exc)}") from None
 
 
@@ -330,7 +374,14 @@ def _read(operation):
     try:
         return operation()
     except peewee.PeeweeException as exc:
+        _drop_connection(TokenRecord._meta.database)
         raise Error(f"database error: {_reason(exc)}") from None
+
+
+def _drop_connection(db) -> None:
+    """Close a connection that failed, so the next call opens a new one (the server may be back)."""
+    with contextlib.suppress(Exception):  # a dead connection may fail to close, too
+        db.close()
 
 
 def _reason(exc: Exception, url: str = "") -> str:
