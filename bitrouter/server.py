@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -21,7 +22,7 @@ import bottle
 from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, cluster, config, daemon, protocols, store
+from bitrouter import Error, access, cluster, config, daemon, protocols, store, workers
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard, redact, secrets_of
 from bitrouter.protocols import ProtocolError, Usage, sse
 from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
@@ -102,16 +103,26 @@ class Server:
 
 def _bound_settings(cfg) -> dict:
     """Settings a running server cannot change: the socket it listens on, the database it opened."""
-    return {"server.listen": cfg.listen, "database.url": config.mask_url(cfg.database_url)}
+    return {"server.listen": cfg.listen, "server.workers": cfg.server["workers"],
+            "database.url": config.mask_url(cfg.database_url)}
 
 
-def serve(home, cfg=None) -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM, then drain in-flight requests."""
-    import signal
+def serve(home, cfg=None, worker_count=None) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM, then drain in-flight requests.
 
+    With more than one worker (`worker_count`, else `server.workers`) this process
+    supervises that many server processes instead (bitrouter/workers.py).
+    """
     import gevent
     import gevent.event
 
+    cfg = cfg or config.load(home)
+    count = worker_count or cfg.server["workers"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise Error(f"--workers must be a whole number of processes, at least 1, got {count!r}")
+    if count > 1 and workers.role() is None:
+        workers.supervise(home, cfg, count)
+        return
     running = start(home, cfg)  # its log line says where it listens
     stop = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -126,21 +137,23 @@ def start(home, cfg=None, mode="foreground") -> "Running":
     The process first claims the home's pid file (one server per run dir), logs to
     <logs>/bitrouter.log, reloads on SIGHUP, and publishes its URL once listening.
     """
-    import signal
-
     import gevent
     from gevent.pywsgi import WSGIServer
 
     srv = Server(home, cfg)
-    if mode == "foreground" and daemon.detached(home):
+    worker = workers.role()  # (index, port) under a `--workers` supervisor, which owns the pid file
+    if worker:
+        mode = "worker"
+    elif mode == "foreground" and daemon.detached(home):
         mode = "daemon"
     srv.mode = mode
     host, port = srv.runtime.cfg.host_port
     with contextlib.ExitStack() as owned:  # released here on failure, else by Running.stop()
-        claim = owned.enter_context(daemon.pid_file(home))
+        claim = None if worker else owned.enter_context(daemon.pid_file(home))
         owned.enter_context(daemon.server_log(home, srv, echo=mode == "foreground"))
         try:
-            listener = WSGIServer((host, port), srv.app, log=None, error_log=log, handler_class=_Handler)
+            address = workers.listener(host, worker[1]) if worker else (host, port)
+            listener = WSGIServer(address, srv.app, log=None, error_log=log, handler_class=_Handler)
             listener.init_socket()
         except OSError as exc:
             raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -151,7 +164,10 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         listener.start()
         srv.port = listener.server_port
         url = daemon.connect_url(host, srv.port)
-        claim.publish(url, mode)
+        if worker:
+            workers.publish(srv, worker[0], owned)
+        else:
+            claim.publish(url, mode)
         log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
         srv.gate.start(owned)  # AUTH HOOK: logs the auth mode; closes (writes all spend) after the drain
         cluster.Sync(srv).start(owned)  # revocations and dynamic routes shared through the database
@@ -269,7 +285,7 @@ def build_app(srv: Server) -> bottle.Bottle:
 
     @app.get("/admin/metrics")
     def admin_metrics():
-        return _admin(srv, lambda: _json(dashboard(srv, _count_param("recent", 100))))
+        return _admin(srv, lambda: _json(workers.combined(srv, dashboard(srv, _count_param("recent", 100)))))
 
     @app.get("/admin/events")
     def admin_events():
@@ -707,6 +723,8 @@ def _reload(srv: Server):
         notes = srv.reload("POST /admin/reload")
     except config.ConfigError as exc:  # the request was fine; the configuration on disk is not
         raise HttpError(422, f"configuration not reloaded (the previous one keeps serving): {exc}") from None
+    if workers.role():  # the supervisor forwards it to every worker
+        os.kill(os.getppid(), signal.SIGHUP)
     return _json({"status": "ok", "notes": notes})
 
 

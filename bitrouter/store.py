@@ -23,6 +23,7 @@ log = logging.getLogger("bitrouter.store")
 
 USAGE_GROUPS = ("token", "model", "account")
 MAX_BUFFERED = 100_000  # spend rows kept in memory while the database is unreachable
+SCHEMA_LOCK = 0x62697472  # PostgreSQL advisory lock held while creating the tables ("bitr")
 
 
 class TokenRecord(peewee.Model):
@@ -103,10 +104,13 @@ def connect(url: str, thread_safe: bool = True) -> peewee.Database:
     if url.split(":", 1)[0] in ("sqlite", "sqlite+pool"):
         # WAL lets the CLI and the spend writer work while the server reads; the busy
         # timeout makes a second writer wait instead of failing with "database is locked".
-        params["pragmas"] = {"journal_mode": "wal", "busy_timeout": 5000, "synchronous": "normal"}
+        # It goes first: switching to WAL needs the lock, which workers starting together race for.
+        params["pragmas"] = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"}
     try:
         db = url_connect(url, **params)
         with db.atomic():
+            if isinstance(db, peewee.PostgresqlDatabase):  # instances starting together take turns
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             for model in MODELS:  # a SchemaManager, so the models need not be bound to db
                 peewee.SchemaManager(model, db).create_all(safe=True)
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
