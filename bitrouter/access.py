@@ -181,8 +181,9 @@ class Gate:
             try:
                 self.revoked = store.revoked_hashes()
             except Error as exc:
-                log.error("cannot read revocations: %s", exc)
-                raise AuthError(503, "cannot check token revocations: the database is unavailable") from None
+                # A revocation is written to the database before anything announces it, so
+                # while the database is down the set read last is still complete.
+                log.error("cannot read revocations (%s); using the ones read last", exc)
         # Open only where nobody else can connect: with no trusted issuer on a public
         # address (reachable after a reload removed them), every request is refused.
         self.required = self.mode == "on" or (self.mode == "auto" and (bool(self.trusted) or not self.loopback))

@@ -170,3 +170,89 @@ def test_workers_share_totals_and_a_crashed_worker_is_replaced(tmp_path, upstrea
     finally:
         assert server.stop() == 0
     assert "supervisor stopped" in server.output()
+
+
+def test_workers_reload_together_and_drain_on_stop(tmp_path):
+    home = tmp_path / "w"
+    home.mkdir()
+    release = __import__("threading").Event()
+
+    def slow_when_asked(req):
+        if req.body and req.body["messages"][0]["content"] == "slow":
+            release.wait(20)
+        return Reply(body=chat_completion())
+
+    with FakeUpstream(slow_when_asked) as fake:
+        cfg = {"server": {"workers": 2}, "providers": {
+            "up": {"derives": "openai", "api_base": fake.url + "/v1", "api_key": "k"}},
+            "models": {"old": {"endpoints": ["up:gpt-4o"]}}}
+        server = ServerProcess(home, cfg)
+        cfg["server"]["listen"] = f"127.0.0.1:{server.port}"
+        try:
+            server.write_config({**cfg, "models": {"new": {"endpoints": ["up:gpt-4o"]}}})
+            result = run_cli(home, "reload")
+            assert result.returncode == 0, result.stderr
+            # POST /admin/reload reached one worker; the supervisor forwarded it to the other.
+            wait_until(lambda: all(chat(server.url, None, "new").status_code == 200 for _ in range(8)), 10,
+                       what="both workers to serve the reloaded alias")
+            assert all(chat(server.url, None, "old").status_code == 404 for _ in range(8))
+
+            with ThreadPoolExecutor(1) as pool:
+                running = pool.submit(lambda: requests.post(
+                    server.url + "/v1/chat/completions", timeout=30,
+                    json={"model": "new", "messages": [{"role": "user", "content": "slow"}]}))
+                wait_until(lambda: any(r.body and r.body["messages"][0]["content"] == "slow"
+                                       for r in fake.received), what="the slow request upstream")
+                server.proc.send_signal(signal.SIGTERM)
+                wait_until(lambda: "stopping 2 workers" in server.output(), what="the stop to begin")
+                release.set()
+                assert running.result().status_code == 200  # drained, not cut off
+        finally:
+            release.set()
+            assert server.stop() == 0
+    assert "supervisor stopped" in server.output()
+
+
+def test_postgresql_down_requests_still_served_and_spend_written_when_it_returns(home, pg_cluster, upstream):
+    import psycopg2
+    url = pg_cluster.database()
+    name = url.rsplit("/", 1)[1]
+    assert run_cli(home, "account", "-g").returncode == 0
+    server = ServerProcess(home, {"database": {"url": url}, "providers": {
+        "up": {"derives": "openai", "api_base": upstream.url + "/v1", "api_key": "k"}}})
+    admin = psycopg2.connect(pg_cluster.url())
+    admin.autocommit = True
+
+    def database(allow: bool):
+        with admin.cursor() as cur:
+            cur.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {str(allow).lower()}")
+            if not allow:  # and cut the server's open connections, as a database restart would
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+    def rows() -> int:
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM spend_logs WHERE status = 200")
+            count = cur.fetchone()[0]
+        conn.close()
+        return count
+
+    try:
+        token = run_cli(home, "keygen", "--exp", "1h").stdout.strip()
+        budgeted = run_cli(home, "keygen", "--exp", "1h", "--budget", "1000000").stdout.strip()
+        assert chat(server.url, token).status_code == 200
+        wait_until(lambda: rows() == 1, what="the first row")
+        database(allow=False)
+        assert [chat(server.url, token).status_code for _ in range(10)] == [200] * 10
+        refused = chat(server.url, budgeted)  # a budget cannot be checked: refused, not waved through
+        assert refused.status_code == 503 and "database is unavailable" in refused.json()["error"]["message"]
+        wait_until(lambda: "spend log write failed" in server.output(), what="the failed write")
+        database(allow=True)
+        wait_until(lambda: rows() == 11, 20, 0.2, what="the buffered spend to be written")
+        assert chat(server.url, budgeted).status_code == 200
+        wait_until(lambda: "the database answers again" in server.output(), what="the recovery")
+        assert "cannot read revocations and routes from the database" in server.output()
+    finally:
+        database(allow=True)
+        admin.close()
+        assert server.stop() == 0
