@@ -125,7 +125,9 @@ def serve(home, cfg=None, worker_count=None) -> None:
         return
     running = start(home, cfg)  # its log line says where it listens
     stop = gevent.event.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    if workers.role():  # Ctrl-C reaches the whole process group: the supervisor alone decides
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM,) if workers.role() else (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stop.set)
     stop.wait()
     running.stop()

@@ -192,3 +192,15 @@ def test_postgresql_store_writes_totals_and_revocations(pg_url):
     assert "pg-" + "0" * 61 in store.revoked_hashes()
     assert store.usage(by="account")[0]["requests"] == 10
     db.close()
+
+
+def test_pooled_postgresql_url(pg_url):
+    pooled = pg_url.replace("postgresql://", "postgresql+pool://") + "?max_connections=2&stale_timeout=300"
+    db = store.open_db(pooled)
+    store.save_route("r", {"model": "r", "endpoints": ["mock:echo"]})
+    assert store.routes() == {"r": {"model": "r", "endpoints": ["mock:echo"]}}
+    before = store.shared_stamp()
+    store.revoke("h" * 64)
+    assert store.shared_stamp() != before
+    assert store.delete_route("r") and not store.delete_route("r")
+    db.close()
