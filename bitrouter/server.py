@@ -117,7 +117,7 @@ def serve(home, cfg=None, worker_count=None) -> None:
     import gevent.event
 
     cfg = cfg or config.load(home)
-    count = worker_count or cfg.server["workers"]
+    count = cfg.server["workers"] if worker_count is None else worker_count
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise Error(f"--workers must be a whole number of processes, at least 1, got {count!r}")
     if count > 1 and workers.role() is None:

@@ -6,9 +6,11 @@ PostgreSQL database and over one SQLite file. Requests go out on fresh connectio
 with workers the kernel spreads them over both processes.
 """
 
+import json
 import os
 import re
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -175,7 +177,7 @@ def test_workers_share_totals_and_a_crashed_worker_is_replaced(tmp_path, upstrea
 def test_workers_reload_together_and_drain_on_stop(tmp_path):
     home = tmp_path / "w"
     home.mkdir()
-    release = __import__("threading").Event()
+    release = threading.Event()
 
     def slow_when_asked(req):
         if req.body and req.body["messages"][0]["content"] == "slow":
@@ -256,3 +258,16 @@ def test_postgresql_down_requests_still_served_and_spend_written_when_it_returns
         database(allow=True)
         admin.close()
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("config, args, message", [
+    ({"server": {"workers": 0}}, [], "server.workers: must be a whole number of processes, at least 1, got 0"),
+    ({"server": {"workers": 1.5}}, [], "server.workers: must be a whole number of processes, at least 1, got 1.5"),
+    ({}, ["--workers", "0"], "error: --workers must be a whole number of processes, at least 1, got 0"),
+    ({}, ["--workers", "two"], "error: --workers must be a whole number of processes, at least 1, got 'two'"),
+])
+def test_a_bad_worker_count_is_refused_before_anything_starts(home, config, args, message):
+    (home / "bitrouter.yaml").write_text(json.dumps(config))
+    result = run_cli(home, "serve", *args, timeout=20)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert not (home / "run" / "bitrouter.pid").exists()
