@@ -1,9 +1,10 @@
 """Several instances on one database agree: budgets, revocations, dynamic routes, usage.
 
-Every test runs on two deployments: two servers with their own homes (as on two hosts;
+The agreement tests run on two deployments: two servers with their own homes (as on two hosts;
 the second trusts the first's issuer) and one `server.workers: 2` server, each over one
 PostgreSQL database and over one SQLite file. Requests go out on fresh connections, so
-with workers the kernel spreads them over both processes.
+with workers the kernel spreads them over both processes. The workers' own supervision
+(totals, restarts, reload, drain) and a PostgreSQL outage have tests of their own below.
 """
 
 import json
