@@ -26,6 +26,7 @@ class Sync:
     def __init__(self, srv):
         self.srv = srv
         self.stamp = None
+        self._runtime = None
         self.failing = False
         self._greenlet = None
         self.poll()  # routes stored before this instance started are served from its first request
@@ -38,9 +39,11 @@ class Sync:
 
     def poll(self) -> bool:
         """Re-read revocations and routes if the database's copy changed; False if it is unreachable."""
+        runtime = self.srv.runtime  # a reload may add (or remove) a stored route's provider
         try:
             stamp = store.shared_stamp()
-            if stamp != self.stamp:
+            changed = stamp != self.stamp or runtime is not self._runtime
+            if changed:
                 revoked, specs = store.revoked_hashes(), store.routes()
         except Error as exc:
             if not self.failing:
@@ -51,10 +54,10 @@ class Sync:
         if self.failing:
             log.info("the database answers again; revocations and routes are shared once more")
             self.failing = False
-        if stamp != self.stamp:
+        if changed:
             self.srv.gate.adopt_revocations(revoked)
-            self._adopt_routes(specs)
-            self.stamp = stamp
+            self._adopt_routes(specs, runtime)
+            self.stamp, self._runtime = stamp, runtime
         return True
 
     def _run(self) -> None:
@@ -67,9 +70,8 @@ class Sync:
                 log.warning("polling the database for revocations took %.2fs",
                             time.monotonic() - started)
 
-    def _adopt_routes(self, specs: dict) -> None:
+    def _adopt_routes(self, specs: dict, rt) -> None:
         """Replace the server's dynamic routes with the stored ones (in place: routers hold the dict)."""
-        rt = self.srv.runtime
         routes = {}
         for name, spec in specs.items():
             try:

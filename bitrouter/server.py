@@ -93,7 +93,8 @@ class Server:
             gone = sorted({e.provider for e in route.endpoints if e.provider not in cfg.providers})
             if gone:  # its endpoints could no longer be called
                 del self.dynamic[name]
-                notes.append(f"dynamic route {name!r} was removed: provider {', '.join(gone)} no longer exists")
+                notes.append(f"dynamic route {name!r} is not served: provider {', '.join(gone)} no longer "
+                             "exists (the route stays stored; DELETE /admin/routes removes it)")
         self.pools.set_timeouts(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.runtime = runtime
         log.info("configuration reloaded (%s) in %.1f ms%s", source, (time.perf_counter() - clock) * 1000,
