@@ -57,22 +57,23 @@ def supervise(home, cfg, count: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.json"):
             stale.unlink()
-        pool = _Pool(home, count, port, folder)
+        pool = _Pool(home, cfg, count, port, folder)
         stop = gevent.event.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             gevent.signal_handler(sig, stop.set)
         gevent.signal_handler(signal.SIGHUP, pool.reload)
         pool.start()
         try:
-            ready = pool.wait_ready(stop, daemon.START_TIMEOUT)
-            if not ready and not stop.is_set():
-                raise Error("the workers did not start; the log says why")
+            if not pool.wait_ready(stop, daemon.START_TIMEOUT):
+                if not stop.is_set():
+                    raise Error("the workers did not start; the log says why")
+                return  # stopped while starting
             url = daemon.connect_url(host, port)
             claim.publish(url, "daemon" if daemon.detached(home) else "foreground")
             log.info("supervisor started (pid %d) with %d workers on %s", os.getpid(), count, url)
             while not stop.wait(0.2):
                 pool.check()
-                shim.runtime.cfg = pool.cfg
+                shim.runtime.cfg = pool.cfg  # the log's limits and redaction follow reloads
         finally:
             pool.stop(float(cfg.server["drain_timeout"]) + daemon.STOP_GRACE)
             holder.close()
@@ -145,17 +146,16 @@ def combined(srv, data: dict) -> dict:
 class _Pool:
     """The supervisor's workers: start, watch, restart, signal, stop."""
 
-    def __init__(self, home, count: int, port: int, folder):
+    def __init__(self, home, cfg, count: int, port: int, folder):
         self.home = home
+        self.cfg = cfg
         self.count = count
         self.port = port
         self.folder = folder
-        self.cfg = config.load(home)
         self.procs = [None] * count
         self.born = [0.0] * count
         self.deaths = [0] * count
         self.due = [0.0] * count  # when a dead worker may be restarted
-        self.stopping = False
 
     def start(self) -> None:
         for index in range(self.count):
@@ -204,7 +204,6 @@ class _Pool:
 
     def stop(self, timeout: float) -> None:
         """SIGTERM every worker and wait for their drains; SIGKILL those still running at timeout."""
-        self.stopping = True
         live = [p for p in self.procs if p is not None and p.poll() is None]
         log.info("stopping %d workers", len(live))
         self._signal_all(signal.SIGTERM)
