@@ -205,8 +205,10 @@ def routes() -> dict:
 def shared_stamp() -> tuple:
     """A cheap signature of what instances share: it changes with every revocation or route change."""
     revoked = TokenRecord.select(peewee.fn.COUNT(TokenRecord.id)).where(TokenRecord.revoked == True)  # noqa: E712
-    stored = RouteRecord.select(peewee.fn.COUNT(RouteRecord.id), peewee.fn.SUM(RouteRecord.tag))
-    return _read(lambda: (revoked.scalar(), *stored.tuples().get()))
+    routes_count = RouteRecord.select(peewee.fn.COUNT(RouteRecord.id))
+    routes_tags = RouteRecord.select(peewee.fn.SUM(RouteRecord.tag))
+    query = peewee.Select(columns=[revoked, routes_count, routes_tags]).bind(TokenRecord._meta.database)
+    return _read(lambda: query.tuples().get())  # one round trip
 
 
 class SpendWriter:
