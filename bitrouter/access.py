@@ -233,27 +233,27 @@ class Holds:
 
     A request takes its hold when it is authorized and releases it when its record
     finishes, right after its spend row was queued, so a round is never uncounted. The
-    estimate is the mean cost of the key's last settled successful requests here (0 until
-    one settled), so within one instance a `rounds:N` budget is never overrun and a cost
+    estimate is a moving average of the key's successful requests here (0 until one
+    settled), so within one instance a `rounds:N` budget is never overrun and a cost
     budget is overrun by at most the in-flight requests' cost beyond their estimates.
     """
 
     def __init__(self):
-        self._held: dict = {}  # budget key -> [rounds, micro-USD]
+        self._held: dict = {}  # budget key -> [micro-USD, rounds]
         self._taken: dict = {}  # record id -> (budget key, estimate)
-        self._means: dict = {}  # budget key -> mean cost of settled successes (micro-USD)
+        self._means: dict = {}  # budget key -> moving average cost of its successes (micro-USD)
 
     def held(self, key) -> tuple[int, int]:
         """(micro-USD, rounds) held for a budget key."""
-        rounds, cost = self._held.get(key, (0, 0))
+        cost, rounds = self._held.get(key, (0, 0))
         return cost, rounds
 
     def take(self, record_id: int, key) -> None:
         """Hold one round and the estimated cost for a request."""
         estimate = int(self._means.get(key, 0))
         total = self._held.setdefault(key, [0, 0])
-        total[0] += 1
-        total[1] += estimate
+        total[0] += estimate
+        total[1] += 1
         self._taken[record_id] = (key, estimate)
 
     def release(self, record_id: int, cost) -> None:
@@ -267,9 +267,9 @@ class Holds:
             return
         key, estimate = taken
         total = self._held[key]
-        total[0] -= 1
-        total[1] -= estimate
-        if not total[0]:
+        total[0] -= estimate
+        total[1] -= 1
+        if not total[1]:
             del self._held[key]
         if cost is not None:
             if len(self._means) >= CACHE_LIMIT and key not in self._means:

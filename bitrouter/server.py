@@ -103,7 +103,7 @@ class Server:
 
 
 def _bound_settings(cfg) -> dict:
-    """Settings a running server cannot change: the socket it listens on, the database it opened."""
+    """Settings a running server cannot change: its socket, its processes, the database it opened."""
     return {"server.listen": cfg.listen, "server.workers": cfg.server["workers"],
             "database.url": config.mask_url(cfg.database_url)}
 
@@ -121,14 +121,15 @@ def serve(home, cfg=None, worker_count=None) -> None:
     count = cfg.server["workers"] if worker_count is None else worker_count
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise Error(f"--workers must be a whole number of processes, at least 1, got {count!r}")
-    if count > 1 and workers.role() is None:
+    worker = workers.role()
+    if count > 1 and worker is None:
         workers.supervise(home, cfg, count)
         return
     running = start(home, cfg)  # its log line says where it listens
     stop = gevent.event.Event()
-    if workers.role():  # Ctrl-C reaches the whole process group: the supervisor alone decides
+    if worker:  # Ctrl-C reaches the whole process group: the supervisor alone decides
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for sig in (signal.SIGTERM,) if workers.role() else (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stop.set)
     stop.wait()
     running.stop()
