@@ -66,6 +66,7 @@ class Gate:
         self.db = store.open_db(cfg.database_url, shared=True)
         self.revoked = store.revoked_hashes()
         self.writer = store.SpendWriter(cfg.database_url)
+        self.holds = Holds()
         if metrics is not None:
             metrics.listeners.append(self.record)
 
@@ -102,8 +103,12 @@ class Gate:
             raise AuthError(403, "this route needs an admin token (keygen --scope admin)")
         return claims
 
-    def authorize(self, claims, route):
-        """The route narrowed to the endpoints the token's models allow; 403 if none, 402 over budget."""
+    def authorize(self, claims, route, record=None):
+        """The route narrowed to the endpoints the token's models allow; 403 if none, 402 over budget.
+
+        With the request's `record`, a budgeted token's request also holds one round and an
+        estimated cost until that record finishes (see `Holds`).
+        """
         if claims is None:
             return route
         if claims.models and not tokens.model_allowed(claims.models, route.name):
@@ -112,7 +117,9 @@ class Gate:
                 raise AuthError(403, f"model {route.name!r} is not allowed for this token "
                                      f"(allowed: {', '.join(claims.models)})")
             route = replace(route, endpoints=allowed)
-        self._check_budget(claims)
+        key = self._check_budget(claims)
+        if key is not None and record is not None:
+            self.holds.take(record.id, key)
         return route
 
     def record(self, rec) -> None:
@@ -131,9 +138,17 @@ class Gate:
                "cache_read_tokens": usage.cache_read, "cache_write_tokens": usage.cache_write,
                "reasoning_tokens": usage.reasoning, "cost_micro_usd": rec.cost_micro_usd}
         try:
-            self.writer.log(row)
+            self.writer.log(row)  # queued (and counted as pending) before the hold is released
         except RuntimeError:  # finished after shutdown began (drain timeout passed)
             log.warning("spend row for request %s dropped: the spend writer is closed", rec.id)
+        finally:
+            self.holds.release(rec.id, rec.cost_micro_usd if rec.status < 400 else None)
+
+    def adopt_revocations(self, hashes: set) -> None:
+        """Use the database's current revocations (read by `cluster.Sync`); clears the cache."""
+        if hashes != self.revoked:
+            self.revoked = hashes
+            self._cache.clear()
 
     def close(self) -> None:
         """Write every queued spend row and close the database."""
@@ -166,8 +181,9 @@ class Gate:
             try:
                 self.revoked = store.revoked_hashes()
             except Error as exc:
-                log.error("cannot read revocations: %s", exc)
-                raise AuthError(503, "cannot check token revocations: the database is unavailable") from None
+                # A revocation is written to the database before anything announces it, so
+                # while the database is down the set read last is still complete.
+                log.error("cannot read revocations (%s); using the ones read last", exc)
         # Open only where nobody else can connect: with no trusted issuer on a public
         # address (reachable after a reload removed them), every request is refused.
         self.required = self.mode == "on" or (self.mode == "auto" and (bool(self.trusted) or not self.loopback))
@@ -182,24 +198,81 @@ class Gate:
             return None
         return st.st_mtime_ns, st.st_ino
 
-    def _check_budget(self, claims) -> None:
-        """402 once the token (or its account) has spent its budget or used up its rounds."""
+    def _check_budget(self, claims):
+        """The budget key of a budgeted token (None if unbudgeted); 402 once it is used up.
+
+        Counted: committed spend, rows queued but not yet written, and the holds of requests
+        still in flight on this instance.
+        """
         limit = claims.budget_range or {}
         if claims.budget is None and limit.get("type") != "rounds":
-            return
-        key = {"account": claims.iss} if claims.budget_scope == "account" else {"token_hash": claims.token_hash}
+            return None
+        key = ("account", claims.iss) if claims.budget_scope == "account" else ("token", claims.token_hash)
+        where = {"account": claims.iss} if key[0] == "account" else {"token_hash": claims.token_hash}
         since = time.time() - limit["seconds"] if limit.get("type") == "duration" else None
         try:
-            spent, rounds = store.totals(since=since, **key)
+            spent, rounds = store.totals(since=since, **where)
         except Error as exc:
             log.error("cannot read spend totals: %s", exc)
             raise AuthError(503, "cannot check the budget: the database is unavailable") from None
-        queued, queued_rounds = self.writer.pending(**key)
-        spent, rounds = spent + queued, rounds + queued_rounds
-        whose = "account" if "account" in key else "token"
+        queued, queued_rounds = self.writer.pending(**where)
+        held, held_rounds = self.holds.held(key)
+        spent, rounds = spent + queued + held, rounds + queued_rounds + held_rounds
+        whose = key[0]
         if limit.get("type") == "rounds" and rounds >= limit["count"]:
             raise AuthError(402, f"budget exhausted: this {whose} has used all {limit['count']} rounds")
         if claims.budget is not None and spent >= claims.budget:
             window = f" in the last {limit['seconds']} s" if since is not None else ""
             raise AuthError(402, f"budget exhausted: this {whose} spent {spent} of {claims.budget} "
                                  f"micro-USD{window}")
+        return key
+
+
+class Holds:
+    """Rounds and estimated costs held by the budgeted requests in flight on this instance.
+
+    A request takes its hold when it is authorized and releases it when its record
+    finishes, right after its spend row was queued, so a round is never uncounted. The
+    estimate is a moving average of the key's successful requests here (0 until one
+    settled), so within one instance a `rounds:N` budget is never overrun and a cost
+    budget is overrun by at most the in-flight requests' cost beyond their estimates.
+    """
+
+    def __init__(self):
+        self._held: dict = {}  # budget key -> [micro-USD, rounds]
+        self._taken: dict = {}  # record id -> (budget key, estimate)
+        self._means: dict = {}  # budget key -> moving average cost of its successes (micro-USD)
+
+    def held(self, key) -> tuple[int, int]:
+        """(micro-USD, rounds) held for a budget key."""
+        cost, rounds = self._held.get(key, (0, 0))
+        return cost, rounds
+
+    def take(self, record_id: int, key) -> None:
+        """Hold one round and the estimated cost for a request."""
+        estimate = int(self._means.get(key, 0))
+        total = self._held.setdefault(key, [0, 0])
+        total[0] += estimate
+        total[1] += 1
+        self._taken[record_id] = (key, estimate)
+
+    def release(self, record_id: int, cost) -> None:
+        """Release a finished request's hold, if it took one.
+
+        `cost` is what a successful request cost (None for a failure); it moves the
+        estimate for the key's next requests.
+        """
+        taken = self._taken.pop(record_id, None)
+        if taken is None:
+            return
+        key, estimate = taken
+        total = self._held[key]
+        total[0] -= estimate
+        total[1] -= 1
+        if not total[1]:
+            del self._held[key]
+        if cost is not None:
+            if len(self._means) >= CACHE_LIMIT and key not in self._means:
+                self._means.clear()
+            mean = self._means.get(key)
+            self._means[key] = cost if mean is None else 0.8 * mean + 0.2 * cost

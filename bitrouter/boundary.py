@@ -8,6 +8,7 @@ leaves the process, whatever its length.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -104,14 +105,33 @@ def check_headers(environ: dict) -> None:
 
 
 def redact(text, secrets):
-    """text (str or bytes) with every secret in `secrets` replaced by its masked form."""
+    """text (str or bytes) with every secret in `secrets` replaced by its masked form.
+
+    A key shorter than SHORT_SECRET is masked where it stands as a whole token: a key
+    `k` is still never shown, but the k in every other word stays.
+    """
     binary = isinstance(text, (bytes, bytearray))
     for secret in secrets:
         needle = secret.encode() if binary else secret
         if needle in text:
             masked = mask(secret)  # the one masked form, as `status` and the wizard show keys
-            text = text.replace(needle, masked.encode() if binary else masked)
+            masked = masked.encode() if binary else masked
+            if len(secret) >= SHORT_SECRET:
+                text = text.replace(needle, masked)
+            else:
+                text = _token_pattern(secret, binary).sub(lambda _: masked, text)
     return text
+
+
+@functools.lru_cache(maxsize=256)
+def _token_pattern(secret: str, binary: bool):
+    """A short key standing alone: not inside a longer run of key characters."""
+    edge = r"A-Za-z0-9_\-"
+    pattern = rf"(?<![{edge}]){re.escape(secret)}(?![{edge}])"
+    return re.compile(pattern.encode() if binary else pattern)
+
+
+SHORT_SECRET = 8  # characters: a shorter key is masked as a whole token only
 
 
 def secrets_of(cfg) -> list:

@@ -29,10 +29,14 @@ class BitRouter:
         from bitrouter import daemon
         print(daemon.status_text(self._home()))
 
-    def serve(self):
-        """Run the API server in the foreground (Ctrl-C stops it, draining requests)."""
+    def serve(self, workers=None):
+        """Run the API server in the foreground (Ctrl-C stops it, draining requests).
+
+        Args:
+          workers: server processes sharing the port (default: server.workers, 1).
+        """
         from bitrouter import server
-        server.serve(self._home())
+        server.serve(self._home(), worker_count=workers)
 
     def start(self, timeout=None):
         """Start the server as a background daemon and wait until it is healthy.

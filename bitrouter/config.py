@@ -15,7 +15,7 @@ AUTH_MODES = ("auto", "on", "open")
 
 # Tunables with their defaults; docs/configuration.md explains each one.
 SERVER_DEFAULTS = {"listen": DEFAULT_LISTEN, "max_body_bytes": 10 * 1024 * 1024,
-                   "drain_timeout": 30.0, "ping_interval": 15.0,
+                   "drain_timeout": 30.0, "ping_interval": 15.0, "workers": 1,
                    "header_timeout": 10.0, "body_timeout": 30.0, "idle_timeout": 75.0}
 UPSTREAM_DEFAULTS = {"connect_timeout": 5.0, "read_timeout": 300.0,
                      "max_body_bytes": 16 * 1024 * 1024, "max_frame_bytes": 4 * 1024 * 1024}
@@ -224,6 +224,8 @@ def _build(path: Path, tree: dict, env: dict, home, unset: list) -> Config:
         split_listen(server["listen"])
     except ValueError as exc:
         v.fail("server.listen", str(exc))
+    if not isinstance(server["workers"], int) or server["workers"] < 1:
+        v.fail("server.workers", f"must be a whole number of processes, at least 1, got {server['workers']!r}")
     auth = v.section(tree, "auth", AUTH_DEFAULTS)
     v.choice(auth["mode"], "auth.mode", AUTH_MODES)
     routing = v.section(tree, "routing", ROUTING_DEFAULTS)

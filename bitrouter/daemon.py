@@ -30,6 +30,7 @@ STOP_GRACE = 10.0  # seconds `stop` waits beyond the server's drain_timeout befo
 RELOAD_TIMEOUT = 30.0
 NEAR_CAPACITY = 0.8  # `status` warns when this share of the server's connection capacity is open
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+WORKER_FORMAT = "%(levelname)s %(message)s"  # a `--workers` supervisor adds the time as it logs the line
 
 
 @dataclass
@@ -138,7 +139,7 @@ def running(home) -> Daemon | None:
 def status_text(home) -> str:
     """The `bitrouter status` report: daemon state, paths, configuration summary."""
     current = running(home)
-    lines = _daemon_lines(current) + (_upstream_lines(home, current.url) if current and current.url else [])
+    lines = _daemon_lines(current) + (_metrics_lines(home, current.url) if current and current.url else [])
     lines += [("home", home.root), ("config", home.config_file), ("env", home.env_file),
               ("runtime", home.run_dir), ("logs", home.logs_dir)]
     try:
@@ -222,17 +223,21 @@ def detached(home) -> bool:
 @contextmanager
 def server_log(home, srv, echo: bool = True):
     """While serving, log to <logs>/bitrouter.log, and to stderr too when echo (the foreground)."""
-    private_file(home.log_file)
-    follows_stdio = detached(home)
-    handlers = [_RotatingLog(home.log_file, srv, follows_stdio)]
-    if echo and not follows_stdio:
-        handlers.append(logging.StreamHandler(sys.stderr))
+    fmt = LOG_FORMAT
+    if srv.mode == "worker":  # its supervisor writes the lines (with their time) into the log file
+        handlers, fmt = [logging.StreamHandler(sys.stderr)], WORKER_FORMAT
+    else:
+        private_file(home.log_file)
+        follows_stdio = detached(home)
+        handlers = [_RotatingLog(home.log_file, srv, follows_stdio)]
+        if echo and not follows_stdio:
+            handlers.append(logging.StreamHandler(sys.stderr))
     logger = logging.getLogger("bitrouter")
     previous = logger.level, logger.propagate
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(logging.Formatter(fmt))
         handler.addFilter(_Redact(srv))
         logger.addHandler(handler)
     srv.metrics.listeners.append(log_request)
@@ -495,16 +500,23 @@ def _daemon_lines(current: Daemon | None) -> list:
             ("uptime", _duration(time.time() - current.started)), ("health", _health(current.url)[1])]
 
 
-def _upstream_lines(home, url: str) -> list:
-    """Providers the running server sees failing (a rejected key, say), from /admin/metrics."""
+def _metrics_lines(home, url: str) -> list:
+    """From /admin/metrics: workers, request totals and the providers the server sees failing."""
     try:
         status, body = _http("GET", url + "/admin/metrics", 2.0, admin_headers(home))
     except OSError:
         return []
     if status != 200:
         return [("upstream", f"(provider health unavailable: HTTP {status})")]
-    lines = [("upstream", f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}")
-             for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
+    lines = []
+    if body.get("workers"):  # `serve --workers N`: the totals are over every worker
+        lines.append(("workers", ", ".join(f"{w['index']}: pid {w['pid']}, {w['requests']} requests"
+                                           for w in body["workers"])))
+    totals = (body.get("totals") or {}).get("since_start")
+    if totals:
+        lines.append(("requests", f"{totals['requests']} since start ({totals['errors']} failed)"))
+    lines += [("upstream", f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}")
+              for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
     conns = body.get("connections") or {}
     if conns.get("capacity") and conns["open"] >= NEAR_CAPACITY * conns["capacity"]:
         lines.append(("connections", f"{conns['open']} open of {conns['capacity']} (near the open-file limit; "

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -24,7 +25,7 @@ from gevent import GreenletExit
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, boundary, config, daemon, guardrails, protocols
+from bitrouter import Error, access, boundary, cluster, config, daemon, guardrails, protocols, store, workers
 from bitrouter.boundary import redact
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard
 from bitrouter.protocols import ProtocolError, Usage, sse
@@ -104,7 +105,8 @@ class Server:
             gone = sorted({e.provider for e in route.endpoints if e.provider not in cfg.providers})
             if gone:  # its endpoints could no longer be called
                 del self.dynamic[name]
-                notes.append(f"dynamic route {name!r} was removed: provider {', '.join(gone)} no longer exists")
+                notes.append(f"dynamic route {name!r} is not served: provider {', '.join(gone)} no longer "
+                             "exists (the route stays stored; DELETE /admin/routes removes it)")
         self.pools.set_timeouts(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.runtime = runtime
         log.info("configuration reloaded (%s) in %.1f ms%s", source, (time.perf_counter() - clock) * 1000,
@@ -113,20 +115,33 @@ class Server:
 
 
 def _bound_settings(cfg) -> dict:
-    """Settings a running server cannot change: the socket it listens on, the database it opened."""
-    return {"server.listen": cfg.listen, "database.url": config.mask_url(cfg.database_url)}
+    """Settings a running server cannot change: its socket, its processes, the database it opened."""
+    return {"server.listen": cfg.listen, "server.workers": cfg.server["workers"],
+            "database.url": config.mask_url(cfg.database_url)}
 
 
-def serve(home, cfg=None) -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM, then drain in-flight requests."""
-    import signal
+def serve(home, cfg=None, worker_count=None) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM, then drain in-flight requests.
 
+    With more than one worker (`worker_count`, else `server.workers`) this process
+    supervises that many server processes instead (bitrouter/workers.py).
+    """
     import gevent
     import gevent.event
 
+    cfg = cfg or config.load(home)
+    count = cfg.server["workers"] if worker_count is None else worker_count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise Error(f"--workers must be a whole number of processes, at least 1, got {count!r}")
+    worker = workers.role()
+    if count > 1 and worker is None:
+        workers.supervise(home, cfg, count)
+        return
     running = start(home, cfg)  # its log line says where it listens
     stop = gevent.event.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    if worker:  # Ctrl-C reaches the whole process group: the supervisor alone decides
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stop.set)
     stop.wait()
     running.stop()
@@ -138,21 +153,23 @@ def start(home, cfg=None, mode="foreground") -> "Running":
     The process first claims the home's pid file (one server per run dir), logs to
     <logs>/bitrouter.log, reloads on SIGHUP, and publishes its URL once listening.
     """
-    import signal
-
     import gevent
     from gevent.pywsgi import WSGIServer
 
     srv = Server(home, cfg)
-    if mode == "foreground" and daemon.detached(home):
+    worker = workers.role()  # (index, port) under a `--workers` supervisor, which owns the pid file
+    if worker:
+        mode = "worker"
+    elif mode == "foreground" and daemon.detached(home):
         mode = "daemon"
     srv.mode = mode
     host, port = srv.runtime.cfg.host_port
     with contextlib.ExitStack() as owned:  # released here on failure, else by Running.stop()
-        claim = owned.enter_context(daemon.pid_file(home))
+        claim = None if worker else owned.enter_context(daemon.pid_file(home))
         owned.enter_context(daemon.server_log(home, srv, echo=mode == "foreground"))
         try:
-            listener = WSGIServer((host, port), srv.app, log=None, error_log=log, handler_class=_Handler)
+            address = workers.listener(host, worker[1]) if worker else (host, port)
+            listener = WSGIServer(address, srv.app, log=None, error_log=log, handler_class=_Handler)
             listener.init_socket()
         except OSError as exc:
             raise Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -165,9 +182,13 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         listener.start()
         srv.port = listener.server_port
         url = daemon.connect_url(host, srv.port)
-        claim.publish(url, mode)
+        if worker:
+            workers.publish(srv, worker[0], owned)
+        else:
+            claim.publish(url, mode)
         log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
         srv.gate.start(owned)  # AUTH HOOK: logs the auth mode; closes (writes all spend) after the drain
+        cluster.Sync(srv).start(owned)  # revocations and dynamic routes shared through the database
         return Running(srv, listener, owned.pop_all())
 
 
@@ -302,7 +323,7 @@ def build_app(srv: Server) -> bottle.Bottle:
 
     @app.get("/admin/metrics")
     def admin_metrics():
-        return _admin(srv, lambda: _json(dashboard(srv, _count_param("recent", 100))))
+        return _admin(srv, lambda: _json(workers.combined(srv, dashboard(srv, _count_param("recent", 100)))))
 
     @app.get("/admin/events")
     def admin_events():
@@ -328,7 +349,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         record = srv.metrics.begin(inbound.NAME, model, stream)
         identity = authenticate(srv, "api", record)
         _guard_request(srv, rt, inbound, body, record)  # GUARDRAILS HOOK: upgoing text, session limits
-        route = authorize_route(srv, identity, rt.router.resolve(model))
+        route = authorize_route(srv, identity, rt.router.resolve(model), record)
         call = _Call(srv, rt, inbound, body, stream, sealed=protocols.SEAL_PREFIX.encode() in raw)
         route = call.capable(route)
         _guard_loop(srv, rt, call, record)  # GUARDRAILS HOOK: the same tool call over and over
@@ -446,10 +467,13 @@ def authenticate(srv: Server, scope: str, record: Record | None = None):
     return claims
 
 
-def authorize_route(srv: Server, identity, route):
-    """The route narrowed to the models the token allows; HttpError 403, or 402 over budget."""
+def authorize_route(srv: Server, identity, route, record: Record | None = None):
+    """The route narrowed to the models the token allows; HttpError 403, or 402 over budget.
+
+    With the request's record, a budgeted request holds its round until the record finishes.
+    """
     try:
-        return srv.gate.authorize(identity, route)
+        return srv.gate.authorize(identity, route, record)
     except access.AuthError as exc:
         raise HttpError(exc.status, exc.message) from None
 
@@ -935,15 +959,25 @@ def _add_route(srv: Server):
             boundary.check_name(endpoint.model_id, "model_id")
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
+    _shared(lambda: store.save_route(route.name, spec))  # so every instance serves it
     srv.dynamic[route.name] = route
     log.info("dynamic route %s set: %s", route.name, ", ".join(e.label for e in route.endpoints))
     return _json({"status": "ok", "route": describe(route)})
 
 
 def _remove_route(srv: Server, name: str):
-    if srv.dynamic.pop(name, None) is None:
+    stored = _shared(lambda: store.delete_route(name))
+    if srv.dynamic.pop(name, None) is None and not stored:
         raise HttpError(404, f"no dynamic route named {name!r}")
     return _json({"status": "ok", "model": name, "removed": True})
+
+
+def _shared(change):
+    """Apply a change to the state instances share; 503 while the database is unreachable."""
+    try:
+        return change()
+    except Error as exc:
+        raise HttpError(503, f"cannot store the change: {exc}") from None
 
 
 def _reload(srv: Server):
@@ -951,6 +985,8 @@ def _reload(srv: Server):
         notes = srv.reload("POST /admin/reload")
     except config.ConfigError as exc:  # the request was fine; the configuration on disk is not
         raise HttpError(422, f"configuration not reloaded (the previous one keeps serving): {exc}") from None
+    if workers.role():  # the supervisor forwards it to every worker
+        os.kill(os.getppid(), signal.SIGHUP)
     return _json({"status": "ok", "notes": notes})
 
 

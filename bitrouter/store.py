@@ -5,10 +5,12 @@ PostgreSQL driver such as psycopg2 installed). `open_db` binds the models to one
 per process; the spend writer keeps its own connection on its own OS thread.
 """
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 from datetime import datetime, timezone
@@ -23,6 +25,7 @@ log = logging.getLogger("bitrouter.store")
 
 USAGE_GROUPS = ("token", "model", "account")
 MAX_BUFFERED = 100_000  # spend rows kept in memory while the database is unreachable
+SCHEMA_LOCK = 0x62697472  # PostgreSQL advisory lock held while creating the tables ("bitr")
 
 
 class TokenRecord(peewee.Model):
@@ -69,7 +72,18 @@ class SpendLog(peewee.Model):
         indexes = ((("token_hash", "time"), False), (("account", "time"), False))
 
 
-MODELS = (TokenRecord, SpendLog)
+class RouteRecord(peewee.Model):
+    """A dynamic route added through `POST /admin/routes`: every instance on the database serves it."""
+
+    name = peewee.CharField(unique=True)
+    spec = peewee.TextField()  # the JSON body it was added with
+    tag = peewee.IntegerField()  # random, new on every write: a change the instances' poll can see
+
+    class Meta:
+        table_name = "routes"
+
+
+MODELS = (TokenRecord, SpendLog, RouteRecord)
 SPEND_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f != "id")
 
 
@@ -93,10 +107,13 @@ def connect(url: str, thread_safe: bool = True) -> peewee.Database:
         _private_sqlite(url)
         # WAL lets the CLI and the spend writer work while the server reads; the busy
         # timeout makes a second writer wait instead of failing with "database is locked".
-        params["pragmas"] = {"journal_mode": "wal", "busy_timeout": 5000, "synchronous": "normal"}
+        # It goes first: switching to WAL needs the lock, which workers starting together race for.
+        params["pragmas"] = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"}
     try:
         db = url_connect(url, **params)
         with db.atomic():
+            if isinstance(db, peewee.PostgresqlDatabase):  # instances starting together take turns
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             for model in MODELS:  # a SchemaManager, so the models need not be bound to db
                 peewee.SchemaManager(model, db).create_all(safe=True)
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
@@ -164,6 +181,37 @@ def usage(since=None, by="token") -> list[dict]:
     return [{"keys": tuple(str(k) for k in row[:width]), "requests": int(row[width]),
              "input_tokens": int(row[width + 1] or 0), "output_tokens": int(row[width + 2] or 0),
              "cost": int(row[width + 3] or 0)} for row in rows]
+
+
+# ---------------------------------------------------------------- shared by every instance
+
+
+def save_route(name: str, spec: dict) -> None:
+    """Store (or replace) a dynamic route's validated spec."""
+    row = {"name": name, "spec": _json(spec), "tag": secrets.randbits(31)}
+    _write(lambda: RouteRecord.insert(**row).on_conflict(
+        conflict_target=[RouteRecord.name], update={k: v for k, v in row.items() if k != "name"}).execute())
+
+
+def delete_route(name: str) -> bool:
+    """Remove a dynamic route; False if there was none of that name."""
+    removed = []
+    _write(lambda: removed.append(RouteRecord.delete().where(RouteRecord.name == name).execute()))
+    return bool(removed[0])
+
+
+def routes() -> dict:
+    """Every stored dynamic route: name -> spec."""
+    return {row.name: json.loads(row.spec) for row in _read(lambda: list(RouteRecord.select()))}
+
+
+def shared_stamp() -> tuple:
+    """A cheap signature of what instances share: it changes with every revocation or route change."""
+    revoked = TokenRecord.select(peewee.fn.COUNT(TokenRecord.id)).where(TokenRecord.revoked == True)  # noqa: E712
+    routes_count = RouteRecord.select(peewee.fn.COUNT(RouteRecord.id))
+    routes_tags = RouteRecord.select(peewee.fn.SUM(RouteRecord.tag))
+    query = peewee.Select(columns=[revoked, routes_count, routes_tags]).bind(TokenRecord._meta.database)
+    return _read(lambda: query.tuples().get())  # one round trip
 
 
 class SpendWriter:
@@ -274,7 +322,8 @@ class SpendWriter:
             with self._db.atomic():
                 for start in range(0, len(batch), 100):  # stay under SQLite's variable limit
                     SpendLog.insert_many(batch[start:start + 100]).execute(self._db)
-        except peewee.OperationalError as exc:  # unreachable, locked, read-only: keep the rows and retry
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:  # unreachable, locked, closed: retry
+            _drop_connection(self._db)
             log.warning("spend log write failed (%d rows kept): %s", len(batch),
                         _reason(exc, self.url))
             return False
@@ -289,7 +338,8 @@ class SpendWriter:
             try:
                 with self._db.atomic():
                     SpendLog.insert(row).execute(self._db)
-            except peewee.OperationalError as exc:
+            except (peewee.OperationalError, peewee.InterfaceError) as exc:
+                _drop_connection(self._db)
                 log.warning("spend log write failed (%d rows kept): %s", len(batch) - i,
                             _reason(exc, self.url))
                 del batch[:i]  # those were written (or dropped) and forgotten already
@@ -348,6 +398,7 @@ def _write(operation) -> None:
         with db.atomic():
             operation()
     except peewee.PeeweeException as exc:
+        _drop_connection(db)
         raise Error(f"database error: {_reason(exc)}") from None
 
 
@@ -356,7 +407,14 @@ def _read(operation):
     try:
         return operation()
     except peewee.PeeweeException as exc:
+        _drop_connection(TokenRecord._meta.database)
         raise Error(f"database error: {_reason(exc)}") from None
+
+
+def _drop_connection(db) -> None:
+    """Close a connection that failed, so the next call opens a new one (the server may be back)."""
+    with contextlib.suppress(Exception):  # a dead connection may fail to close, too
+        db.close()
 
 
 def _reason(exc: Exception, url: str = "") -> str:

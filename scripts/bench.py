@@ -3,7 +3,7 @@
 A fast local upstream (raw gevent sockets, canned replies) runs in its own process, BitRouter
 in another, and this process drives both with a minimal keep-alive HTTP client on gevent so
 the load generator costs as little as possible. Numbers are for this machine, one BitRouter
-process; see docs/performance.md for how to read them.
+process (and, last, 1 against 2 workers); see docs/performance.md for how to read them.
 """
 
 from gevent import monkey
@@ -13,6 +13,7 @@ monkey.patch_all()
 import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
+import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -53,6 +54,7 @@ def main() -> None:
         report["translation"] = bench_protocols.run(stack)
         report["guardrails"] = bench_guardrails.run(stack)
     report["auth"] = bench_auth.run()
+    report["workers"] = workers_scaling(seconds=5.0)
     print(json.dumps(report, indent=2))
 
 
@@ -72,6 +74,32 @@ def added_latency(stack, n: int) -> dict:
 def throughput(target, concurrency: int, seconds: float) -> float:
     """Completed requests per second with `concurrency` keep-alive clients."""
     timed_requests(target, 200)  # warm up connections and code paths
+    done, elapsed = load(target, concurrency, seconds)
+    return round(done / elapsed, 1)
+
+
+def workers_scaling(seconds: float) -> dict:
+    """Requests per second at concurrency 32 with `server.workers` 1 and 2 over one SQLite file.
+
+    Every request writes a spend row, so with two workers two processes write one SQLite
+    database (WAL); after a clean stop the rows are counted against the requests sent.
+    """
+    report = {}
+    for count in (1, 2):
+        with Stack(workers=count) as stack:
+            warm = 200
+            timed_requests(stack.proxy, warm)
+            done, elapsed = load(stack.proxy, 32, seconds)
+            stack.stop_proxy()
+            with sqlite3.connect(stack.home / "bitrouter.db") as db:
+                rows = db.execute("select count(*) from spend_logs").fetchone()[0]
+        report[f"workers_{count}"] = {"rps": round(done / elapsed, 1), "requests": done + warm,
+                                      "spend_rows": rows}
+    return report
+
+
+def load(target, concurrency: int, seconds: float) -> tuple[int, float]:
+    """(requests completed, seconds taken) by `concurrency` keep-alive clients for `seconds`."""
     done = [0]
     deadline = time.perf_counter() + seconds
 
@@ -83,7 +111,7 @@ def throughput(target, concurrency: int, seconds: float) -> float:
         client.close()
     started = time.perf_counter()
     gevent.joinall([gevent.spawn(worker) for _ in range(concurrency)])
-    return round(done[0] / (time.perf_counter() - started), 1)
+    return done[0], time.perf_counter() - started
 
 
 def added_ttfb(stack, n: int) -> dict:
@@ -127,13 +155,16 @@ class Stack:
     def __init__(self, extra: dict | None = None):
         self.extra = extra or {}
 
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+
     def __enter__(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
-        home = Path(self.tmp.name)
+        home = self.home = Path(self.tmp.name)
         up_port, br_port = free_port(), free_port()
         self.upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(up_port)])
         (home / "bitrouter.yaml").write_text(json.dumps({
-            "server": {"listen": f"127.0.0.1:{br_port}"},
+            "server": {"listen": f"127.0.0.1:{br_port}", "workers": self.workers},
             "providers": {"fast": {"derives": "openai", "api_base": f"http://127.0.0.1:{up_port}/v1",
                                    "api_key": "bench"}},
             "models": {"bench": {"endpoints": [{"provider": "fast", "model_id": "m"}]}}, **self.extra}))
@@ -144,12 +175,23 @@ class Stack:
         self.proxy = Target(br_port, "/v1/chat/completions")
         wait_for_port(up_port)
         wait_for_port(br_port)
+        if self.workers > 1:  # the port answers once the first worker listens; wait for them all
+            deadline = time.monotonic() + 20
+            while len(list((home / "run" / "workers").glob("*.json"))) < self.workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the workers did not all start")
+                gevent.sleep(0.05)
         return self
+
+    def stop_proxy(self) -> None:
+        """Stop BitRouter cleanly (it drains and writes every spend row)."""
+        self.proxy_proc.terminate()
+        self.proxy_proc.wait(30)
 
     def __exit__(self, *exc):
         for proc in (self.proxy_proc, self.upstream):
             proc.terminate()
-            proc.wait(10)
+            proc.wait(30)
         self.tmp.cleanup()
 
     def rss_mb(self) -> float:

@@ -129,3 +129,18 @@ def server(world):
     """A module's shared server from its `world` fixture (server, Fleet), the fakes reset."""
     world[1].reset()
     return world[0]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throw-away PostgreSQL server for the whole session (tests/postgres.py)."""
+    from postgres import Cluster
+    cluster = Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a fresh, empty PostgreSQL database."""
+    return pg_cluster.database()

@@ -246,6 +246,42 @@ def test_budget_is_enforced_before_the_next_call_including_unflushed_spend(root,
     assert gate.authorize(other, route)  # session scope: another token has its own budget
 
 
+def test_requests_in_flight_hold_a_round_and_the_estimated_cost(root, gates):
+    key = local_account(root)
+    cfg, router = routes(root)
+    metrics = Metrics()
+    gate = gates(root, cfg, metrics)
+    route = router.resolve("openai:gpt-4o")
+
+    def begin(claims):
+        record = metrics.begin("openai", "openai:gpt-4o", False)
+        record.account, record.token_hash = claims.iss, claims.token_hash
+        gate.authorize(claims, route, record)
+        return record
+
+    def end(record, cost, status=200):
+        record.status, record.upstream, record.cost_micro_usd = status, "openai:gpt-4o", cost
+        metrics.finish(record)
+
+    rounds = gate.authenticate(cfg, token_for(key, budget_range={"type": "rounds", "count": 2}), "api")
+    first, second = begin(rounds), begin(rounds)
+    assert refused(402, gate.authorize, rounds, route) == "budget exhausted: this token has used all 2 rounds"
+    end(first, 0, status=502)  # a failed request frees its round
+    third = begin(rounds)
+    end(second, 0)
+    end(third, 0)
+    assert refused(402, gate.authorize, rounds, route) == "budget exhausted: this token has used all 2 rounds"
+
+    cost = gate.authenticate(cfg, token_for(key, budget=1000, exp=int(time.time()) + 900), "api")
+    end(begin(cost), 400)  # settles the estimate for this token at 400
+    held = begin(cost)  # 400 spent + 400 held
+    assert gate.holds.held(("token", cost.token_hash)) == (400, 1)
+    begin(cost)  # 400 + 800 held: 1200, over the budget for the next one
+    assert refused(402, gate.authorize, cost, route) == "budget exhausted: this token spent 1200 of 1000 micro-USD"
+    end(held, 100)
+    assert gate.holds.held(("token", cost.token_hash)) == (400, 1)
+
+
 def test_account_scope_budget_counts_every_token_of_the_issuer(root, gates):
     key = local_account(root)
     cfg, router = routes(root)

@@ -10,6 +10,7 @@ import json
 import re
 import sqlite3
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,8 @@ import anthropic
 import openai
 import pytest
 import requests
-from conftest import BITROUTER, clean_env, free_port, run_cli
+from conftest import BITROUTER, clean_env, free_port, run_cli, wait_until
+from fakes import FakeUpstream, openai_chat
 from google import genai
 from google.genai import types
 from nacl.signing import SigningKey
@@ -303,6 +305,34 @@ def test_rounds_budget_range(home, start_server):
     resp = call(server, *INFERENCE[0][1:], token)
     assert resp.status_code == 402
     assert error_of("openai", resp)[1] == "budget exhausted: this token has used all 2 rounds"
+
+
+def test_concurrent_requests_on_a_fresh_rounds_token_get_exactly_its_rounds(home, start_server):
+    """20 requests in flight at once on a rounds:3 token: each took a hold, so 3 pass, 17 get 402."""
+    account_key(home)
+    arrived = threading.Semaphore(0)
+    release = threading.Event()
+
+    def slow(req):  # answers only once every admitted request is waiting upstream
+        arrived.release()
+        release.wait(20)
+        return openai_chat(req)
+
+    with FakeUpstream(slow) as fake:
+        server = start_server({"providers": {"up": {"derives": "openai", "api_base": fake.url + "/v1",
+                                                    "api_key": "k"}}})
+        token = keygen(home, "--budget-range", "rounds:3")
+        body = {"model": "up:gpt-4o", "messages": [USER]}
+        with ThreadPoolExecutor(20) as pool:
+            answers = [pool.submit(call, server, "POST", "/v1/chat/completions", body, token)
+                       for _ in range(20)]
+            for _ in range(3):
+                assert arrived.acquire(timeout=20)
+            wait_until(lambda: sum(a.done() for a in answers) == 17, 20, what="17 refusals")
+            release.set()
+            statuses = sorted(a.result().status_code for a in answers)
+    assert statuses == [200] * 3 + [402] * 17
+    assert len(fake.received) == 3
 
 
 def test_concurrent_requests_are_each_logged_once_with_cost(home, start_server):

@@ -181,21 +181,28 @@ def test_record_and_revoke(url):
     assert (saved.name, saved.scope, saved.models, saved.exp, saved.revoked) == ("ci", "api", '["a*"]', 5, True)
 
 
-def test_postgresql_url_when_a_server_is_available():
-    """Set BITROUTER_TEST_POSTGRES_URL (and install a driver) to run the store against PostgreSQL."""
-    import os
-    url = os.environ.get("BITROUTER_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("BITROUTER_TEST_POSTGRES_URL is not set")
-    db = store.open_db(url)
-    store.SpendLog.delete().where(store.SpendLog.account == "pg-test").execute()
-    writer = store.SpendWriter(url)
+def test_postgresql_store_writes_totals_and_revocations(pg_url):
+    db = store.open_db(pg_url)
+    writer = store.SpendWriter(pg_url)
     for _ in range(10):
         writer.log(row(account="pg-test", cost_micro_usd=7))
     writer.close()
     assert store.totals(account="pg-test") == (70, 10)
     store.revoke("pg-" + "0" * 61)
     assert "pg-" + "0" * 61 in store.revoked_hashes()
+    assert store.usage(by="account")[0]["requests"] == 10
+    db.close()
+
+
+def test_pooled_postgresql_url(pg_url):
+    pooled = pg_url.replace("postgresql://", "postgresql+pool://") + "?max_connections=2&stale_timeout=300"
+    db = store.open_db(pooled)
+    store.save_route("r", {"model": "r", "endpoints": ["mock:echo"]})
+    assert store.routes() == {"r": {"model": "r", "endpoints": ["mock:echo"]}}
+    before = store.shared_stamp()
+    store.revoke("h" * 64)
+    assert store.shared_stamp() != before
+    assert store.delete_route("r") and not store.delete_route("r")
     db.close()
 
 
