@@ -1,6 +1,9 @@
 """Where BitRouter keeps its files: home resolution, path overrides and scaffolding."""
 
 import os
+import shlex
+import shutil
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +39,8 @@ ENV_TEMPLATE = """\
 """
 
 GITIGNORE_TEMPLATE = "logs/\nrun/\n.env\n.keys/\n"
+
+_invocation = ["bitrouter"]  # how hints spell a command: the CLI replaces it with how it was run
 
 
 @dataclass(frozen=True)
@@ -85,11 +90,11 @@ def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_d
     environ = os.environ if environ is None else environ
     cwd = Path(cwd or os.getcwd())
     if home_dir:
-        root = _absolute(home_dir, cwd)
+        root = _existing(_absolute(home_dir, cwd), "--home-dir")
     elif (cwd / CONFIG_NAME).is_file():
         root = cwd
-    elif environ.get("BITROUTER_HOME") and _absolute(environ["BITROUTER_HOME"], cwd).is_dir():
-        root = _absolute(environ["BITROUTER_HOME"], cwd)
+    elif environ.get("BITROUTER_HOME"):
+        root = _existing(_absolute(environ["BITROUTER_HOME"], cwd), "BITROUTER_HOME")
     else:
         root = Path(environ.get("HOME") or Path.home()) / ".bitrouter"
         if not root.exists():
@@ -103,6 +108,19 @@ def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_d
                  "logs_dir": logs_dir}
     home = replace(home, **{k: _absolute(v, cwd) for k, v in overrides.items() if v})
     return replace(home, db_url=str(db)) if db else home
+
+
+def remember_invocation(argv0: str, paths: dict) -> None:
+    """Record how the user ran BitRouter, so every printed hint can be run exactly as printed."""
+    given = []
+    for key, value in paths.items():
+        given += ["--" + key.replace("_", "-"), str(value)]
+    _invocation[:] = [*_program(argv0), *given]
+
+
+def command(*args) -> str:
+    """A runnable command line for a hint: `bitrouter keygen`, spelt the way BitRouter was started."""
+    return " ".join(shlex.quote(str(a)) for a in [*_invocation, *args])
 
 
 def at(root) -> Home:
@@ -145,6 +163,31 @@ def _write_new(path: Path, text: str, mode: int) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(path, mode)
+
+
+def _program(argv0: str) -> list:
+    """`bitrouter` when that name on PATH is this installation, else a path that runs it."""
+    script = Path(sys.executable).with_name("bitrouter")
+    if Path(argv0).name == "bitrouter":
+        script = Path(argv0)
+    on_path = shutil.which("bitrouter")
+    if on_path and script.exists() and os.path.realpath(on_path) == os.path.realpath(script):
+        return ["bitrouter"]
+    if script.exists():
+        try:
+            shown = script.absolute().relative_to(Path.cwd())
+            return ["./" + str(shown) if len(shown.parts) == 1 else str(shown)]
+        except ValueError:
+            return [str(script.absolute())]
+    return [sys.executable, "-m", "bitrouter"]
+
+
+def _existing(root: Path, source: str) -> Path:
+    """A home named by --home-dir or BITROUTER_HOME must exist: a typo never creates a stray home."""
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise Error(f"{source} {root} {what}; create it first (mkdir -p {shlex.quote(str(root))})")
+    return root
 
 
 def _absolute(path, cwd: Path) -> Path:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bitrouter import Error
+from bitrouter import home as home_mod
 
 REFRESH_MIN = 0.25  # seconds between snapshots while events arrive: at most 4 redraws a second
 REFRESH_IDLE = 2.0  # cooldowns end without events, so re-read now and then
@@ -104,8 +105,8 @@ def attach(home, url=None) -> None:
     url = (url or _server_url(home)).rstrip("/")
     remote = _Remote.find(home, url)
     if remote is None:
-        raise Error(f"no BitRouter server answers at {url}; start one with `bitrouter start` "
-                    "(or run `bitrouter` for the server and the dashboard together)")
+        raise Error(f"no BitRouter server answers at {url}; start one with `{home_mod.command('start')}` "
+                    f"(or run `{home_mod.command()}` for the server and the dashboard together)")
     dashboard(remote)
 
 
@@ -232,7 +233,7 @@ class _Remote:
         except requests.RequestException as exc:
             return f"reload failed: {exc}", "error"
         if resp.status_code in (404, 405):
-            return "this server has no POST /admin/reload; use `bitrouter reload`", "warn"
+            return f"this server has no POST /admin/reload; use `{home_mod.command('reload')}`", "warn"
         if resp.status_code != 200:
             return f"reload failed (HTTP {resp.status_code}): {_error_text(resp)}", "error"
         notes = _json_or_empty(resp).get("notes") or []
@@ -502,7 +503,7 @@ def _providers(providers: list, width: int, rows: int) -> list:
         style = {"ok": "", "failing": "error", "cooling down": "warn", "no key": "dim"}.get(p["state"], "")
         lines.append((style, _fit(text, width)))
     if not providers:
-        lines.append(("dim", _fit("(none yet: run `bitrouter init`)", width)))
+        lines.append(("dim", _fit(f"(none yet: run `{home_mod.command('init')}`)", width)))
     return _more(lines, len(providers), rows, width)
 
 

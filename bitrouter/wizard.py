@@ -69,7 +69,8 @@ def init(home, provider=None, api_key_env=None, default=None, listen=None, answe
         return _scripted(home, given, yes)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise Error(f"bitrouter init needs an interactive terminal; edit {home.config_file} and "
-                    f"{home.env_file} instead, or pass --provider NAME[,NAME] (see bitrouter init --help)")
+                    f"{home.env_file} instead, or pass --provider NAME[,NAME] "
+                    f"(see `{home_mod.command('init', '--help')}`)")
     return _on_terminal(lambda ask: _interactive(home, ask))
 
 
@@ -109,7 +110,7 @@ def verify_key(provider) -> tuple:
         models = [str(e[spec["id"]]).removeprefix("models/") for e in entries if isinstance(e, dict)]
     except (ValueError, AttributeError, KeyError):
         models = []
-    return True, f"key accepted ({len(models)} models listed)", models
+    return True, f"key accepted ({len(models)} model{'' if len(models) == 1 else 's'} listed)", models
 
 
 # ---------------------------------------------------------------- interactive flow
@@ -138,7 +139,7 @@ def _interactive(home, ask) -> bool:
     while ask.confirm("Add a custom OpenAI-, Anthropic- or Gemini-compatible provider?", default=False):
         _custom_provider(ask, plan, session, tree)
     if not plan.providers and not configured:
-        print("\nNo providers chosen; nothing was written. Run `bitrouter init` again any time.")
+        print(f"\nNo providers chosen; nothing was written. Run `{home_mod.command('init')}` again any time.")
         return False
     _verify_step(ask, home, plan, session)
     _default_step(ask, plan, session, tree, configured)
@@ -562,9 +563,26 @@ def _write(home, plan: Plan, yaml_text: str, env_text: str, backup) -> None:
     host, port = cfg.host_port
     host = f"[{host}]" if ":" in host else host
     model = "default" if "default" in cfg.models else f"{next(iter(plan.providers), 'openai')}:MODEL_ID"
-    print("\nStart the server:  bitrouter serve   (foreground)   or   bitrouter start   (background)")
+    if not _reload_running(home):
+        print(f"\nStart the server:  {home_mod.command('serve')}   (foreground)   or   "
+              f"{home_mod.command('start')}   (background)")
     print(f"Try it:  curl http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
           f"           -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+
+
+def _reload_running(home) -> bool:
+    """Reload this home's running server onto what was just written; False when none runs."""
+    from bitrouter import daemon
+    current = daemon.running(home)
+    if current is None or current.url is None:
+        return False
+    print(f"\nA server of this home is running (pid {current.pid}); reloading it:")
+    try:
+        daemon.reload(home)
+    except Error as exc:
+        print(f"warning: the reload failed ({exc}); run `{home_mod.command('reload')}` once it is fixed",
+              file=sys.stderr)
+    return True
 
 
 def _write_atomic(path: Path, text: str) -> None:
