@@ -22,6 +22,7 @@ GLOBAL_OPTIONS = (
     ("-h, --help", "show this help"),
     ("-V, --version", "print the version"),
 )
+WIDTH = 100  # help lines are wrapped to this many columns
 # One-letter forms of long options, per command: `bitrouter account -g`.
 SHORT = {"account": {"g": "generate_key", "l": "list"}, "keys": {"l": "list"},
          "logs": {"f": "follow", "n": "lines"}}
@@ -41,12 +42,12 @@ def render(cls, argv: list) -> str:
     from bitrouter import home
     words = [a for a in argv if not a.startswith("-")]
     if not words:
-        return _overview(cls, home.command())
+        return _overview(cls, home.program())
     name = words[0]
     fn = _command(cls, name)
     doc = _Doc(fn)
     params = _params(fn)
-    prog = home.command(name)
+    prog = f"{home.program()} {name}"
     usage = doc.usage or [prog + "".join(f" {_positional(p)}" for p in params["positional"])
                           + (" [options]" if params["options"] else "")]
     out = ["usage: " + usage[0]] + ["       " + line for line in usage[1:]] + ["", doc.summary]
@@ -198,12 +199,19 @@ def _flag(command: str, param, doc: _Doc) -> str:
 
 
 def _table(rows) -> list:
+    """Two columns; the right one wrapped to fit WIDTH, continuation lines under its start."""
+    import textwrap
     width = max(len(left) for left, _ in rows) + 2
-    return [f"  {left:<{width}}{right}".rstrip() for left, right in rows]
+    out = []
+    for left, right in rows:
+        lines = textwrap.wrap(right, max(30, WIDTH - width - 2)) or [""]
+        out.append(f"  {left:<{width}}{lines[0]}".rstrip())
+        out += [" " * (width + 2) + line for line in lines[1:]]
+    return out
 
 
 def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -41,6 +41,7 @@ ENV_TEMPLATE = """\
 GITIGNORE_TEMPLATE = "logs/\nrun/\n.env\n.keys/\n"
 
 _invocation = ["bitrouter"]  # how hints spell a command: the CLI replaces it with how it was run
+_program_words = ["bitrouter"]  # the same without the global options
 
 
 @dataclass(frozen=True)
@@ -112,15 +113,22 @@ def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_d
 
 def remember_invocation(argv0: str, paths: dict) -> None:
     """Record how the user ran BitRouter, so every printed hint can be run exactly as printed."""
+    from bitrouter.config import mask_url
     given = []
-    for key, value in paths.items():
-        given += ["--" + key.replace("_", "-"), str(value)]
-    _invocation[:] = [*_program(argv0), *given]
+    for key, value in paths.items():  # a database password never appears in a hint
+        given += ["--" + key.replace("_", "-"), mask_url(str(value)) if key == "db" else str(value)]
+    _program_words[:] = _program(argv0)
+    _invocation[:] = [*_program_words, *given]
 
 
 def command(*args) -> str:
     """A runnable command line for a hint: `bitrouter keygen`, spelt the way BitRouter was started."""
     return " ".join(shlex.quote(str(a)) for a in [*_invocation, *args])
+
+
+def program() -> str:
+    """How the user started BitRouter, without the global options (for usage lines)."""
+    return " ".join(shlex.quote(w) for w in _program_words)
 
 
 def at(root) -> Home:
