@@ -27,7 +27,8 @@ class BitRouter:
         self._paths = paths
 
     def _home(self):
-        return home_mod.resolve(**self._paths)
+        home = home_mod.resolve(**self._paths)
+        return home_mod.require_existing(home) if self._paths.get("home_dir") else home
 
     def status(self, *, json=False):
         """Show the daemon, paths, auth state and each provider; exit 1 when something is wrong.

@@ -91,11 +91,11 @@ def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_d
     environ = os.environ if environ is None else environ
     cwd = Path(cwd or os.getcwd())
     if home_dir:
-        root = _existing(_absolute(home_dir, cwd), "--home-dir")
+        root = _absolute(home_dir, cwd)
     elif (cwd / CONFIG_NAME).is_file():
         root = cwd
-    elif environ.get("BITROUTER_HOME"):
-        root = _existing(_absolute(environ["BITROUTER_HOME"], cwd), "BITROUTER_HOME")
+    elif environ.get("BITROUTER_HOME") and _absolute(environ["BITROUTER_HOME"], cwd).is_dir():
+        root = _absolute(environ["BITROUTER_HOME"], cwd)
     else:
         root = Path(environ.get("HOME") or Path.home()) / ".bitrouter"
         if not root.exists():
@@ -109,6 +109,14 @@ def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_d
                  "logs_dir": logs_dir}
     home = replace(home, **{k: _absolute(v, cwd) for k, v in overrides.items() if v})
     return replace(home, db_url=str(db)) if db else home
+
+
+def require_existing(home: Home) -> Home:
+    """An explicit --home-dir must exist, for every command alike: a typo never makes a stray home."""
+    if not home.root.is_dir():
+        what = "is not a directory" if home.root.exists() else "does not exist"
+        raise Error(f"--home-dir {home.root} {what}; create it first (mkdir -p {shlex.quote(str(home.root))})")
+    return home
 
 
 def remember_invocation(argv0: str, paths: dict) -> None:
@@ -188,14 +196,6 @@ def _program(argv0: str) -> list:
         except ValueError:
             return [str(script.absolute())]
     return [sys.executable, "-m", "bitrouter"]
-
-
-def _existing(root: Path, source: str) -> Path:
-    """A home named by --home-dir or BITROUTER_HOME must exist: a typo never creates a stray home."""
-    if not root.is_dir():
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise Error(f"{source} {root} {what}; create it first (mkdir -p {shlex.quote(str(root))})")
-    return root
 
 
 def _absolute(path, cwd: Path) -> Path:

@@ -360,7 +360,7 @@ def test_without_a_terminal_says_which_files_to_edit(home, user):
     assert result.returncode == 1
     assert result.stderr == (f"error: bitrouter init needs an interactive terminal; edit "
                              f"{home / 'bitrouter.yaml'} and {home / '.env'} instead, or pass "
-                             "--provider NAME[,NAME] (see bitrouter init --help)\n")
+                             f"--provider NAME[,NAME] (see `bitrouter --home-dir {home} init --help`)\n")
     assert snapshot(home) == {}
 
 
