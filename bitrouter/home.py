@@ -122,8 +122,12 @@ def require_existing(home: Home) -> Home:
 def remember_invocation(argv0: str, paths: dict) -> None:
     """Record how the user ran BitRouter, so every printed hint can be run exactly as printed."""
     from bitrouter.config import mask_url
+    layout = at(_absolute(paths["home_dir"], Path.cwd())) if paths.get("home_dir") else None
     given = []
-    for key, value in paths.items():  # a database password never appears in a hint
+    for key, value in paths.items():
+        if layout and key != "home_dir" and getattr(layout, key, None) == _absolute(value, Path.cwd()):
+            continue  # what --home-dir implies anyway (a daemon's command line spells it all out)
+        # A database password never appears in a hint.
         given += ["--" + key.replace("_", "-"), mask_url(str(value)) if key == "db" else str(value)]
     _program_words[:] = _program(argv0)
     _invocation[:] = [*_program_words, *given]

@@ -768,7 +768,7 @@ def corrected_path(path: str) -> str:
     """The path a client meant when its base URL lacked /v1 or had it twice."""
     while path.startswith("/v1/v1/"):
         path = path[3:]
-    if "/" + path.split("/")[1] in BASE_URL_SLIPS:
+    if any(path == slip or path.startswith(slip + "/") for slip in BASE_URL_SLIPS):
         path = "/v1" + path
     return path
 

@@ -676,3 +676,13 @@ def test_first_run_offers_setup_and_a_cancel_leads_to_the_empty_dashboard(home):
     tty.child.send("q")
     assert tty.wait_exit() == 0
     assert (home / "bitrouter.yaml").read_text() == config
+
+
+def test_bare_bitrouter_listens_where_told(home):
+    write_config(home, {"models": {"echo": {"endpoints": ["mock:echo"]}}})
+    port = free_port()
+    tty = Tty(home, "--listen", f"127.0.0.1:{port}")
+    tty.wait_screen(lambda s: f"127.0.0.1:{port}  in-process" in s[0], "the header with the chosen port")
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).ok
+    tty.child.send("q")
+    assert tty.wait_exit() == 0
