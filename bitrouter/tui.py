@@ -175,8 +175,8 @@ class _Local:
     def reload(self) -> tuple[str, str]:
         try:
             notes = self.srv.reload("dashboard")
-        except Error as exc:
-            return f"reload failed, the previous configuration keeps serving: {exc}", "error"
+        except Error as exc:  # the cause first: the footer is one line and may cut the rest
+            return f"reload failed: {_cause(exc)}; the previous configuration keeps serving", "error"
         summary = f"configuration reloaded: {len(self.srv.runtime.router.listing())} route(s)"
         return "; ".join([summary, *notes]), "warn" if notes else "good"
 
@@ -231,11 +231,11 @@ class _Remote:
         try:
             resp = self.http.post(self.url + "/admin/reload", headers=self._headers(), timeout=30)
         except requests.RequestException as exc:
-            return f"reload failed: {exc}", "error"
+            return f"reload failed: {_cause(exc)}", "error"
         if resp.status_code in (404, 405):
             return f"this server has no POST /admin/reload; use `{home_mod.command('reload')}`", "warn"
         if resp.status_code != 200:
-            return f"reload failed (HTTP {resp.status_code}): {_error_text(resp)}", "error"
+            return f"reload failed (HTTP {resp.status_code}): {_cause(_error_text(resp))}", "error"
         notes = _json_or_empty(resp).get("notes") or []
         return "; ".join(["configuration reloaded", *notes]), "warn" if notes else "good"
 
@@ -262,7 +262,7 @@ class _Remote:
                         for event, _ in parser.feed(chunk):
                             inbox.push({"type": event or "message"})
             except requests.RequestException as exc:
-                inbox.push({"type": "disconnected", "error": str(exc)})
+                inbox.push({"type": "disconnected", "error": f"unreachable: {_cause(exc)}"})
             self._stop.wait(2.0)
 
     def _get_metrics(self):
@@ -319,7 +319,7 @@ def _fetch(source, snap: dict, error: str) -> tuple[dict, str]:
     try:
         return source.snapshot(), ""
     except Exception as exc:  # an attached server went away: keep showing what we had
-        return snap, f"unreachable: {exc}"
+        return snap, f"unreachable: {_cause(exc)}"
 
 
 def _on_key(key: str, snap: dict, view: View, source, height: int) -> bool:
@@ -654,7 +654,10 @@ def _count(n: int) -> str:
 def _usd(micro: int) -> str:
     if not micro:
         return "$0"
-    return f"${micro / 1e6:.4f}" if micro < 1_000_000 else f"${micro / 1e6:,.2f}"
+    if micro >= 1_000_000:
+        return f"${micro / 1e6:,.2f}"
+    # Below a cent of a cent four decimals would read $0.0000 beside a real $0: show the digits.
+    return "$" + f"{micro / 1e6:.{4 if micro >= 100 else 6}f}".rstrip("0")
 
 
 def _server_url(home) -> str:
@@ -664,6 +667,19 @@ def _server_url(home) -> str:
     if current and current.url:
         return current.url
     return daemon.connect_url(*config.load(home).host_port)
+
+
+def _cause(exc) -> str:
+    """A failure in a few words: no urllib3 pool repr, no configuration path in front."""
+    import re
+
+    import requests
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection refused (has the server stopped?)" if "refused" in str(exc) else "connection lost"
+    # "configuration not reloaded (...): /home/x/bitrouter.yaml: models.x: ..." -> "models.x: ..."
+    return re.sub(r"^(.*?: )?\S+\.ya?ml: ", "", str(exc))
 
 
 def _json_or_empty(resp) -> dict:
