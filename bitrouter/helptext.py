@@ -68,7 +68,8 @@ def parse(cls, argv: list) -> dict:
     name, args = argv[0], argv[1:]
     fn = _command(cls, name)
     params = _params(fn)
-    options = {p.name: p for p in params["options"]}
+    # A positional parameter may be named as an option too (`models --provider openai`), as fire allows.
+    options = {p.name: p for p in params["options"] + params["positional"]}
     short = SHORT.get(name, {})
     doc = _Doc(fn)
     found, positional, i = {}, [], 0
@@ -97,11 +98,9 @@ def parse(cls, argv: list) -> dict:
                 value = args[i]
             found[key] = value
         i += 1
-    slots = params["positional"]
-    variadic = params["variadic"]
-    if len(positional) > len(slots) and not variadic:
-        extra = positional[len(slots)]
-        raise UsageError(f"{name}: unexpected argument {extra!r}; see `{_help_hint(name)}`")
+    slots = [p for p in params["positional"] if p.name not in found]
+    if len(positional) > len(slots) and not params["variadic"]:
+        raise UsageError(f"{name}: unexpected argument {positional[len(slots)]!r}; see `{_help_hint(name)}`")
     found.update((p.name, value) for p, value in zip(slots, positional))
     return found
 

@@ -296,3 +296,10 @@ def test_help_and_status_never_import_the_server_stack(home, args):
 def test_importtime_check_sees_the_server_stack_when_it_is_imported(home):
     """The detector above must be able to fail: importing the server pulls in all three."""
     assert set(HEAVY) <= imported_modules("-c", "import bitrouter.server, bitrouter.store", home=home)
+
+
+def test_a_positional_argument_may_also_be_named(home):
+    by_name = run_cli(home, "models", "--provider", "xai")
+    assert by_name.returncode == 0 and by_name.stdout == run_cli(home, "models", "xai").stdout
+    assert one_error_line(run_cli(home, "models", "xai", "extra"), code=2) == (
+        f"error: models: unexpected argument 'extra'; see `bitrouter --home-dir {home} models --help`")
