@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+AGENTS := .agents
+AGENTS_STAMP := $(AGENTS)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install agents run test bench clean
 
 install: $(STAMP)
 
@@ -14,14 +16,23 @@ $(STAMP): setup.cfg
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The real agent CLIs for tests/test_agents.py, pinned in tests/agents/package.json.
+agents: $(AGENTS_STAMP)
+
+$(AGENTS_STAMP): tests/agents/package.json
+	mkdir -p $(AGENTS)
+	cp tests/agents/package.json $(AGENTS)/package.json
+	cd $(AGENTS) && npm install --no-audit --no-fund --loglevel=error
+	touch $(AGENTS_STAMP)
+
 run: install
 	$(BIN)/bitrouter serve
 
-test: install
+test: install agents
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python scripts/bench.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(AGENTS) *.egg-info .pytest_cache

@@ -23,8 +23,9 @@ class BitRouter:
     (`bitrouter --listen HOST:PORT` picks the address).
     """
 
-    def __init__(self, **paths):
+    def __init__(self, agent_args=(), **paths):
         self._paths = paths
+        self._agent_args = list(agent_args)
 
     def _home(self):
         home = home_mod.resolve(**self._paths)
@@ -210,6 +211,22 @@ class BitRouter:
         from bitrouter import daemon
         daemon.route_command(self._home(), action, name, endpoints, strategy=strategy)
 
+    def launch(self, agent, *, model=None, small_model=None):
+        """Run an agent CLI (claude, codex or gemini) wired to BitRouter.
+
+        Starts the daemon when no server runs, gives the agent a token when the server
+        requires one, and passes everything after `--` to the agent.
+
+        Usage:
+          bitrouter launch claude|codex|gemini [options] [-- AGENT ARGS...]
+
+        Args:
+          model (MODEL): the model name the agent asks for (default: the `default` alias, else the first alias).
+          small_model (MODEL): Claude Code's model for quick side tasks (default: an alias named small, fast or haiku).
+        """
+        from bitrouter import launch
+        launch.launch(self._home(), agent, self._agent_args, model=model, small_model=small_model)
+
     def tui(self, *, url=None):
         """Attach the live dashboard to a running server (this home's, or --url).
 
@@ -229,6 +246,10 @@ def main(argv=None) -> None:
         if rest in (["--version"], ["-V"]):
             print(f"bitrouter {bitrouter.__version__}")
             return
+        agent_args = []
+        if rest[:1] == ["launch"] and "--" in rest:  # the agent's own arguments, not BitRouter's
+            cut = rest.index("--")
+            rest, agent_args = rest[:cut], rest[cut + 1:]
         if helptext.wants_help(rest):
             print(helptext.render(BitRouter, rest), end="")
             return
@@ -249,7 +270,7 @@ def main(argv=None) -> None:
         from gevent import monkey
         monkey.patch_all()
     import fire
-    commands = BitRouter(**paths)
+    commands = BitRouter(agent_args, **paths)
     try:
         if not rest:
             from bitrouter import tui

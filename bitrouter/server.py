@@ -9,8 +9,11 @@ if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anythin
     from gevent import monkey
     monkey.patch_all()
 
+import collections
 import contextlib
 import dataclasses
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -35,6 +38,7 @@ EVENT_BATCH_SECONDS = 0.05  # /admin/events: how long a wake-up waits for more e
 # Base URL slips served as meant: `http://host:8787` without the /v1 an SDK expects to be
 # in its base URL, and a base URL ending in /v1 that the client adds another /v1 to.
 BASE_URL_SLIPS = ("/chat/completions", "/responses", "/messages", "/models")
+COUNT_CACHE_SIZE = 512  # provider token counts kept, by endpoint and request body
 
 
 class HttpError(Exception):
@@ -64,6 +68,7 @@ class Server:
         self.health = Health()
         self.metrics = Metrics()
         self.started = time.time()
+        self.counts = collections.OrderedDict()  # (endpoint label, body digest) -> provider token count
         self.mode = "foreground"  # how this process runs the server: foreground | dashboard | daemon
         self.port = None  # the port actually bound, once listening
         cfg = cfg or config.load(home)
@@ -305,7 +310,8 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
     rt = srv.runtime  # requests finish on the runtime they started with, even across a reload
     record = None
     try:
-        body = read_json(rt.cfg)
+        raw = read_body(rt.cfg)
+        body = parse_json(raw)
         model = inbound.model_of(body, path_model)
         stream = inbound.wants_stream(body, action)
         record = srv.metrics.begin(inbound.NAME, model, stream)
@@ -313,7 +319,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         route = rt.router.resolve(model)
         record.route = route.name
         route = authorize_route(srv, identity, route)
-        call = _Call(srv, rt, inbound, body, stream)
+        call = _Call(srv, rt, inbound, body, stream, sealed=protocols.SEAL_PREFIX.encode() in raw)
         route = call.capable(route)
         answer, attempts = rt.router.dispatch(route, call.attempt)
     except Exception as exc:  # every failure becomes a protocol-shaped error, never a traceback
@@ -328,6 +334,10 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
     srv.metrics.routed(record)
     bottle.response.set_header("x-bitrouter-upstream", answer.endpoint.label)
     bottle.response.set_header("x-bitrouter-attempts", str(attempts))
+    if answer.request is not None and answer.request.dropped:  # hosted tools the target cannot run
+        dropped = ", ".join(sorted(set(answer.request.dropped)))
+        bottle.response.set_header("x-bitrouter-dropped-tools", dropped)
+        log.info("%s: tools left out for %s, which cannot run them: %s", model, answer.endpoint.label, dropped)
     if stream:
         overhead = (time.perf_counter() - clock) * 1000 - call.upstream_ms
         bottle.response.set_header("x-bitrouter-overhead-ms", f"{overhead:.2f}")
@@ -354,14 +364,50 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
 
 
 def count_tokens(srv: Server, inbound, path_model: str | None = None):
-    """Serve a token-count request with the inbound protocol's estimate (no upstream call)."""
+    """Serve a token count: the target provider's own counter when it has one, else the estimate.
+
+    Agents compact their context by these numbers, so the provider's tokenizer wins; its
+    answers are cached per request body, and any failure falls back to the estimate.
+    """
     def count():
         rt = srv.runtime
         identity = authenticate(srv, "api")
         body = read_json(rt.cfg)
-        authorize_route(srv, identity, rt.router.resolve(inbound.model_of(body, path_model)))
-        return _json(decoded(inbound.count_tokens, body))
+        route = authorize_route(srv, identity, rt.router.resolve(inbound.model_of(body, path_model)))
+        request = decoded(inbound.count_request, body)
+        tokens = _provider_count(srv, rt, route, inbound, body, request)
+        return _json(inbound.count_reply(protocols.estimate_tokens(request) if tokens is None else tokens))
     return _guard(inbound, count)
+
+
+def _provider_count(srv: Server, rt: Runtime, route, inbound, body: dict, request) -> int | None:
+    """The first usable endpoint's own token count (cached per body), or None when it has no counter."""
+    endpoint = rt.router.candidates(route)[0]
+    provider = rt.providers[endpoint.provider]
+    upstream = protocols.get(provider.api_protocol)
+    count_url = getattr(upstream, "count_url", None)  # Chat Completions and mock count nothing
+    if count_url is None:
+        return None
+    payload = json.dumps(upstream.count_body(protocols.own_proofs(request, endpoint.label), endpoint.model_id)).encode()
+    key = (endpoint.label, hashlib.sha256(payload).digest())
+    if key in srv.counts:
+        srv.counts.move_to_end(key)
+        return srv.counts[key]
+    headers = _Call(srv, rt, inbound, body, False)._headers(provider, upstream, endpoint.api_key or provider.api_key)
+    try:
+        reply = srv.pools.send(count_url(endpoint.api_base or provider.api_base, endpoint.model_id), headers, payload)
+        raw = reply.read()
+        tokens = upstream.counted(json.loads(raw)) if reply.status == 200 else None
+    except (UpstreamError, ValueError, KeyError, TypeError) as exc:
+        log.warning("token count from %s failed, estimating instead: %s", endpoint.label, exc)
+        return None
+    if tokens is None:
+        log.warning("token count from %s failed (HTTP %d), estimating instead", endpoint.label, reply.status)
+        return None
+    srv.counts[key] = tokens
+    if len(srv.counts) > COUNT_CACHE_SIZE:
+        srv.counts.popitem(last=False)
+    return tokens
 
 
 # AUTH HOOK: access control (bitrouter/access.py, docs/auth.md). The other hook lines:
@@ -409,6 +455,11 @@ def decoded(decode, body: dict):
 
 def read_json(cfg) -> dict:
     """The request body as a JSON object, within the configured size limit."""
+    return parse_json(read_body(cfg))
+
+
+def read_body(cfg) -> bytes:
+    """The raw request body, within the configured size limit."""
     limit = cfg.server["max_body_bytes"]
     length = bottle.request.content_length
     if length > limit:
@@ -416,6 +467,11 @@ def read_json(cfg) -> dict:
     data = bottle.request.environ["wsgi.input"].read(length if length >= 0 else limit + 1)
     if len(data) > limit:
         raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+    return data
+
+
+def parse_json(data: bytes) -> dict:
+    """A request body as a JSON object; anything else is the client's 400."""
     try:
         body = json.loads(data)
     except ValueError as exc:
@@ -455,12 +511,22 @@ class _Answer:
         """The client's non-streamed body and the usage, from the upstream reply."""
         if self.kind == "passthrough":
             raw, data = self.payload
+            if data.get(self.inbound.MODEL_FIELD, model) != model:  # name the model the client asked for
+                raw = json.dumps({**data, self.inbound.MODEL_FIELD: model}).encode()
             return raw, self.inbound.usage_of(data)
         resp = self.payload if self.kind == "mock" else self.upstream.decode_response(self.payload[1])
-        return json.dumps(self.inbound.encode_response(resp, model)), resp.usage
+        for part in resp.parts:
+            part.signature = protocols.seal(part.signature, self.endpoint.label)
+        return json.dumps(self.inbound.encode_response(resp, model, self.request)), resp.usage
 
     def events(self):
-        """Unified stream events (translated and mock answers)."""
+        """Unified stream events (translated and mock answers), proofs sealed with their producer."""
+        for event in self._decoded():
+            if event.signature:
+                event.signature = protocols.seal(event.signature, self.endpoint.label)
+            yield event
+
+    def _decoded(self):
         if self.kind == "mock":
             yield from self.payload
             return
@@ -475,8 +541,9 @@ class _Answer:
 class _Call:
     """One client request's attempts against successive endpoints."""
 
-    def __init__(self, srv: Server, rt: Runtime, inbound, body: dict, stream: bool):
+    def __init__(self, srv: Server, rt: Runtime, inbound, body: dict, stream: bool, sealed: bool = False):
         self.srv, self.rt, self.inbound, self.body, self.stream = srv, rt, inbound, body, stream
+        self.sealed = sealed  # the body carries proofs BitRouter sealed on a translated turn
         self.unified = None
         self.upstream_ms = 0.0
 
@@ -485,14 +552,17 @@ class _Call:
         provider = self.rt.providers[endpoint.provider]
         upstream = protocols.get(provider.api_protocol)
         if upstream.NAME == "mock":
-            request = self._unified()
+            request = protocols.own_proofs(self._unified(), endpoint.label)
             make = upstream.stream if self.stream else upstream.generate
             return _Answer(endpoint, upstream, self.inbound, "mock", make(request, endpoint.model_id), request)
         if upstream is self.inbound:
             kind, request = "passthrough", None
-            payload = self.inbound.passthrough_body(self.body, endpoint.model_id, self.stream)
-        else:
-            kind, request = "translated", self._unified()
+            # A sealed proof in a pass-through body was made by a provider of another
+            # protocol (the conversation was translated before): it can only be dropped.
+            body = self.inbound.drop_sealed(self.body) if self.sealed else self.body
+            payload = self.inbound.passthrough_body(body, endpoint.model_id, self.stream)
+        else:  # each endpoint sees only the reasoning proofs it produced itself
+            kind, request = "translated", protocols.own_proofs(self._unified(), endpoint.label)
             payload = upstream.encode_request(request, endpoint.model_id)
         base = endpoint.api_base or provider.api_base
         url = upstream.request_url(base, endpoint.model_id, self.stream)
@@ -590,13 +660,17 @@ def _stream_reply(srv: Server, rt: Runtime, answer: _Answer, record: Record, clo
     inbound = answer.inbound
     usage, complete, encoder = None, False, None
     try:
-        if answer.kind == "passthrough":
+        if answer.kind == "passthrough":  # whole frames only, each naming the client's model
             parser = sse.Parser()
-            for chunk in answer.payload:
-                yield chunk
-                for event, data in parser.feed(chunk):
-                    usage = _running_usage(usage, inbound.stream_usage(event, data))
-                    complete = complete or inbound.is_final(event, data)
+            for chunk in itertools.chain(answer.payload, [None]):
+                out = []
+                for raw, event, data in parser.frames(chunk) if chunk is not None else parser.close_frames():
+                    out.append(inbound.relay_frame(event, raw, record.model))
+                    if data is not None:
+                        usage = _running_usage(usage, inbound.stream_usage(event, data))
+                        complete = complete or inbound.is_final(event, data)
+                if out:
+                    yield b"".join(out)
         else:
             encoder = inbound.StreamEncoder(record.model, answer.request)
             for event in answer.events():

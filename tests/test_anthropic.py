@@ -7,7 +7,7 @@ import anthropic
 import pytest
 import requests
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
+from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, proof, sse
 from bitrouter.protocols import anthropic as proto
 from conftest import ServerProcess, wait_until
 from fakes import (ANTHROPIC_USAGE, TOOL_ARGS, FakeUpstream, Fleet, Reply, anthropic_error, anthropic_frames,
@@ -67,12 +67,18 @@ DECODE_CASES = {
                    ("tool_result", "toolu_2", "get_time", [("text", "no clock"), ("image", PNG, "image/png")],
                     True)]),
          ("user", [("text", "thanks")])]),
-    "blocks only Anthropic can use are left out": (
+    "server tool blocks are left out; redacted thinking is reasoning that carries its data": (
         [assistant({"type": "redacted_thinking", "data": "enc"},
                    {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}},
                    {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
                    {"type": "text", "text": "found"})],
-        [("assistant", [("text", "found")])]),
+        [("assistant", [("reasoning", "", "enc"), ("text", "found")])]),
+    "mid-conversation system messages keep their place": (
+        [{"role": "user", "content": "hi"}, {"role": "system", "content": "be brief"},
+         {"role": "assistant", "content": "ok"},
+         {"role": "system", "content": [{"type": "text", "text": "now"}, {"type": "text", "text": "metric"}]}],
+        [("user", [("text", "hi")]), ("system", [("text", "be brief")]), ("assistant", [("text", "ok")]),
+         ("system", [("text", "now"), ("text", "metric")])]),
 }
 
 
@@ -89,6 +95,12 @@ def test_decode_messages(messages, expected):
 ])
 def test_system_as_string_or_blocks(system, expected):
     assert [p.text for p in decode(system=system).system] == expected
+
+
+def test_leading_system_messages_join_the_system_prompt():
+    req = decode(system="top", messages=[{"role": "system", "content": "first"}, {"role": "user", "content": "hi"}])
+    assert [p.text for p in req.system] == ["top", "first"]
+    assert shape(req.messages) == [("user", [("text", "hi")])]
 
 
 @pytest.mark.parametrize("choice,expected,parallel", [
@@ -111,6 +123,10 @@ def test_tools_sampling_thinking_and_format_in():
                  thinking={"type": "enabled", "budget_tokens": 2000},
                  output_config={"format": {"type": "json_schema", "schema": WEATHER}})
     assert req.tools == [Tool("get_weather", "d", WEATHER)]  # the server tool runs inside Anthropic only
+    assert req.dropped == ["web_search_20250305"]  # and is named as left out
+    assert req.cache_key is None  # a plain user id keys no cache
+    claude_code = decode(metadata={"user_id": json.dumps({"device_id": "d", "session_id": "sess-1"})})
+    assert claude_code.cache_key == "sess-1"
     assert (req.max_tokens, req.temperature, req.top_p, req.top_k, req.stop, req.user) == \
         (100, 0.3, 0.9, 5, ["END"], "u1")
     assert req.reasoning == {"budget_tokens": 2000}
@@ -130,7 +146,7 @@ def test_missing_fields_are_400(body, message):
 
 
 @pytest.mark.parametrize("messages", [
-    [{"role": "system", "content": "x"}],
+    [{"role": "developer", "content": "x"}],
     [user({"type": "video", "data": "x"})],
     [user({"type": "image", "source": {"type": "file", "file_id": "file_1"}})],
     [{"role": "user", "content": 5}],
@@ -157,7 +173,10 @@ def unified(*messages, **fields):
 def test_encode_turns_merge_with_tool_results_first_and_ids_kept():
     req = unified(
         Message("user", [Part("text", text="weather?"), Part("image", url="https://x/a.png")]),
-        Message("assistant", [Part("reasoning", text="unsigned"), Part("reasoning", text="signed", signature="s"),
+        Message("assistant", [Part("reasoning", text="unsigned"),
+                              Part("reasoning", text="gemini's", signature=proof("google", signature="g")),
+                              Part("reasoning", text="signed", signature=proof(
+                                  "anthropic", block={"type": "thinking", "thinking": "signed", "signature": "s"})),
                               Part("text", text=""), Part("tool_call", id="call_1", name="get_weather",
                                                            arguments='{"city":"Paris"}'),
                               Part("tool_call", id="functions.get_time:1", name="get_time", arguments="")]),
@@ -181,6 +200,40 @@ def test_encode_turns_merge_with_tool_results_first_and_ids_kept():
              "content": [{"type": "text", "text": "no"},
                          {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]},
             {"type": "text", "text": "and?"}]}]
+
+
+def test_encode_mid_conversation_system_message_as_user_text_in_place():
+    req = unified(Message("user", [Part("text", text="hi")]), Message("assistant", [Part("text", text="ok")]),
+                  Message("system", [Part("text", text="be brief")]), Message("user", [Part("text", text="go")]))
+    assert proto.encode_request(req, "m")["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+        {"role": "user", "content": [{"type": "text", "text": "System: be brief"}, {"type": "text", "text": "go"}]}]
+
+
+REDACTED = {"type": "redacted_thinking", "data": "enc"}
+
+
+@pytest.mark.parametrize("opening,thinking", [
+    ([Part("reasoning", text="plan", signature=proof(
+        "anthropic", block={"type": "thinking", "thinking": "plan", "signature": "s"}))], True),
+    ([Part("reasoning", signature=proof("anthropic", block=REDACTED))], True),
+    ([Part("reasoning", text="plan", signature=proof("responses", item={"type": "reasoning"}))], False),
+    ([Part("reasoning", text="plan")], False),
+    ([], False),
+], ids=["own thinking", "own redacted thinking", "foreign proof", "unsigned", "no reasoning"])
+def test_thinking_stays_off_when_a_tool_use_turn_does_not_open_with_its_own_thinking(opening, thinking):
+    req = unified(Message("user", [Part("text", text="go")]),
+                  Message("assistant", opening + [Part("tool_call", id="toolu_1", name="f", arguments="{}")]),
+                  Message("tool", [Part("tool_result", id="toolu_1", content=[Part("text", text="done")])]),
+                  max_tokens=20000, temperature=0.2, reasoning={"effort": "medium"})
+    body = proto.encode_request(req, "claude-sonnet-4-5")
+    if thinking:
+        assert body["thinking"] == {"type": "enabled", "budget_tokens": 8192} and "temperature" not in body
+        assert body["messages"][1]["content"][0] == json.loads(opening[0].signature)["block"]
+    else:
+        assert "thinking" not in body and body["temperature"] == 0.2
+        assert [b["type"] for b in body["messages"][1]["content"]] == ["tool_use"]
 
 
 @pytest.mark.parametrize("part,block", [
@@ -266,11 +319,18 @@ def test_decode_response_keeps_every_block_and_counts_cache_in_input():
                              thinking="mull")
     resp = proto.decode_response(body)
     assert [(p.kind, p.text or p.id, p.signature) for p in resp.parts] == [
-        ("reasoning", "mull", "sig-fake"), ("text", "answer", ""), ("tool_call", "toolu_1", ""),
-        ("tool_call", "toolu_2", "")]
+        ("reasoning", "mull", proof("anthropic", block={"type": "thinking", "thinking": "mull",
+                                                         "signature": "sig-fake"})),
+        ("text", "answer", ""), ("tool_call", "toolu_1", ""), ("tool_call", "toolu_2", "")]
     assert json.loads(resp.parts[2].arguments) == TOOL_ARGS
     assert resp.usage == Usage(input=35, output=7, cache_read=20, cache_write=5, reasoning=3)
     assert resp.finish_reason == "tool_calls"
+
+
+def test_decode_response_keeps_redacted_thinking_as_its_native_proof():
+    body = {**anthropic_message("answer"), "content": [dict(REDACTED), {"type": "text", "text": "answer"}]}
+    assert [(p.kind, p.text, p.signature) for p in proto.decode_response(body).parts] == [
+        ("reasoning", "", proof("anthropic", block=REDACTED)), ("text", "answer", "")]
 
 
 def test_encode_response_blocks_and_usage():
@@ -280,7 +340,8 @@ def test_encode_response_blocks_and_usage():
                                                                           arguments="[1]")],
         usage=Usage(input=35, output=7, cache_read=20, cache_write=5, reasoning=3))
     body = proto.encode_response(resp, "alias")
-    assert body["id"].startswith("msg_") and body["model"] == "gpt" and body["stop_reason"] == "tool_use"
+    # the model the client asked for, never the upstream's name for it
+    assert body["id"].startswith("msg_") and body["model"] == "alias" and body["stop_reason"] == "tool_use"
     content = body["content"]
     assert content[:3] == [{"type": "thinking", "thinking": "r", "signature": ""}, {"type": "text", "text": "t"},
                            {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}}]
@@ -317,7 +378,7 @@ def test_stream_encoder_opens_and_closes_indexed_blocks():
         ("content_block_delta", 3, "input_json_delta"), ("content_block_stop", 3, None),
         ("message_delta", None, None), ("message_stop", None, None)]
     assert all(d["type"] == e for e, d in out)
-    assert out[0][1]["message"]["model"] == "gpt"
+    assert out[0][1]["message"]["model"] == "alias"  # the client's name, not the upstream's "gpt"
     assert out[-2][1]["delta"]["stop_reason"] == "tool_use"
     assert out[-2][1]["usage"]["input_tokens"] == 7 and out[-2][1]["usage"]["cache_read_input_tokens"] == 2
 
@@ -341,7 +402,9 @@ def test_stream_decoder_text_thinking_tools_and_merged_usage():
     assert kinds == [("start", "msg_fake"), ("reasoning", "mull"), ("reasoning", ""), ("text", "a"), ("text", "b"),
                      ("tool_call", "toolu_1"), ("tool_args", args[:len(args) // 2]),
                      ("tool_args", args[len(args) // 2:]), ("finish", "tool_calls")]
-    assert events[2].signature  # the signature_delta that closes the thinking block
+    # the signature_delta that closes the thinking block: the block it signs, as the native proof
+    assert events[2].signature == proof("anthropic", block={"type": "thinking", "thinking": "mull",
+                                                             "signature": "sig-fake"})
     # message_delta brought only output_tokens: the input side comes from message_start
     assert events[-1].usage == Usage(input=35, output=7, cache_read=20, cache_write=5, reasoning=3)
 

@@ -13,7 +13,7 @@ import bitrouter
 from conftest import BITROUTER, clean_env, run_cli
 
 COMMANDS = ["init", "serve", "start", "stop", "status", "restart", "reload", "account", "keygen",
-            "keys", "usage", "tui", "logs", "providers", "models", "doctor", "route"]
+            "keys", "usage", "tui", "logs", "providers", "models", "doctor", "route", "launch"]
 HEAVY = ("gevent", "bottle", "peewee")
 
 

@@ -7,7 +7,7 @@ import requests
 from google import genai
 from google.genai import errors, types
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, sse
+from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, proof, sse
 from bitrouter.protocols import google as proto
 from conftest import ServerProcess, wait_until
 from fakes import (TOOL_ARGS, Fleet, Reply, anthropic_error, anthropic_upstream, chat_completion, chat_stream,
@@ -82,6 +82,14 @@ DECODE_CASES = {
          ("tool", [("tool_result", "toolu_9", "get_weather", [("text", "no network")], True),
                    ("tool_result", "call_x", "lookup", [("text", '{"rows": [1, 2]}')], False),
                    ("tool_result", "r1", "render", [("text", "done"), ("image", PNG, "image/png")], False)])]),
+    "a signature on a call or text is a reasoning part before it": (
+        [model({"text": "checking"}, {**call("get_weather", TOOL_ARGS), "thoughtSignature": "c2ln"},
+               call("get_time")),
+         model({"text": "done", "thoughtSignature": "dGV4dA=="})],
+        [("assistant", [("text", "checking"), ("reasoning", "", "c2ln"),
+                        ("tool_call", "call_0_1", "get_weather", TOOL_ARGS),
+                        ("tool_call", "call_0_2", "get_time", {})]),
+         ("assistant", [("reasoning", "", "dGV4dA=="), ("text", "done")])]),
     "code execution parts have no unified form": (
         [model({"executableCode": {"language": "PYTHON", "code": "1+1"}},
                {"codeExecutionResult": {"outcome": "OUTCOME_OK", "output": "2"}}, {"text": "2"})],
@@ -184,7 +192,9 @@ def test_encode_contents_names_results_merges_turns_and_marks_foreign_calls():
     req = unified(
         Message("user", [Part("text", text="weather?"), Part("image", url="https://x/a.webp"),
                          Part("image", data=PNG, media_type="image/png")]),
-        Message("assistant", [Part("reasoning", text="unsigned"), Part("reasoning", text="mine", signature="c2ln"),
+        Message("assistant", [Part("reasoning", text="unsigned"),
+                              Part("reasoning", text="claude's", signature=proof(
+                                  "anthropic", block={"type": "thinking", "thinking": "claude's", "signature": "s"})),
                               Part("text", text="checking"),
                               Part("tool_call", id="toolu_1", name="get_weather", arguments='{"city":"Paris"}'),
                               Part("tool_call", id="toolu_2", name="get_time", arguments="")]),
@@ -199,8 +209,8 @@ def test_encode_contents_names_results_merges_turns_and_marks_foreign_calls():
         {"role": "user", "parts": [{"text": "weather?"}, {"fileData": {"mimeType": "image/webp",
                                                                        "fileUri": "https://x/a.webp"}},
                                    {"inlineData": {"mimeType": "image/png", "data": PNG}}]},
-        {"role": "model", "parts": [
-            {"text": "mine", "thought": True, "thoughtSignature": "c2ln"}, {"text": "checking"},
+        {"role": "model", "parts": [  # reasoning without a Gemini proof is left out
+            {"text": "checking"},
             {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
              "thoughtSignature": proto.FOREIGN_SIGNATURE},
             {"functionCall": {"name": "get_time", "args": {}}}]},
@@ -210,6 +220,33 @@ def test_encode_contents_names_results_merges_turns_and_marks_foreign_calls():
             {"inlineData": {"mimeType": "image/png", "data": PNG}},
             {"text": "and?"}]}]
     assert "generationConfig" not in body and "tools" not in body
+
+
+def test_encode_replays_gemini_proofs_on_the_part_they_came_on():
+    req = unified(Message("user", [Part("text", text="go")]),
+                  Message("assistant", [Part("reasoning", text="thought text is not sent back",
+                                             signature=proof("google", signature="c2ln")),
+                                        Part("text", text="checking"),
+                                        Part("reasoning", signature=proof("google", signature="Y2FsbA==")),
+                                        Part("tool_call", id="c1", name="get_weather", arguments="{}"),
+                                        Part("tool_call", id="c2", name="get_time", arguments="{}")]),
+                  Message("tool", [Part("tool_result", id="c1", content=[Part("text", text="18C")]),
+                                   Part("tool_result", id="c2", content=[Part("text", text="noon")])]))
+    assert proto.encode_request(req, "m")["contents"][1] == {"role": "model", "parts": [
+        {"text": "checking", "thoughtSignature": "c2ln"},
+        {"functionCall": {"name": "get_weather", "args": {}}, "thoughtSignature": "Y2FsbA=="},
+        {"functionCall": {"name": "get_time", "args": {}}}]}
+
+
+def test_encode_mid_conversation_system_message_as_user_text_in_place():
+    req = unified(Message("user", [Part("text", text="hi")]), Message("assistant", [Part("text", text="ok")]),
+                  Message("system", [Part("text", text="be brief")]), Message("user", [Part("text", text="go")]),
+                  system=[Part("text", text="top")])
+    body = proto.encode_request(req, "m")
+    assert body["systemInstruction"] == {"parts": [{"text": "top"}]}
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "hi"}]},
+                                {"role": "model", "parts": [{"text": "ok"}]},
+                                {"role": "user", "parts": [{"text": "System: be brief"}, {"text": "go"}]}]
 
 
 @pytest.mark.parametrize("choice,expected", [
@@ -223,9 +260,29 @@ def test_tool_choice_out(choice, expected):
     body = proto.encode_request(unified(tools=[Tool("get_weather", "d", WEATHER), Tool("noargs")],
                                         tool_choice=choice), "m")
     assert body["tools"] == [{"functionDeclarations": [
-        {"name": "get_weather", "description": "d", "parametersJsonSchema": WEATHER},
+        {"name": "get_weather", "description": "d", "parameters": WEATHER},  # already in Gemini's subset
         {"name": "noargs", "description": ""}]}]
     assert (body.get("toolConfig") or {}).get("functionCallingConfig") == expected
+
+
+def test_tool_schemas_go_out_in_geminis_subset():
+    schema = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": False,
+              "properties": {"path": {"type": ["string", "null"], "description": "p"}, "mode": {"const": "fast"},
+                             "kind": {"oneOf": [{"type": "string"}, {"$ref": "#/$defs/n"}]},
+                             "item": {"$ref": "#/$defs/n"},
+                             "tags": {"type": "array", "items": {"type": "string", "propertyNames": {}}, "minItems": 1},
+                             "n": {"type": "number", "exclusiveMinimum": 0, "maximum": 9}},
+              "required": ["path", "ghost"], "$defs": {"n": {"type": "integer", "minimum": 1}}}
+    body = proto.encode_request(unified(tools=[Tool("edit", "d", schema)]), "m")
+    assert body["tools"][0]["functionDeclarations"] == [{"name": "edit", "description": "d", "parameters": {
+        "type": "object", "required": ["path"],
+        "properties": {"path": {"type": "string", "nullable": True, "description": "p"},
+                       "mode": {"type": "string", "enum": ["fast"]},
+                       "kind": {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
+                       "item": {"type": "integer", "minimum": 1},
+                       "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                       "n": {"type": "number", "maximum": 9}}}}]
+    assert "parametersJsonSchema" not in json.dumps(body)
 
 
 @pytest.mark.parametrize("fields,expected", [
@@ -281,7 +338,7 @@ def test_decode_response_parts_ids_and_usage():
     resp = proto.decode_response(gemini_response("answer", calls=[("f", TOOL_ARGS), ("f", {})], thought="mull"))
     assert [(p.kind, p.text or p.name) for p in resp.parts] == [
         ("reasoning", "mull"), ("text", "answer"), ("tool_call", "f"), ("tool_call", "f")]
-    assert resp.parts[0].signature == "c2lnLWZha2U="
+    assert resp.parts[0].signature == proof("google", signature="c2lnLWZha2U=")
     assert json.loads(resp.parts[2].arguments) == TOOL_ARGS
     assert resp.parts[2].id.startswith("call_") and resp.parts[2].id != resp.parts[3].id
     # promptTokenCount already includes the cached tokens; thoughts come on top of candidates
@@ -295,12 +352,19 @@ def test_encode_response_parts_and_usage():
         Part("tool_call", id="toolu_1", name="f", arguments='{"a": 1}')],
         usage=Usage(input=35, output=7, cache_read=20, cache_write=5, reasoning=3))
     body = proto.encode_response(resp, "alias")
+    # the signature rides on the next call or text part: Gemini CLI drops thought parts from its history
     assert body["candidates"][0]["content"] == {"role": "model", "parts": [
-        {"text": "r", "thought": True, "thoughtSignature": "s"}, {"text": "t"},
+        {"text": "r", "thought": True}, {"text": "t", "thoughtSignature": "s"},
         {"functionCall": {"name": "f", "args": {"a": 1}, "id": "toolu_1"}}]}
     assert body["usageMetadata"] == {"promptTokenCount": 35, "candidatesTokenCount": 4, "totalTokenCount": 42,
                                      "cachedContentTokenCount": 20, "thoughtsTokenCount": 3}
-    assert (body["modelVersion"], body["responseId"]) == ("claude", "msg_1")
+    assert (body["modelVersion"], body["responseId"]) == ("alias", "msg_1")  # the client's name, not "claude"
+    calls = Response(id="msg_2", model="claude", finish_reason="tool_calls", parts=[
+        Part("text", text="t"), Part("reasoning", signature="s2"), Part("tool_call", id="toolu_2", name="g"),
+        Part("reasoning", signature="s3")])
+    assert proto.encode_response(calls, "alias")["candidates"][0]["content"]["parts"] == [
+        {"text": "t"}, {"functionCall": {"name": "g", "args": {}, "id": "toolu_2"}, "thoughtSignature": "s2"},
+        {"text": "", "thoughtSignature": "s3"}]  # nothing after it to carry it
 
 
 def frames_of(data: bytes) -> list:
@@ -324,7 +388,8 @@ def test_stream_encoder_sends_calls_whole_and_usage_last():
     assert frames[-1]["candidates"][0]["finishReason"] == "STOP"
     assert frames[-1]["usageMetadata"] == {"promptTokenCount": 9, "candidatesTokenCount": 3, "totalTokenCount": 13,
                                            "thoughtsTokenCount": 1}
-    assert {f["modelVersion"] for f in frames} == {"gpt"} and {f["responseId"] for f in frames} == {"chatcmpl-1"}
+    # the model the client asked for, never the upstream's "gpt"
+    assert {f["modelVersion"] for f in frames} == {"alias"} and {f["responseId"] for f in frames} == {"chatcmpl-1"}
 
 
 def decoded(frames: list) -> list:
@@ -570,3 +635,10 @@ def test_mid_stream_failure_ends_with_an_error_frame(server, up, upstream):
     assert resp.status_code == 200 and all(f.startswith(b"data: {") for f in frames)
     assert "candidates" in json.loads(frames[0][6:]) and "error" in json.loads(frames[-1][6:])
     assert b"[DONE]" not in b"".join(frames)
+
+
+def test_gemini_schema_keeps_only_string_constants():
+    schema = {"type": "object", "properties": {"on": {"type": "boolean", "const": True},
+                                               "n": {"type": "integer", "const": 3}, "s": {"const": "x"}}}
+    assert proto.gemini_schema(schema)["properties"] == {"on": {"type": "boolean"}, "n": {"type": "integer"},
+                                                          "s": {"type": "string", "enum": ["x"]}}

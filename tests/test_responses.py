@@ -1,12 +1,13 @@
 """OpenAI Responses API: the mapping rules (table-driven) and the endpoint through a real server."""
 
+import hashlib
 import json
 
 import openai
 import pytest
 import requests
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, get, sse
+from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, get, proof, sse
 from bitrouter.protocols import responses
 from conftest import ServerProcess, wait_until
 from fakes import (Fleet, Reply, chat_completion, chat_stream, error, openai_chat, openai_responses,
@@ -76,6 +77,19 @@ DECODE_CASES = {
     "refusal parts are kept as assistant text": (
         {"input": [{"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}]},
         [("assistant", [("text", "no")])]),
+    "custom and namespaced calls are tool calls; hosted tools' items are left out": (
+        {"input": [{"role": "user", "content": "fix it"},
+                   {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search"}},
+                   {"type": "custom_tool_call", "call_id": "call_p", "name": "apply_patch", "input": "*** Begin Patch"},
+                   {"type": "function_call", "call_id": "call_r", "namespace": "mcp__fs", "name": "read",
+                    "arguments": '{"path":"a"}'},
+                   {"type": "custom_tool_call_output", "call_id": "call_p", "output": "applied"},
+                   {"type": "function_call_output", "call_id": "call_r", "output": "text of a"}]},
+        [("user", [("text", "fix it")]),
+         ("assistant", [("tool_call", "call_p", "apply_patch", '{"input": "*** Begin Patch"}'),
+                        ("tool_call", "call_r", "mcp__fs__read", '{"path":"a"}')]),
+         ("tool", [("tool_result", "call_p", "apply_patch", ["applied"], False),
+                   ("tool_result", "call_r", "mcp__fs__read", ["text of a"], False)])]),
 }
 
 
@@ -88,8 +102,8 @@ def test_decode_system_sources_in_order():
     req = decode(instructions="be terse", input=[{"role": "developer", "content": "use metric"},
                                                  {"role": "user", "content": "hi"},
                                                  {"role": "system", "content": [{"type": "input_text", "text": "late"}]}])
-    assert [p.text for p in req.system] == ["be terse", "use metric", "late"]
-    assert shape(req) == [("user", [("text", "hi")])]
+    assert [p.text for p in req.system] == ["be terse", "use metric"]
+    assert shape(req) == [("user", [("text", "hi")]), ("system", [("text", "late")])]  # later ones keep their place
 
 
 def test_decode_reasoning_item_keeps_raw_text_id_and_encrypted_content():
@@ -135,9 +149,7 @@ REJECT_CASES = {
     "conversation": ({"conversation": "conv_1"}, "conversation"),
     "background": ({"background": True}, "background"),
     "item_reference": ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "item_reference"),
-    "hosted tool": ({"tools": [{"type": "web_search"}]}, "web_search"),
-    "custom tool": ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "custom"),
-    "hosted tool call item": ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "web_search_call"),
+    "unknown item type": ({"input": [{"type": "telepathy_call", "id": "t_1"}]}, "telepathy_call"),
     "file by file id": ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
                         "file_id"),
     "image by file id": ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
@@ -158,6 +170,26 @@ def test_untranslatable_requests_are_clear_400s(body, needle):
     assert info.value.status == 400 and needle in str(info.value)
 
 
+CODEX_TOOLS = [
+    {"type": "function", "name": "shell", "description": "run", "parameters": WEATHER},
+    {"type": "custom", "name": "apply_patch", "description": "a patch", "format": {"type": "grammar"}},
+    {"type": "namespace", "name": "mcp__fs", "description": "files",
+     "tools": [{"type": "function", "name": "read", "description": "read one", "parameters": WEATHER},
+               {"type": "function", "name": "ls"}]},
+    {"type": "web_search"}, {"type": "image_generation"}]
+
+
+def test_hosted_tools_are_dropped_custom_and_namespaced_tools_become_functions():
+    req = decode(input="hi", tools=CODEX_TOOLS)
+    assert req.dropped == ["web_search", "image_generation"]  # only OpenAI can run them
+    shell, patch, read, ls = req.tools
+    assert shell == Tool("shell", "run", WEATHER)
+    assert patch == Tool("apply_patch", "a patch", patch.parameters, kind="custom")
+    assert patch.parameters["properties"]["input"]["type"] == "string" and patch.parameters["required"] == ["input"]
+    assert read == Tool("mcp__fs__read", "read one", WEATHER, namespace="mcp__fs", original_name="read")
+    assert ls == Tool("mcp__fs__ls", "files", {}, namespace="mcp__fs", original_name="ls")
+
+
 # ---------------------------------------------------------------- inbound: response encoding
 
 
@@ -168,7 +200,7 @@ def test_encode_response_items_in_part_order_with_usage():
                            Part("text", text="b"), Part("tool_call", id="call_1", name="f", arguments="")])
     body = responses.encode_response(resp, "asked")
     assert body["id"].startswith("resp_") and body["object"] == "response" and body["status"] == "completed"
-    assert body["model"] == "up-model"
+    assert body["model"] == "asked"  # the client's name, never the upstream's
     kinds = [item["type"] for item in body["output"]]
     assert kinds == ["reasoning", "message", "function_call"]
     reasoning, message, call = body["output"]
@@ -178,6 +210,21 @@ def test_encode_response_items_in_part_order_with_usage():
     assert body["usage"] == {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 1},
                              "output_tokens": 6, "output_tokens_details": {"reasoning_tokens": 2},
                              "total_tokens": 16}
+
+
+def test_encode_response_gives_calls_back_as_the_client_declared_them():
+    request = decode(input="hi", tools=CODEX_TOOLS)
+    resp = Response(id="x", model="up", finish_reason="tool_calls", parts=[
+        Part("tool_call", id="call_p", name="apply_patch", arguments='{"input": "*** Begin Patch"}'),
+        Part("tool_call", id="call_r", name="mcp__fs__read", arguments='{"city":"P"}'),
+        Part("tool_call", id="call_s", name="shell", arguments="{}")])
+    patch, read, shell = responses.encode_response(resp, "asked", request)["output"]
+    assert patch["id"].startswith("ctc_") and {k: v for k, v in patch.items() if k != "id"} == {
+        "type": "custom_tool_call", "status": "completed", "call_id": "call_p", "name": "apply_patch",
+        "input": "*** Begin Patch"}
+    assert (read["type"], read["namespace"], read["name"], read["arguments"]) == \
+        ("function_call", "mcp__fs", "read", '{"city":"P"}')
+    assert (shell["type"], shell["name"], "namespace" in shell) == ("function_call", "shell", False)
 
 
 @pytest.mark.parametrize("reason,status,detail", [("stop", "completed", None), ("tool_calls", "completed", None),
@@ -240,18 +287,41 @@ def test_encode_request_items_and_fields():
         (False, 99, 0.5, 0.7)
     assert body["text"] == {"format": {"type": "json_schema", "name": "w", "schema": WEATHER, "strict": True}}
     assert body["reasoning"] == {"effort": "medium"}
+    assert body["include"] == ["reasoning.encrypted_content"]  # store is false: the only way to replay it
     assert body["safety_identifier"] == "u"
     assert "top_k" not in body and "stop" not in body  # the Responses API has neither
 
 
 def test_encode_request_replays_only_openai_reasoning():
-    req = unified(Message("assistant", [Part("reasoning", text="mine", id="rs_1", signature="enc"),
-                                        Part("reasoning", text="claude's", signature="anthropic-sig"),
+    item = {"type": "reasoning", "id": "rs_1", "encrypted_content": "enc",
+            "summary": [{"type": "summary_text", "text": "as OpenAI wrote it"}]}
+    claude = proof("anthropic", block={"type": "thinking", "thinking": "x", "signature": "s"})
+    own = proof("responses", item=item)
+    req = unified(Message("assistant", [Part("reasoning", text="mine", id="rs_1", signature=own),
+                                        Part("reasoning", text="claude's", signature=claude),
+                                        Part("reasoning", text="no proof", id="rs_2"),
                                         Part("text", text="answer")]))
     items = responses.encode_request(req, "m")["input"]
-    assert items[0] == {"type": "reasoning", "id": "rs_1", "encrypted_content": "enc",
-                        "summary": [{"type": "summary_text", "text": "mine"}]}
+    assert items[0] == item  # exactly as OpenAI sent it
     assert [i["type"] for i in items] == ["reasoning", "message"]
+    assert "include" not in responses.encode_request(req, "m")  # no reasoning asked for
+
+
+def test_encode_request_system_message_in_place_cache_key_and_long_user_ids():
+    long_user = json.dumps({"device_id": "d" * 64, "session_id": "s"})
+    req = unified(Message("user", [Part("text", text="hi")]), Message("system", [Part("text", text="be brief")]),
+                  Message("user", [Part("text", text="go")]), system=[Part("text", text="top")],
+                  user=long_user, cache_key="sess-1")
+    body = responses.encode_request(req, "m")
+    assert body["instructions"] == "top"
+    assert body["input"] == [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "be brief"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]}]
+    assert body["prompt_cache_key"] == "sess-1"
+    assert body["safety_identifier"] == hashlib.sha256(long_user.encode()).hexdigest()  # at most 64 characters
+    assert "prompt_cache_key" not in responses.encode_request(unified(), "m")
+    assert decode(input="hi", prompt_cache_key="k").cache_key == "k"
 
 
 def test_files_go_upstream_as_input_file():
@@ -275,7 +345,10 @@ def test_tool_result_with_image_becomes_an_output_list():
 def test_decode_response_items_usage_and_finish():
     resp = responses.decode_response(responses_body("hi", calls=[("call_1", "f", '{"a":1}')], reasoning="hm"))
     assert [(p.kind, p.text or p.id) for p in resp.parts] == [("reasoning", "hm"), ("text", "hi"), ("tool_call", "call_1")]
-    assert resp.parts[0].signature == "enc-fake" and resp.parts[0].id == "rs_fake"
+    # the whole item, as OpenAI sent it, is the native proof that replays it
+    assert resp.parts[0].signature == proof("responses", item={
+        "type": "reasoning", "id": "rs_fake", "encrypted_content": "enc-fake",
+        "summary": [{"type": "summary_text", "text": "hm"}]}) and resp.parts[0].id == "rs_fake"
     assert resp.finish_reason == "tool_calls"
     assert resp.usage == Usage(input=11, output=7, cache_read=4, reasoning=2)
     assert responses.decode_response(responses_body(status="incomplete", incomplete="max_output_tokens")
@@ -283,6 +356,26 @@ def test_decode_response_items_usage_and_finish():
     with pytest.raises(ProtocolError) as info:
         responses.decode_response({**responses_body(), "status": "failed", "error": {"message": "melted"}})
     assert info.value.status == 502 and "melted" in str(info.value)
+
+
+def test_stream_encoder_sends_a_custom_tools_input_whole_and_names_namespaced_calls():
+    enc = responses.StreamEncoder("asked", decode(input="hi", tools=CODEX_TOOLS))
+    events = [Event("start", id="x", model="up"), Event("tool_call", index=0, id="call_p", name="apply_patch"),
+              Event("tool_args", index=0, text='{"input": "*** Begin'), Event("tool_args", index=0, text=' Patch"}'),
+              Event("tool_call", index=1, id="call_r", name="mcp__fs__read"),
+              Event("tool_args", index=1, text='{"city":"P"}'), Event("finish", reason="tool_calls")]
+    data = b"".join(enc.event(e) for e in events) + enc.finish_stream()
+    frames = [json.loads(body) for _, body in sse.Parser().feed(data)]
+    deltas = [f["item_id"] for f in frames if f["type"] == "response.function_call_arguments.delta"]
+    added = [f["item"] for f in frames if f["type"] == "response.output_item.added"]
+    done = [f["item"] for f in frames if f["type"] == "response.output_item.done"]
+    assert [(i["type"], i["name"], i.get("namespace")) for i in added] == [
+        ("custom_tool_call", "apply_patch", None), ("function_call", "read", "mcp__fs")]
+    assert deltas == [added[1]["id"]]  # only the function call streams its arguments
+    assert [(i["type"], i["call_id"], i.get("input"), i.get("arguments")) for i in done] == [
+        ("custom_tool_call", "call_p", "*** Begin Patch", None), ("function_call", "call_r", None, '{"city":"P"}')]
+    assert frames[-1]["type"] == "response.completed" and frames[-1]["response"]["model"] == "asked"
+    assert frames[-1]["response"]["output"] == done
 
 
 def decoded(frames) -> list:
@@ -295,7 +388,9 @@ def test_stream_decoder_events():
     assert [(e.kind, e.text or e.id or e.reason) for e in events] == [
         ("start", "resp_fake"), ("reasoning", "r"), ("reasoning", ""), ("text", "a"), ("text", "b"),
         ("tool_call", "call_1"), ("tool_args", '{"x'), ("tool_args", '":1}'), ("finish", "tool_calls"), ("usage", "")]
-    assert events[2].signature == "enc-fake"  # the finished reasoning item's encrypted_content
+    assert events[2].signature == proof("responses", item={  # the finished reasoning item
+        "type": "reasoning", "id": "rs_fake", "encrypted_content": "enc-fake",
+        "summary": [{"type": "summary_text", "text": "r"}]})
     assert events[-1].usage == Usage(input=11, output=7, cache_read=4, reasoning=2)
 
 
@@ -578,3 +673,11 @@ def test_input_tokens_counts(server):
     long = client(server).responses.input_tokens.count(model="chat:gpt-x", input="hi " * 400,
                                                        instructions="be terse")
     assert short.object == "response.input_tokens" and 0 < short.input_tokens < long.input_tokens
+
+
+def test_a_custom_tool_inside_a_namespace_takes_one_string_input():
+    req = responses.decode_request({"model": "m", "input": "hi", "tools": [
+        {"type": "namespace", "name": "ns", "tools": [{"type": "custom", "name": "patch", "description": "d"}]}]})
+    tool = req.tools[0]
+    assert (tool.name, tool.kind, tool.namespace, tool.original_name) == ("ns__patch", "custom", "ns", "patch")
+    assert tool.parameters["required"] == ["input"]

@@ -11,11 +11,23 @@ wire format in both directions; mock is the in-process provider instead (generat
            encode_request, decode_response, StreamDecoder, error_message
 
 Same-protocol traffic never touches the unified model: the body is forwarded with only
-`model` rewritten and the upstream's SSE frames are relayed as they arrive.
+`model` rewritten and the upstream's SSE frames are relayed as they arrive (with the
+reply's model name set back to the one the client asked for: see reply_model).
+
+Reasoning proofs (Anthropic thinking signatures, Responses encrypted_content, Gemini
+thoughtSignature, Chat reasoning_content) are opaque: each upstream decoder puts its own
+protocol's native proof, as a JSON string, in `Part.signature`; the server seals it with
+the producing endpoint's label before the client sees it (seal) and, on a later turn,
+hands each upstream only the proofs it produced itself (own_proofs).
 """
 
+import base64
+import binascii
+import dataclasses
+import functools
 import importlib
 import json
+import re
 from dataclasses import dataclass, field
 
 
@@ -44,7 +56,11 @@ class Part:
 
 @dataclass
 class Message:
-    """A turn in the conversation: role is user | assistant | tool."""
+    """A turn in the conversation: role is user | assistant | tool | system.
+
+    A system message here is one found mid-conversation (Claude Code, Codex): it keeps its
+    position; the leading instructions are Request.system.
+    """
 
     role: str
     parts: list
@@ -52,11 +68,20 @@ class Message:
 
 @dataclass
 class Tool:
-    """A function the model may call; parameters is a JSON schema."""
+    """A function the model may call; parameters is a JSON schema.
+
+    A Responses client's namespaced tool is flattened to `<namespace>__<name>` (namespace
+    keeps the original), and a freeform `custom` tool (kind "custom", e.g. Codex's
+    apply_patch) is a function with one string argument, `input`; the Responses encoder
+    turns calls of either back into what the client declared.
+    """
 
     name: str
     description: str = ""
     parameters: dict = field(default_factory=dict)
+    kind: str = "function"  # function | custom
+    namespace: str = ""
+    original_name: str = ""  # the name inside its namespace
 
 
 @dataclass
@@ -84,6 +109,8 @@ class Request:
     stream: bool = False
     include_usage: bool = False
     user: str | None = None
+    cache_key: str | None = None  # a prompt-cache / session key (Responses prompt_cache_key)
+    dropped: list = field(default_factory=list)  # hosted tools left out: the target cannot run them
 
 
 @dataclass
@@ -214,3 +241,75 @@ def arguments_object(arguments: str) -> dict:
 def effort_for_budget(budget) -> str:
     """A thinking budget in tokens as the nearest OpenAI reasoning effort."""
     return "low" if (budget or 0) < 4096 else "medium" if budget < 16384 else "high"
+
+
+# ---------------------------------------------------------------- reasoning provenance
+
+SEAL_PREFIX = "br1."  # a sealed proof: br1.<base64url of {"p": producer label, "v": native proof}>
+
+
+def seal(proof: str, producer: str) -> str:
+    """A native proof wrapped with the endpoint that produced it, for the client to carry."""
+    if not proof:
+        return ""
+    packed = json.dumps({"p": producer, "v": proof}, separators=(",", ":")).encode()
+    return SEAL_PREFIX + base64.urlsafe_b64encode(packed).decode().rstrip("=")
+
+
+def unseal(value: str) -> tuple[str, str]:
+    """(producer, native proof) from a sealed proof; ("", value) for anything else."""
+    if not value.startswith(SEAL_PREFIX):
+        return "", value
+    body = value[len(SEAL_PREFIX):]
+    try:
+        data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        return str(data["p"]), str(data["v"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return "", value
+
+
+def own_proofs(req: Request, producer: str) -> Request:
+    """The request as one endpoint may see it: its own proofs unsealed, every other one dropped.
+
+    A proof from another provider or model (or of unknown origin) would be refused, and
+    Anthropic refuses signatures from another model outright; the reasoning text stays
+    as an unsigned part, which encoders that need a proof leave out.
+    """
+    def keep(part: Part) -> Part:
+        if part.kind != "reasoning" or not part.signature:
+            return part
+        origin, native = unseal(part.signature)
+        return dataclasses.replace(part, signature=native if origin == producer else "")
+    if not any(p.kind == "reasoning" and p.signature for m in req.messages for p in m.parts):
+        return req
+    return dataclasses.replace(req, messages=[Message(m.role, [keep(p) for p in m.parts]) for m in req.messages])
+
+
+def native_proof(signature: str, kind: str) -> dict | None:
+    """An unsealed proof as the dict its producing protocol wrote, if it is one of `kind`."""
+    try:
+        data = json.loads(signature) if signature.startswith("{") else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and data.get("kind") == kind else None
+
+
+def proof(kind: str, **native) -> str:
+    """A native proof: what the producing protocol needs to replay its reasoning, as JSON."""
+    return json.dumps({"kind": kind, **native}, separators=(",", ":"))
+
+
+def reply_model(raw: bytes, field_name: str, model: str) -> bytes:
+    """A relayed stream frame with its model field set to the client's name.
+
+    Only the key followed by a string value is replaced: inside string values quotes are
+    escaped, so text or tool arguments that mention a model are never touched. (Frames
+    only: a whole body is rewritten through its parsed JSON, where tool inputs are objects.)
+    """
+    named = f'"{field_name}":{json.dumps(model)}'.encode()
+    return _model_pattern(field_name).sub(lambda _: named, raw)
+
+
+@functools.lru_cache(maxsize=4)
+def _model_pattern(field_name: str):
+    return re.compile(b'"' + field_name.encode() + rb'"\s*:\s*"(?:[^"\\]|\\.)*"')

@@ -7,11 +7,13 @@ import secrets
 
 from bitrouter import registry
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, content_items, estimate_tokens, set_given, sse)
+                                 SEAL_PREFIX, arguments_object, content_items, native_proof, proof,
+                                 reply_model, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "anthropic"
 FIXED_HEADERS = {"anthropic-version": "2023-06-01"}
+MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ("anthropic-version", "anthropic-beta")
 KEEPALIVE = sse.frame({"type": "ping"}, "ping")
 DEFAULT_MAX_TOKENS = 4096  # when neither the client nor the catalog says how long an answer may be
@@ -39,8 +41,15 @@ def decode_request(body: dict) -> Request:
     req.system = _system_parts(body.get("system"))
     names = {}  # tool_use id -> tool name, so that results can carry the name (Gemini needs it)
     for i, msg in enumerate(body["messages"]):
-        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
-            raise ProtocolError(f"messages[{i}]: an object with role 'user' or 'assistant' is required")
+        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
+            raise ProtocolError(f"messages[{i}]: an object with role 'user', 'assistant' or 'system' is required")
+        if msg["role"] == "system":  # Claude Code's mid-conversation system messages keep their place
+            text = _system_parts(msg.get("content"))
+            if req.messages:
+                req.messages.append(Message("system", text))
+            else:
+                req.system += text
+            continue
         parts = _blocks(msg.get("content"), f"messages[{i}].content", names)
         if msg["role"] == "assistant":
             req.messages.append(Message("assistant", parts))
@@ -54,8 +63,10 @@ def decode_request(body: dict) -> Request:
     for i, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool, dict) or not tool.get("name"):
             raise ProtocolError(f"tools[{i}]: a tool needs a name")
-        if tool.get("type") in (None, "custom"):  # server tools (web search, bash...) run inside Anthropic
+        if tool.get("type") in (None, "custom"):
             req.tools.append(Tool(tool["name"], tool.get("description") or "", tool.get("input_schema") or {}))
+        else:  # server tools (web search, bash, code execution...) run inside Anthropic
+            req.dropped.append(tool["type"])
     choice = body.get("tool_choice") or {}
     req.tool_choice = _CHOICE_IN.get(choice.get("type"))
     if choice.get("type") == "tool":
@@ -74,13 +85,14 @@ def decode_request(body: dict) -> Request:
                                "strict": True}
     req.reasoning = _decode_thinking(body.get("thinking") or {}, config.get("effort"))
     req.user = (body.get("metadata") or {}).get("user_id")
+    req.cache_key = _session_of(req.user)
     return req
 
 
-def encode_response(resp: Response, model: str) -> dict:
+def encode_response(resp: Response, model: str, request: Request | None = None) -> dict:
     """Unified Response -> Messages `message` object."""
     content = [block for block in map(_response_block, resp.parts) if block]
-    return {"id": _message_id(resp.id), "type": "message", "role": "assistant", "model": resp.model or model,
+    return {"id": _message_id(resp.id), "type": "message", "role": "assistant", "model": model,
             "content": content, "stop_reason": _stop_reason(resp.finish_reason, resp.parts),
             "stop_sequence": None, "usage": encode_usage(resp.usage)}
 
@@ -122,8 +134,8 @@ class StreamEncoder:
             if index is None or not ev.text:
                 return b""
             return _delta(index, {"type": "input_json_delta", "partial_json": ev.text})
-        if kind == "start":
-            self.id, self.model = ev.id, ev.model or self.model
+        if kind == "start":  # the model keeps the client's name: Claude Code drops thinking otherwise
+            self.id = ev.id
             return self._start()
         if kind == "finish":
             self.finish_reason = ev.reason
@@ -173,9 +185,14 @@ def error_body(status: int, message: str) -> dict:
     return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
-def count_tokens(body: dict) -> dict:
-    """`/v1/messages/count_tokens`: an estimate (see protocols.estimate_tokens), not Anthropic's tokenizer."""
-    return {"input_tokens": estimate_tokens(decode_request(body))}
+def count_request(body: dict) -> Request:
+    """The request a `/v1/messages/count_tokens` body describes."""
+    return decode_request(body)
+
+
+def count_reply(tokens: int) -> dict:
+    """The `/v1/messages/count_tokens` answer."""
+    return {"input_tokens": tokens}
 
 
 def usage_of(body: dict) -> Usage:
@@ -196,6 +213,28 @@ def stream_usage(event: str, data: str) -> Usage | None:
 def is_final(event: str, data: str) -> bool:
     """Whether a relayed SSE event is the one that properly ends the stream."""
     return event == "message_stop"
+
+
+def relay_frame(event: str, raw: bytes, model: str) -> bytes:
+    """A passed-through stream frame as the client gets it: message_start names the client's model."""
+    return reply_model(raw, MODEL_FIELD, model) if event == "message_start" else raw
+
+
+def drop_sealed(body: dict) -> dict:
+    """The body without thinking blocks sealed for other providers (and without thinking, if
+    a tool-use turn lost its thinking that way: Anthropic would refuse the request)."""
+    messages, lost = [], False
+    for msg in body["messages"]:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, list):
+            kept = [b for b in content if not _sealed_block(b)]
+            lost = lost or (len(kept) < len(content) and any(_block_type(b) == "tool_use" for b in kept))
+            msg = dict(msg, content=kept)
+        messages.append(msg)
+    out = dict(body, messages=messages)
+    if lost:
+        out.pop("thinking", None)
+    return out
 
 
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
@@ -221,7 +260,9 @@ def encode_request(req: Request, model_id: str) -> dict:
     if req.system:
         body["system"] = [{"type": "text", "text": p.text} for p in req.system if p.text]
     forced = isinstance(req.tool_choice, dict) or req.tool_choice == "required"
-    budget = None if forced else _thinking_budget(req.reasoning, max_tokens)
+    # Thinking on requires every assistant tool_use turn to open with its signed thinking;
+    # a conversation whose proofs were dropped (another provider made them) goes without.
+    budget = None if forced or not _thinking_kept(body["messages"]) else _thinking_budget(req.reasoning, max_tokens)
     if budget:
         # Anthropic refuses temperature, top_k and a narrow top_p while thinking.
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
@@ -244,10 +285,26 @@ def encode_request(req: Request, model_id: str) -> dict:
     if req.response_format and req.response_format.get("type") == "json_schema":
         body["output_config"] = {"format": {"type": "json_schema", "schema": req.response_format.get("schema") or {}}}
     if req.user:
-        body["metadata"] = {"user_id": req.user}
+        body["metadata"] = {"user_id": req.user[:256]}
     if req.stream:
         body["stream"] = True
     return body
+
+
+def count_url(api_base: str, model_id: str) -> str:
+    """Anthropic's own token counter for a Messages request."""
+    return request_url(api_base, model_id, False) + "/count_tokens"
+
+
+def count_body(req: Request, model_id: str) -> dict:
+    """A count_tokens body: the Messages request without what only generation takes."""
+    body = encode_request(req, model_id)
+    return {key: value for key, value in body.items() if key in _COUNTED_FIELDS}
+
+
+def counted(data: dict) -> int:
+    """The token count in a count_tokens answer."""
+    return int(data["input_tokens"])
 
 
 def decode_response(body: dict) -> Response:
@@ -257,8 +314,8 @@ def decode_response(body: dict) -> Response:
         kind = block.get("type")
         if kind == "text":
             parts.append(Part("text", text=block.get("text") or ""))
-        elif kind == "thinking":
-            parts.append(Part("reasoning", text=block.get("thinking") or "", signature=block.get("signature") or ""))
+        elif kind in ("thinking", "redacted_thinking"):
+            parts.append(Part("reasoning", text=block.get("thinking") or "", signature=_proof(block)))
         elif kind == "tool_use":
             parts.append(Part("tool_call", id=block.get("id", ""), name=block.get("name", ""),
                               arguments=json.dumps(block.get("input") or {})))
@@ -271,6 +328,7 @@ class StreamDecoder:
 
     def __init__(self):
         self.tools = set()  # content block indices that are tool_use blocks
+        self.thinking = {}  # thinking block index -> its text so far (the signature covers it)
         self.usage = Usage()
 
     def feed(self, event: str, data: str) -> list:
@@ -287,9 +345,13 @@ class StreamDecoder:
             if dtype == "input_json_delta" and ev.get("index") in self.tools and delta.get("partial_json"):
                 return [Event("tool_args", index=ev["index"], text=delta["partial_json"])]
             if dtype == "thinking_delta":
-                return [Event("reasoning", text=delta.get("thinking", ""))]
+                text = delta.get("thinking", "")
+                self.thinking[ev.get("index")] = self.thinking.get(ev.get("index"), "") + text
+                return [Event("reasoning", text=text)]
             if dtype == "signature_delta":
-                return [Event("reasoning", signature=delta.get("signature", ""))]
+                block = {"type": "thinking", "thinking": self.thinking.pop(ev.get("index"), ""),
+                         "signature": delta.get("signature", "")}
+                return [Event("reasoning", signature=_proof(block))]
             return []  # citation deltas have no unified form
         if kind == "content_block_start":
             return self._block(ev.get("index", 0), ev.get("content_block") or {})
@@ -316,7 +378,10 @@ class StreamDecoder:
         if kind == "text" and block.get("text"):
             return [Event("text", text=block["text"])]
         if kind == "thinking" and block.get("thinking"):
+            self.thinking[index] = block["thinking"]
             return [Event("reasoning", text=block["thinking"])]
+        if kind == "redacted_thinking":
+            return [Event("reasoning", signature=_proof(block))]
         return []
 
 
@@ -348,8 +413,9 @@ _CHOICE_OUT = {"auto": "auto", "required": "any", "none": "none"}
 _EFFORT_IN = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 _EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 _MIN_BUDGET = 1024
-# Blocks that only Anthropic itself can use (server tools, encrypted thinking): left out of translations.
-_ANTHROPIC_ONLY = {"redacted_thinking", "server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
+_COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+# Blocks that only Anthropic itself can use (server tools and their results): left out of translations.
+_ANTHROPIC_ONLY = {"server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
                    "code_execution_tool_result", "bash_code_execution_tool_result", "tool_search_tool_result",
                    "text_editor_code_execution_tool_result", "container_upload", "mcp_tool_use",
                    "mcp_tool_result"}
@@ -386,8 +452,10 @@ def _blocks(content, where: str, names: dict) -> list:
             parts.append(Part("tool_result", id=call_id, name=names.get(call_id, ""),
                               content=_blocks(block.get("content"), f"{where}[{j}].content", names),
                               is_error=bool(block.get("is_error"))))
-        elif kind == "thinking":
+        elif kind == "thinking":  # the signature is the client's carrier for a sealed proof
             parts.append(Part("reasoning", text=block.get("thinking") or "", signature=block.get("signature") or ""))
+        elif kind == "redacted_thinking":
+            parts.append(Part("reasoning", signature=block.get("data") or ""))
         elif kind not in _ANTHROPIC_ONLY:
             raise ProtocolError(f"{where}[{j}]: unsupported content block type {kind!r}")
     return parts
@@ -426,11 +494,17 @@ def _thinking_budget(reasoning, max_tokens: int) -> int | None:
 
 
 def _encode_messages(messages: list) -> list:
-    """Unified messages -> alternating user/assistant turns, tool results first in their user turn."""
+    """Unified messages -> alternating user/assistant turns, tool results first in their user turn.
+
+    A mid-conversation system message becomes text of the user turn at its place (the
+    Messages API takes system text only up front, unless the client's beta says otherwise).
+    """
     out = []
     for msg in messages:
         role = "assistant" if msg.role == "assistant" else "user"
         blocks = [block for block in map(_request_block, msg.parts) if block]
+        if msg.role == "system":
+            blocks = [{"type": "text", "text": "System: " + b["text"]} for b in blocks]
         if not blocks:
             continue
         if out and out[-1]["role"] == role:
@@ -458,8 +532,9 @@ def _request_block(p: Part) -> dict | None:
         if p.is_error:
             block["is_error"] = True
         return block
-    if p.kind == "reasoning" and p.signature:  # unsigned thinking is refused by Anthropic
-        return {"type": "thinking", "thinking": p.text, "signature": p.signature}
+    if p.kind == "reasoning":  # only Anthropic's own proofs; unsigned thinking is refused
+        native = native_proof(p.signature, NAME)
+        return native["block"] if native else None
     return None
 
 
@@ -482,6 +557,40 @@ def _response_block(p: Part) -> dict | None:
         return {"type": "tool_use", "id": _tool_id(p.id) or _new_tool_id(), "name": p.name,
                 "input": arguments_object(p.arguments)}
     return None
+
+
+def _proof(block: dict) -> str:
+    """A thinking or redacted_thinking block as the native proof that replays it."""
+    keep = ("type", "thinking", "signature") if block.get("type") == "thinking" else ("type", "data")
+    return proof(NAME, block={key: block.get(key) or "" for key in keep})
+
+
+def _block_type(block) -> str | None:
+    return block.get("type") if isinstance(block, dict) else None
+
+
+def _sealed_block(block) -> bool:
+    """A thinking or redacted_thinking block carrying a proof BitRouter sealed."""
+    kind = _block_type(block)
+    value = block.get("signature") if kind == "thinking" else block.get("data") if kind == "redacted_thinking" else None
+    return isinstance(value, str) and value.startswith(SEAL_PREFIX)
+
+
+def _thinking_kept(messages: list) -> bool:
+    """Whether every assistant turn with tool_use still opens with a thinking block."""
+    return all(turn["content"][0]["type"] in ("thinking", "redacted_thinking") for turn in messages
+               if turn["role"] == "assistant" and any(b["type"] == "tool_use" for b in turn["content"]))
+
+
+def _session_of(user_id) -> str | None:
+    """Claude Code's metadata.user_id is a JSON object as a string; its session id keys caches."""
+    if not isinstance(user_id, str) or not user_id.startswith("{"):
+        return None
+    try:
+        session = json.loads(user_id).get("session_id")
+    except (ValueError, AttributeError):
+        return None
+    return session if isinstance(session, str) else None
 
 
 def _tool_id(call_id: str) -> str:

@@ -9,12 +9,14 @@ name of each result is resolved from the call it answers.
 import json
 import secrets
 
-from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, estimate_tokens, set_given, sse)
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
+                                 arguments_object, native_proof, proof, reply_model, set_given,
+                                 sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "google"
 FIXED_HEADERS = {}
+MODEL_FIELD = "modelVersion"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
 # Google's documented placeholder for function calls that came from another model and so
@@ -49,8 +51,8 @@ def decode_request(body: dict) -> Request:
         role = content.get("role") or "user"
         if role == "model":
             pending = []
-            parts = [_model_part(part, i, k, pending) for k, part in enumerate(content.get("parts") or [])]
-            req.messages.append(Message("assistant", [p for p in parts if p]))
+            parts = [p for k, part in enumerate(content.get("parts") or []) for p in _model_part(part, i, k, pending)]
+            req.messages.append(Message("assistant", parts))
         elif role in ("user", "function", "tool"):
             results, rest = [], []
             for k, part in enumerate(content.get("parts") or []):
@@ -89,13 +91,13 @@ def decode_request(body: dict) -> Request:
     return req
 
 
-def encode_response(resp: Response, model: str) -> dict:
+def encode_response(resp: Response, model: str, request: Request | None = None) -> dict:
     """Unified Response -> GenerateContentResponse."""
-    parts = [_response_part(p) for p in resp.parts if p.kind in ("text", "reasoning", "tool_call")]
+    parts = _signed([part for p in resp.parts for part in _response_parts(p)])
     candidate = {"content": {"role": "model", "parts": parts or [{"text": ""}]},
                  "finishReason": _FINISH_OUT.get(resp.finish_reason, "STOP"), "index": 0}
     return {"candidates": [candidate], "usageMetadata": encode_usage(resp.usage),
-            "modelVersion": resp.model or model, "responseId": resp.id or _response_id()}
+            "modelVersion": model, "responseId": resp.id or _response_id()}
 
 
 class StreamEncoder:
@@ -106,16 +108,17 @@ class StreamEncoder:
         self.id = _response_id()
         self.calls = {}  # unified tool index -> [id, name, argument fragments], sent whole
         self.any_calls = False
+        self.signature = ""  # a proof waiting for the part it belongs on (the next call or text)
         self.finish_reason = None
         self.usage = None
 
     def event(self, ev: Event) -> bytes:
         """One unified event as a frame; tool calls are held until the next part or the end, then sent whole."""
         kind = ev.kind
-        if kind == "text" or kind == "reasoning":
+        if kind == "reasoning" and ev.signature:
+            self.signature = ev.signature
+        if (kind == "text" or kind == "reasoning") and ev.text:
             part = {"text": ev.text, "thought": True} if kind == "reasoning" else {"text": ev.text}
-            if ev.signature:
-                part["thoughtSignature"] = ev.signature
             return self._frame(self._flush() + [part])
         if kind == "tool_call":
             self.calls[ev.index] = [ev.id, ev.name, []]
@@ -124,8 +127,8 @@ class StreamEncoder:
             call = self.calls.get(ev.index)
             if call:
                 call[2].append(ev.text)
-        elif kind == "start":
-            self.id, self.model = ev.id or self.id, ev.model or self.model
+        elif kind == "start":  # the model keeps the name the client asked for
+            self.id = ev.id or self.id
         elif kind == "finish":
             self.finish_reason = ev.reason
         elif kind == "usage":
@@ -134,9 +137,11 @@ class StreamEncoder:
 
     def finish_stream(self) -> bytes:
         """The last frame: the held tool calls, the finish reason and the usage."""
-        parts = self._flush()
+        parts = self._flush() or [{"text": ""}]
+        if self.signature:
+            parts, self.signature = _signed([{"thoughtSignature": self.signature}] + parts), ""
         reason = "tool_calls" if self.any_calls and self.finish_reason in (None, "stop") else self.finish_reason
-        candidate = {"content": {"role": "model", "parts": parts or [{"text": ""}]},
+        candidate = {"content": {"role": "model", "parts": parts},
                      "finishReason": _FINISH_OUT.get(reason, "STOP"), "index": 0}
         return sse.frame({"candidates": [candidate], "usageMetadata": encode_usage(self.usage or Usage()),
                           "modelVersion": self.model, "responseId": self.id})
@@ -148,6 +153,8 @@ class StreamEncoder:
         return parts
 
     def _frame(self, parts: list) -> bytes:
+        if self.signature:
+            parts, self.signature = _signed([{"thoughtSignature": self.signature}] + parts), ""
         return sse.frame({"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}],
                           "modelVersion": self.model, "responseId": self.id})
 
@@ -162,9 +169,14 @@ def error_body(status: int, message: str) -> dict:
     return {"error": {"code": status, "message": message, "status": _STATUS.get(status, "INTERNAL")}}
 
 
-def count_tokens(body: dict) -> dict:
-    """`:countTokens`: an estimate (see protocols.estimate_tokens), not Gemini's tokenizer."""
-    return {"totalTokens": estimate_tokens(decode_request(body.get("generateContentRequest") or body))}
+def count_request(body: dict) -> Request:
+    """The request a `:countTokens` body describes (contents, or a whole generateContentRequest)."""
+    return decode_request(body.get("generateContentRequest") or body)
+
+
+def count_reply(tokens: int) -> dict:
+    """The `:countTokens` answer."""
+    return {"totalTokens": tokens}
 
 
 def usage_of(body: dict) -> Usage:
@@ -187,6 +199,26 @@ def stream_usage(event: str, data: str) -> Usage | None:
 def is_final(event: str, data: str) -> bool:
     """Whether a relayed frame is the one that ends the stream: it carries the finish reason."""
     return '"finishReason"' in data
+
+
+def relay_frame(event: str, raw: bytes, model: str) -> bytes:
+    """A passed-through frame as the client gets it: every frame names the client's model."""
+    return reply_model(raw, MODEL_FIELD, model)
+
+
+def drop_sealed(body: dict) -> dict:
+    """The body without thought signatures BitRouter sealed for another provider; a function
+    call that loses its signature gets Google's placeholder for calls from another model."""
+    def part(p):
+        if not (isinstance(p, dict) and str(p.get("thoughtSignature") or "").startswith(SEAL_PREFIX)):
+            return p
+        rest = {k: v for k, v in p.items() if k != "thoughtSignature"}
+        return {**rest, "thoughtSignature": FOREIGN_SIGNATURE} if "functionCall" in rest else rest
+    def content(c):
+        if not (isinstance(c, dict) and isinstance(c.get("parts"), list)):
+            return c
+        return dict(c, parts=[q for q in map(part, c["parts"]) if q != {}])  # a bare signature part goes whole
+    return dict(body, contents=[content(c) for c in body.get("contents") or []])
 
 
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
@@ -224,8 +256,8 @@ def encode_request(req: Request, model_id: str) -> dict:
         declarations = []
         for t in req.tools:
             fd = {"name": t.name, "description": t.description}
-            if t.parameters:
-                fd["parametersJsonSchema"] = t.parameters  # full JSON Schema; `parameters` is a subset
+            if t.parameters:  # `parameters` is what every Gemini endpoint takes, in its own subset
+                fd["parameters"] = gemini_schema(t.parameters)
             declarations.append(fd)
         body["tools"] = [{"functionDeclarations": declarations}]
         if req.tool_choice:
@@ -250,6 +282,22 @@ def encode_request(req: Request, model_id: str) -> dict:
     if config:
         body["generationConfig"] = config
     return body
+
+
+def count_url(api_base: str, model_id: str) -> str:
+    """Gemini's own token counter for a model."""
+    return request_url(api_base, model_id, False).removesuffix(":generateContent") + ":countTokens"
+
+
+def count_body(req: Request, model_id: str) -> dict:
+    """A countTokens body: the whole request, so tools and instructions are counted too."""
+    model = model_id if model_id.startswith("models/") else "models/" + model_id
+    return {"generateContentRequest": {"model": model, **encode_request(req, model_id)}}
+
+
+def counted(data: dict) -> int:
+    """The token count in a countTokens answer."""
+    return int(data["totalTokens"])
 
 
 def decode_response(body: dict) -> Response:
@@ -317,6 +365,52 @@ def encode_usage(u: Usage) -> dict:
     return out
 
 
+def gemini_schema(schema, root=None, depth: int = 0):
+    """A JSON Schema as Gemini's Schema subset: what it refuses is rewritten or left out.
+
+    Type arrays become `nullable`, `const` an enum, `oneOf` anyOf, local `$ref`s are
+    inlined (to a bounded depth); `$schema`, `additionalProperties`, `propertyNames`,
+    `exclusiveMinimum` and everything else outside the subset are dropped.
+    """
+    if not isinstance(schema, dict) or depth > _MAX_SCHEMA_DEPTH:
+        return {}
+    root = schema if root is None else root
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target = root
+        for key in ref[2:].split("/"):
+            target = target.get(key) if isinstance(target, dict) else None
+        return gemini_schema(target, root, depth + 1) if isinstance(target, dict) else {}
+    out = {}
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        if len(kinds) < len(kind):
+            out["nullable"] = True
+        kind = kinds[0] if kinds else None
+    if isinstance(kind, str):
+        out["type"] = kind
+    for key, value in schema.items():
+        if key in ("properties",) and isinstance(value, dict):
+            out[key] = {name: gemini_schema(s, root, depth + 1) for name, s in value.items()}
+        elif key == "items" and isinstance(value, dict):
+            out[key] = gemini_schema(value, root, depth + 1)
+        elif key in ("anyOf", "oneOf") and isinstance(value, list):
+            out["anyOf"] = [gemini_schema(s, root, depth + 1) for s in value]
+        elif key == "const" and isinstance(value, str):  # only string constants have a Gemini form
+            out["enum"] = [value]
+        elif key == "enum" and isinstance(value, list):
+            if all(isinstance(v, str) for v in value):  # Gemini's enums are lists of strings
+                out["enum"] = value
+        elif key in _SCHEMA_KEYS:
+            out[key] = value
+    if isinstance(out.get("required"), list):
+        out["required"] = [name for name in out["required"] if name in out.get("properties", {})]
+    if "enum" in out:
+        out["type"] = "string"
+    return out
+
+
 def json_schema(schema):
     """Gemini's OpenAPI-style Schema (upper-case types, `nullable`) -> plain JSON Schema."""
     if isinstance(schema, list):
@@ -353,6 +447,11 @@ _MODE_OUT = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _LEVEL_IN = {"MINIMAL": "low", "LOW": "low", "MEDIUM": "medium", "HIGH": "high", "XHIGH": "high"}
 _EFFORT_BUDGET = {"minimal": 512, "low": 2048, "medium": 8192, "high": 24576}
 _OUTPUT_KEYS = ("output", "result", "content")  # how clients name a function's result
+# Schema fields Gemini's function declarations take as they are (the rest is rewritten or dropped).
+_SCHEMA_KEYS = {"format", "title", "description", "nullable", "maxItems", "minItems", "required", "minProperties",
+                "maxProperties", "minLength", "maxLength", "pattern", "example", "propertyOrdering", "default",
+                "minimum", "maximum"}
+_MAX_SCHEMA_DEPTH = 24
 
 
 def _system_parts(system) -> list:
@@ -363,19 +462,23 @@ def _system_parts(system) -> list:
     return [Part("text", text=p["text"]) for p in parts if isinstance(p, dict) and p.get("text")]
 
 
-def _model_part(part: dict, i: int, k: int, pending: list) -> Part | None:
-    """One part of a model turn; function calls get the client's id or a stable minted one."""
+def _model_part(part: dict, i: int, k: int, pending: list) -> list:
+    """One part of a model turn as Parts; a thoughtSignature (the carrier of a sealed proof,
+    usually on a function call) becomes a reasoning part before it; calls get the client's
+    id or a stable minted one."""
     if not isinstance(part, dict):
         raise ProtocolError(f"contents[{i}].parts[{k}]: must be an object")
+    signature = part.get("thoughtSignature") or ""
+    if part.get("thought") and "text" in part:
+        return [Part("reasoning", text=part["text"], signature=signature)]
+    out = [Part("reasoning", signature=signature)] if signature else []
     call = part.get("functionCall")
     if call is not None:
         call_id = call.get("id") or f"call_{i}_{k}"
         pending.append([call_id, call.get("name", "")])
-        return Part("tool_call", id=call_id, name=call.get("name", ""), arguments=json.dumps(call.get("args") or {}))
-    if part.get("thought") and "text" in part:
-        return Part("reasoning", text=part["text"], signature=part.get("thoughtSignature") or "")
-    media = _media_parts(part)
-    return media[0] if media else None
+        return out + [Part("tool_call", id=call_id, name=call.get("name", ""),
+                           arguments=json.dumps(call.get("args") or {}))]
+    return out + _media_parts(part)[:1]
 
 
 def _result_part(response: dict, fallback_id: str, pending: list) -> Part:
@@ -437,7 +540,10 @@ def _encode_contents(messages: list) -> list:
         parts = []
         for p in msg.parts:
             parts += _request_parts(p, names)
+        if msg.role == "system":  # no system turns mid-conversation: its text joins the user turn in place
+            parts = [{"text": "System: " + part["text"]} for part in parts if "text" in part]
         if role == "model":
+            parts = _signed(parts)
             first_call = next((p for p in parts if "functionCall" in p), None)
             if first_call is not None and "thoughtSignature" not in first_call:
                 first_call["thoughtSignature"] = FOREIGN_SIGNATURE
@@ -467,33 +573,55 @@ def _request_parts(p: Part, names: dict) -> list:
             if c.kind == "image":
                 media += _request_parts(c, names)
         return [{"functionResponse": response}] + media
-    if p.kind == "reasoning" and p.signature:
-        return [{"text": p.text, "thought": True, "thoughtSignature": p.signature}]
+    if p.kind == "reasoning":  # only Gemini's own signatures; its thoughts' text is not sent back
+        native = native_proof(p.signature, NAME)
+        return [{"thoughtSignature": native["signature"]}] if native else []
     return []
 
 
 def _reply_parts(part: dict) -> list:
-    """Parts of a model reply; function calls get fresh unique ids (Gemini sends none or its own)."""
+    """Parts of a model reply; a thoughtSignature becomes a reasoning part (the native proof)
+    before the part it was on; function calls get fresh unique ids (Gemini sends none or its own)."""
+    signature = part.get("thoughtSignature")
+    if "text" in part and part.get("thought"):
+        return [Part("reasoning", text=part["text"], signature=proof(NAME, signature=signature) if signature else "")]
+    out = [Part("reasoning", signature=proof(NAME, signature=signature))] if signature else []
     call = part.get("functionCall")
     if call is not None:
-        return [Part("tool_call", id=call.get("id") or "call_" + secrets.token_hex(12), name=call.get("name", ""),
-                     arguments=json.dumps(call.get("args") or {}))]
-    if "text" in part and part.get("thought"):
-        return [Part("reasoning", text=part["text"], signature=part.get("thoughtSignature") or "")]
-    if "text" in part:
-        return [Part("text", text=part["text"])] if part["text"] else []
-    return []
+        return out + [Part("tool_call", id=call.get("id") or "call_" + secrets.token_hex(12), name=call.get("name", ""),
+                           arguments=json.dumps(call.get("args") or {}))]
+    if "text" in part and part["text"]:
+        return out + [Part("text", text=part["text"])]
+    return out
 
 
-def _response_part(p: Part) -> dict:
+def _response_parts(p: Part) -> list:
+    """A reply part for the client; a proof goes bare, for _signed to put on its call."""
     if p.kind == "reasoning":
-        part = {"text": p.text, "thought": True}
-        if p.signature:
-            part["thoughtSignature"] = p.signature
-        return part
+        return ([{"text": p.text, "thought": True}] if p.text else []) + \
+            ([{"thoughtSignature": p.signature}] if p.signature else [])
     if p.kind == "tool_call":
-        return _call_part(p.id, p.name, p.arguments)
-    return {"text": p.text}
+        return [_call_part(p.id, p.name, p.arguments)]
+    return [{"text": p.text}] if p.kind == "text" else []
+
+
+def _signed(parts: list) -> list:
+    """Parts with each bare thoughtSignature moved onto the next function call (or text) part.
+
+    Gemini puts a turn's signature on its first function call, and clients such as Gemini
+    CLI keep it there while they drop thought parts from their history.
+    """
+    out, signature = [], ""
+    for part in parts:
+        if set(part) == {"thoughtSignature"}:
+            signature = signature or part["thoughtSignature"]
+            continue
+        if signature and not part.get("thought") and ("functionCall" in part or "text" in part):
+            part, signature = {**part, "thoughtSignature": signature}, ""
+        out.append(part)
+    if signature:
+        out.append({"text": "", "thoughtSignature": signature})
+    return out
 
 
 def _call_part(call_id: str, name: str, arguments: str) -> dict:

@@ -6,11 +6,12 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, content_items,
-                                 effort_for_budget, media_part, set_given, sse)
+                                 effort_for_budget, media_part, native_proof, proof, reply_model, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "openai"
 FIXED_HEADERS = {}
+MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 
 # ---------------------------------------------------------------- inbound
@@ -35,8 +36,12 @@ def decode_request(body: dict) -> Request:
         if not isinstance(msg, dict):
             raise ProtocolError(f"messages[{i}] must be an object")
         role = msg.get("role")
-        if role in ("system", "developer"):
-            req.system += [p for p in _content_parts(msg.get("content"), i) if p.kind == "text"]
+        if role in ("system", "developer"):  # up front: the instructions; later: a system message in place
+            text = [p for p in _content_parts(msg.get("content"), i) if p.kind == "text"]
+            if req.messages:
+                req.messages.append(Message("system", text))
+            else:
+                req.system += text
         elif role == "user":
             req.messages.append(Message("user", _content_parts(msg.get("content"), i)))
         elif role == "assistant":
@@ -79,7 +84,7 @@ def decode_request(body: dict) -> Request:
     return req
 
 
-def encode_response(resp: Response, model: str) -> dict:
+def encode_response(resp: Response, model: str, request: Request | None = None) -> dict:
     """Unified Response -> chat.completion object."""
     text = "".join(p.text for p in resp.parts if p.kind == "text")
     message = {"role": "assistant", "content": text or None}
@@ -91,7 +96,7 @@ def encode_response(resp: Response, model: str) -> dict:
     if calls:
         message["tool_calls"] = calls
     return {"id": _chat_id(resp.id), "object": "chat.completion", "created": int(time.time()),
-            "model": resp.model or model,
+            "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None,
                          "finish_reason": _CHAT_FINISH.get(resp.finish_reason, "stop")}],
             "usage": encode_usage(resp.usage)}
@@ -111,8 +116,7 @@ class StreamEncoder:
 
     def event(self, ev: Event) -> bytes:
         """One unified event as a chat.completion.chunk frame; finish and usage wait for finish_stream."""
-        if ev.kind == "start":
-            self.model = ev.model or self.model
+        if ev.kind == "start":  # the model keeps the name the client asked for
             return self._chunk({"role": "assistant", "content": ""})
         if ev.kind == "text":
             return self._chunk({"content": ev.text})
@@ -183,6 +187,16 @@ def is_final(event: str, data: str) -> bool:
     return data == "[DONE]"
 
 
+def relay_frame(event: str, raw: bytes, model: str) -> bytes:
+    """A passed-through chunk as the client gets it: every chunk names the client's model."""
+    return reply_model(raw, MODEL_FIELD, model)
+
+
+def drop_sealed(body: dict) -> dict:
+    """The body without proofs sealed for other providers: Chat has no place for one."""
+    return body
+
+
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
     """The client's own body for a same-protocol upstream: only `model` changes.
 
@@ -241,7 +255,8 @@ def decode_response(body: dict) -> Response:
     msg = choice.get("message") or {}
     parts = []
     if msg.get("reasoning_content"):
-        parts.append(Part("reasoning", text=msg["reasoning_content"]))
+        text = msg["reasoning_content"]
+        parts.append(Part("reasoning", text=text, signature=proof(NAME, text=text)))
     if msg.get("content"):
         parts.append(Part("text", text=msg["content"]))
     if msg.get("refusal"):
@@ -257,6 +272,7 @@ class StreamDecoder:
     def __init__(self):
         self.started = False
         self.calls = set()  # chat tool indices already announced
+        self.reasoning = ""  # reasoning_content so far: it is its own proof, sent once it is whole
 
     def feed(self, event: str, data: str) -> list:
         """One upstream chunk as unified events; an in-band error raises ProtocolError (502)."""
@@ -272,7 +288,11 @@ class StreamDecoder:
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content"):
+                self.reasoning += delta["reasoning_content"]
                 out.append(Event("reasoning", text=delta["reasoning_content"]))
+            elif self.reasoning and (delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason")):
+                out.append(Event("reasoning", signature=proof(NAME, text=self.reasoning)))
+                self.reasoning = ""
             if delta.get("content"):
                 out.append(Event("text", text=delta["content"]))
             for call in delta.get("tool_calls") or []:
@@ -344,6 +364,8 @@ def _tool_call(call: dict) -> Part:
 
 def _encode_message(msg: Message) -> list:
     """One unified message -> one or more chat messages."""
+    if msg.role == "system":
+        return [{"role": "system", "content": "\n\n".join(p.text for p in msg.parts if p.kind == "text")}]
     if msg.role == "tool":
         return [{"role": "tool", "tool_call_id": p.id,
                  "content": _tool_text(p)} for p in msg.parts if p.kind == "tool_result"]
@@ -353,6 +375,11 @@ def _encode_message(msg: Message) -> list:
                  for p in msg.parts if p.kind == "tool_call"]
         if calls:
             out["tool_calls"] = calls
+        # DeepSeek/Kimi-style providers want their own reasoning back on tool-call turns.
+        reasoning = "".join(native["text"] for p in msg.parts if p.kind == "reasoning"
+                            for native in [native_proof(p.signature, NAME)] if native)
+        if reasoning:
+            out["reasoning_content"] = reasoning
         return [out]
     results = [p for p in msg.parts if p.kind == "tool_result"]
     rest = [p for p in msg.parts if p.kind != "tool_result"]

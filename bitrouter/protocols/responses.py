@@ -6,21 +6,26 @@ into one unified assistant message and consecutive function_call_output items in
 tool message, so other protocols see ordinary alternating turns.
 
 Server-side state (previous_response_id, conversation, stored prompts, item references,
-background mode) and OpenAI-hosted tools cannot be translated by a stateless proxy: such
-requests get a 400 unless they are passed through to a Responses upstream untouched.
+background mode) cannot be translated by a stateless proxy: such requests get a 400
+unless they are passed through to a Responses upstream untouched. OpenAI-hosted tools
+(web search, file search...) are left out of a translated request, and named in
+Request.dropped; Codex's namespaced and freeform (`custom`) tools travel as plain
+functions and come back as the items the client declared.
 """
 
+import hashlib
 import json
 import secrets
 import time
 
-from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 content_items, effort_for_budget, error_message, estimate_tokens,
-                                 media_part, set_given, sse)
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
+                                 content_items, effort_for_budget, error_message,
+                                 media_part, native_proof, proof, reply_model, set_given, sse)
 from bitrouter.protocols import openai as chat
 
 NAME = "responses"
 FIXED_HEADERS = {}
+MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 
 # Events after which a Responses stream is over, whatever its outcome.
@@ -76,10 +81,11 @@ def decode_request(body: dict) -> Request:
     if effort:
         req.reasoning = {"effort": effort}
     req.user = body.get("safety_identifier") or body.get("user")
+    req.cache_key = body.get("prompt_cache_key")
     return req
 
 
-def encode_response(resp: Response, model: str) -> dict:
+def encode_response(resp: Response, model: str, request: Request | None = None) -> dict:
     """Unified Response -> Responses `response` object."""
     output = []
     for p in resp.parts:
@@ -91,9 +97,10 @@ def encode_response(resp: Response, model: str) -> dict:
         elif p.kind == "reasoning":
             output.append(_reasoning_item(p.id if p.id.startswith("rs_") else _new_id("rs"), p.text, p.signature))
         elif p.kind == "tool_call":
-            output.append(_call_item(_new_id("fc"), p.id, p.name, p.arguments or "{}", "completed"))
+            output.append(_client_call(_call_item(_new_id("fc"), p.id, p.name, p.arguments or "{}", "completed"),
+                                       request))
     rid = resp.id if resp.id.startswith("resp_") else _new_id("resp")
-    return _response_object(rid, resp.model or model, int(time.time()), output, resp.finish_reason, resp.usage)
+    return _response_object(rid, model, int(time.time()), output, resp.finish_reason, resp.usage)
 
 
 class StreamEncoder:
@@ -105,6 +112,7 @@ class StreamEncoder:
     """
 
     def __init__(self, model: str, request: Request):
+        self.request = request
         self.id = _new_id("resp")
         self.model = model
         self.created = int(time.time())
@@ -118,8 +126,7 @@ class StreamEncoder:
 
     def event(self, ev: Event) -> bytes:
         """One unified event as Responses SSE events, opening and closing output items as needed."""
-        if ev.kind == "start":
-            self.model = ev.model or self.model
+        if ev.kind == "start":  # the model keeps the name the client asked for
             return self._start()
         out = self._start()
         if ev.kind == "text":
@@ -146,6 +153,8 @@ class StreamEncoder:
             index = self.calls[ev.index]
             item = self.output[index]
             item["arguments"] += ev.text
+            if _client_call(item, self.request)["type"] != "function_call":
+                return out  # a custom tool's input is sent whole, when its item is done
             return out + self._emit("response.function_call_arguments.delta", item_id=item["id"],
                                     output_index=index, delta=ev.text)
         if ev.kind == "finish":
@@ -203,7 +212,7 @@ class StreamEncoder:
         item = _call_item(_new_id("fc"), call_id or _new_id("call"), name, "", "in_progress")
         self.output.append(item)
         self.calls[unified_index] = index
-        return self._emit("response.output_item.added", output_index=index, item=dict(item))
+        return self._emit("response.output_item.added", output_index=index, item=dict(_client_call(item, self.request)))
 
     def _close_current(self) -> bytes:
         if self.current is None:
@@ -231,9 +240,11 @@ class StreamEncoder:
             item = self.output[index]
             item["arguments"] = item["arguments"] or "{}"
             item["status"] = "completed"
-            out += self._emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                              name=item["name"], arguments=item["arguments"])
-            out += self._emit("response.output_item.done", output_index=index, item=item)
+            client_item = self.output[index] = _client_call(item, self.request)
+            if client_item is item:
+                out += self._emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                                  name=item["name"], arguments=item["arguments"])
+            out += self._emit("response.output_item.done", output_index=index, item=client_item)
         self.calls = {}
         return out
 
@@ -283,9 +294,28 @@ def is_final(event: str, data: str) -> bool:
     return any(f'"{kind}"' in data for kind in TERMINAL) and json.loads(data).get("type") in TERMINAL
 
 
-def count_tokens(body: dict) -> dict:
-    """`/v1/responses/input_tokens`: an estimate (see protocols.estimate_tokens), not OpenAI's tokenizer."""
-    return {"object": "response.input_tokens", "input_tokens": estimate_tokens(decode_request(body))}
+def count_request(body: dict) -> Request:
+    """The request a `/v1/responses/input_tokens` body describes."""
+    return decode_request(body)
+
+
+def count_reply(tokens: int) -> dict:
+    """The `/v1/responses/input_tokens` answer."""
+    return {"object": "response.input_tokens", "input_tokens": tokens}
+
+
+def relay_frame(event: str, raw: bytes, model: str) -> bytes:
+    """A passed-through event as the client gets it: the `response` it wraps names the client's model."""
+    return reply_model(raw, MODEL_FIELD, model) if event in _WITH_RESPONSE or not event else raw
+
+
+def drop_sealed(body: dict) -> dict:
+    """The body without reasoning items whose encrypted content BitRouter sealed for another provider."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return body
+    return dict(body, input=[i for i in items if not (isinstance(i, dict) and i.get("type") == "reasoning" and
+                                                      str(i.get("encrypted_content") or "").startswith(SEAL_PREFIX))])
 
 
 def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
@@ -324,14 +354,33 @@ def encode_request(req: Request, model_id: str) -> dict:
     set_given(body, "max_output_tokens", req.max_tokens)
     set_given(body, "temperature", req.temperature)
     set_given(body, "top_p", req.top_p)
-    set_given(body, "safety_identifier", req.user)
+    if req.user:  # at most 64 characters; a longer id (Claude Code's JSON) is sent as its hash
+        body["safety_identifier"] = req.user if len(req.user) <= 64 else hashlib.sha256(req.user.encode()).hexdigest()
+    set_given(body, "prompt_cache_key", req.cache_key)
     if req.response_format:
         body["text"] = {"format": _encode_format(req.response_format)}
     if req.reasoning:
         body["reasoning"] = {"effort": req.reasoning.get("effort") or effort_for_budget(req.reasoning.get("budget_tokens"))}
+        body["include"] = ["reasoning.encrypted_content"]  # with store false, the only way to replay it
     if req.stream:
         body["stream"] = True
     return body
+
+
+def count_url(api_base: str, model_id: str) -> str:
+    """OpenAI's own input-token counter for a Responses request."""
+    return api_base + "/responses/input_tokens"
+
+
+def count_body(req: Request, model_id: str) -> dict:
+    """An input_tokens body: the Responses request without what only generation takes."""
+    body = encode_request(req, model_id)
+    return {key: value for key, value in body.items() if key not in _GENERATION_ONLY}
+
+
+def counted(data: dict) -> int:
+    """The token count in an input_tokens answer."""
+    return int(data["input_tokens"])
 
 
 def decode_response(body: dict) -> Response:
@@ -348,7 +397,7 @@ def decode_response(body: dict) -> Response:
             parts.append(Part("tool_call", id=item.get("call_id", ""), name=item.get("name", ""),
                               arguments=item.get("arguments") or "{}"))
         elif kind == "reasoning":
-            parts.append(_reasoning_part(item))
+            parts.append(_reasoning_part(item, native=True))
     calls = any(p.kind == "tool_call" for p in parts)
     return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
                     finish_reason=_finish(body, calls), usage=usage_of(body))
@@ -380,7 +429,7 @@ class StreamDecoder:
             if item.get("type") == "function_call":
                 out += self._call(index, item)
             elif item.get("type") == "reasoning" and kind.endswith(".done") and item.get("encrypted_content"):
-                out.append(Event("reasoning", signature=item["encrypted_content"]))
+                out.append(Event("reasoning", signature=_proof(item)))
         elif kind == "response.function_call_arguments.delta":
             self.calls[index] = True
             out.append(Event("tool_args", index=index, text=body.get("delta", "")))
@@ -424,6 +473,18 @@ _TERMINAL_EVENT = {"completed": "response.completed", "incomplete": "response.in
                    "failed": "response.failed"}
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 _HOSTED = "runs on OpenAI's servers"
+_GENERATION_ONLY = ("stream", "store", "include", "max_output_tokens", "temperature", "top_p", "safety_identifier",
+                    "prompt_cache_key")
+_WITH_RESPONSE = frozenset(TERMINAL + ("response.created", "response.in_progress", "response.queued"))
+NAMESPACE_JOIN = "__"  # a namespaced tool travels as <namespace>__<name>
+_CUSTOM_INPUT = {"type": "object", "properties": {"input": {"type": "string", "description":
+                 "the tool's whole input as free text, in the format its description gives"}},
+                 "required": ["input"]}
+# Items that record a call of a hosted tool (and what it returned): other providers never made them.
+_HOSTED_ITEMS = ("web_search_call", "file_search_call", "image_generation_call", "code_interpreter_call",
+                 "computer_call", "computer_call_output", "mcp_call", "mcp_list_tools", "mcp_approval_request",
+                 "mcp_approval_response", "tool_search_call", "tool_search_output", "local_shell_call",
+                 "local_shell_call_output")
 _FILE_TYPES = {"pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv",
                "json": "application/json", "html": "text/html"}
 _EXTENSIONS = {media: ext for ext, media in _FILE_TYPES.items()}
@@ -439,19 +500,28 @@ def _decode_items(items: list, req: Request) -> None:
         if kind == "message":
             role = item.get("role")
             parts = _content_parts(item.get("content"), i)
-            if role in ("system", "developer"):
-                req.system += [p for p in parts if p.kind == "text"]
+            if role in ("system", "developer"):  # up front: the instructions; later: in place
+                text = [p for p in parts if p.kind == "text"]
+                if req.messages:
+                    req.messages.append(Message("system", text))
+                else:
+                    req.system += text
             elif role == "user":
                 req.messages.append(Message("user", parts))
             elif role == "assistant":
                 _turn(req, "assistant").parts += parts
             else:
                 raise ProtocolError(f"input[{i}].role: unknown role {role!r}")
-        elif kind == "function_call":
-            names[item.get("call_id", "")] = item.get("name", "")
-            _turn(req, "assistant").parts.append(Part("tool_call", id=item.get("call_id", ""), name=item.get("name", ""),
-                                                      arguments=item.get("arguments") or "{}"))
-        elif kind == "function_call_output":
+        elif kind in ("function_call", "custom_tool_call"):
+            name = item.get("name", "")
+            if item.get("namespace"):
+                name = item["namespace"] + NAMESPACE_JOIN + name
+            names[item.get("call_id", "")] = name
+            arguments = item.get("arguments") or "{}" if kind == "function_call" else \
+                json.dumps({"input": item.get("input") or ""})
+            _turn(req, "assistant").parts.append(Part("tool_call", id=item.get("call_id", ""), name=name,
+                                                      arguments=arguments))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             call_id = item.get("call_id", "")
             _turn(req, "tool").parts.append(Part("tool_result", id=call_id, name=names.get(call_id, ""),
                                                  content=_output_parts(item.get("output"), i)))
@@ -459,6 +529,8 @@ def _decode_items(items: list, req: Request) -> None:
             _turn(req, "assistant").parts.append(_reasoning_part(item))
         elif kind == "item_reference":
             raise ProtocolError(f"input[{i}]: item_reference needs items stored at OpenAI; send the item itself")
+        elif kind in _HOSTED_ITEMS:
+            continue  # a hosted tool's call and result: the target never ran it and cannot take it
         else:
             raise ProtocolError(f"input[{i}]: item type {kind!r} cannot be translated for a non-Responses "
                                 "upstream (it belongs to a tool that " + _HOSTED + " or to the client)")
@@ -510,20 +582,66 @@ def _output_parts(output, i: int) -> list:
     return [_content_part(part, f"input[{i}].output") for part in output]
 
 
-def _reasoning_part(item: dict) -> Part:
-    """A reasoning item: raw reasoning text if given, else its summary; encrypted content kept."""
+def _reasoning_part(item: dict, native: bool = False) -> Part:
+    """A reasoning item: raw reasoning text if given, else its summary.
+
+    From a client the encrypted content is the carrier of a sealed proof; from OpenAI
+    (native) the whole item is the proof that replays it.
+    """
     texts = [c.get("text", "") for c in item.get("content") or [] if c.get("type") == "reasoning_text"]
     texts = texts or [s.get("text", "") for s in item.get("summary") or []]
-    return Part("reasoning", text="\n\n".join(texts), id=item.get("id", ""),
-                signature=item.get("encrypted_content") or "")
+    signature = item.get("encrypted_content") or ""
+    if native and signature:
+        signature = _proof(item)
+    return Part("reasoning", text="\n\n".join(texts), id=item.get("id", ""), signature=signature)
+
+
+def _proof(item: dict) -> str:
+    """A reasoning item, as OpenAI sent it, as the native proof that replays it."""
+    keep = {"type": "reasoning", "id": item.get("id", ""), "encrypted_content": item["encrypted_content"],
+            "summary": item.get("summary") or []}
+    return proof(NAME, item=keep)
+
+
+def _client_call(item: dict, request: Request | None) -> dict:
+    """A function_call item as the client declared the tool: namespaced, or a custom tool's call."""
+    tool = next((t for t in request.tools if t.name == item["name"]), None) if request else None
+    if tool is None or (tool.kind != "custom" and not tool.namespace):
+        return item
+    name = tool.original_name or tool.name
+    if tool.kind == "custom":
+        try:
+            value = json.loads(item["arguments"] or "{}")
+        except ValueError:
+            value = item["arguments"]
+        text = value.get("input", "") if isinstance(value, dict) else value
+        out = {"id": "ctc_" + item["id"].removeprefix("fc_"), "type": "custom_tool_call", "status": item["status"],
+               "call_id": item["call_id"], "name": name, "input": text if isinstance(text, str) else json.dumps(text)}
+    else:
+        out = {**item, "name": name}
+    if tool.namespace:
+        out["namespace"] = tool.namespace
+    return out
 
 
 def _decode_tools(body: dict, req: Request) -> None:
     for tool in body.get("tools") or []:
-        if tool.get("type") != "function":
-            raise ProtocolError(f"tool type {tool.get('type')!r} {_HOSTED} or needs a client-specific "
-                                "format; only function tools can be translated for this upstream")
-        req.tools.append(Tool(tool.get("name", ""), tool.get("description") or "", tool.get("parameters") or {}))
+        kind = tool.get("type")
+        if kind == "function":
+            req.tools.append(Tool(tool.get("name", ""), tool.get("description") or "", tool.get("parameters") or {}))
+        elif kind == "custom":
+            req.tools.append(Tool(tool.get("name", ""), tool.get("description") or "", _CUSTOM_INPUT, kind="custom"))
+        elif kind == "namespace":
+            space = tool.get("name", "")
+            for inner in tool.get("tools") or []:
+                custom = inner.get("type") == "custom"
+                req.tools.append(Tool(space + NAMESPACE_JOIN + inner.get("name", ""),
+                                      inner.get("description") or tool.get("description") or "",
+                                      _CUSTOM_INPUT if custom else inner.get("parameters") or {},
+                                      kind="custom" if custom else "function",
+                                      namespace=space, original_name=inner.get("name", "")))
+        else:  # web_search, file_search, image_generation...: only OpenAI can run them
+            req.dropped.append(str(kind))
     choice = body.get("tool_choice")
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
@@ -571,13 +689,12 @@ def _encode_message(msg: Message) -> list:
             items.append({"type": "function_call", "call_id": p.id, "name": p.name,
                           "arguments": p.arguments or "{}"})
         elif p.kind == "reasoning":
-            # Only OpenAI's own reasoning items can be replayed to it; other providers'
-            # thinking (no rs_ id, a foreign signature) would be rejected.
-            if p.id.startswith("rs_") and p.signature:
-                items.append({"type": "reasoning", "id": p.id, "encrypted_content": p.signature,
-                              "summary": [{"type": "summary_text", "text": p.text}] if p.text else []})
+            # Only OpenAI's own reasoning items can be replayed to it, exactly as it sent them.
+            native = native_proof(p.signature, NAME)
+            if native:
+                items.append(native["item"])
         else:
-            role = "assistant" if msg.role == "assistant" else "user"
+            role = {"assistant": "assistant", "system": "developer"}.get(msg.role, "user")
             part = _encode_part(p, role)
             if items and items[-1].get("type") == "message" and items[-1]["role"] == role:
                 items[-1]["content"].append(part)
