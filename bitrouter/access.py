@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 
 from bitrouter import Error, accounts, config, store, tokens
+from bitrouter import home as home_mod
 from bitrouter.tokens import AuthError
 
 log = logging.getLogger("bitrouter")
@@ -61,8 +62,8 @@ class Gate:
         host, port = cfg.host_port
         if self.mode == "auto" and not self.trusted and not self.loopback:
             raise Error(f"refusing to serve without authentication on {host}:{port}: no issuer is "
-                        "trusted. Create an account (`bitrouter account -g`) and use "
-                        "`bitrouter keygen` tokens, list auth.trusted_issuers, or set auth.mode: open")
+                        f"trusted. Create an account (`{home_mod.command('account', '-g')}`) and use "
+                        f"`{home_mod.command('keygen')}` tokens, list auth.trusted_issuers, or set auth.mode: open")
         self.db = store.open_db(cfg.database_url, shared=True)
         self.revoked = store.revoked_hashes()
         self.writer = store.SpendWriter(cfg.database_url)

@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +20,11 @@ SOLANA_CHAIN = "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"  # Solana mainnet, CAIP
 PREFIX_LEN = 16
 B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
-NO_ACTIVE = "No active account. Run `bitrouter account -g` to generate one."
+
+
+def no_active() -> str:
+    """The error for a command that needs an account when none is active."""
+    return f"No active account. Run `{home_mod.command('account', '-g')}` to generate one."
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ def set_active(home, ident) -> Account:
     """Make an account active, chosen by exact name, index or unique prefix."""
     accounts = list_accounts(home)
     if not accounts:
-        raise Error("No accounts found. Run `bitrouter account -g` first.")
+        raise Error(f"No accounts found. Run `{home_mod.command('account', '-g')}` first.")
     names = [a.prefix for a in accounts]
     chosen = pick(names, ident, missing='No account matching prefix "{id}"',
                   ambiguous='Ambiguous prefix "{id}" — matches {n} accounts. Use a longer prefix.')
@@ -104,7 +109,7 @@ def load_signing_key(home, prefix=None):
     """The nacl SigningKey of the active account (or of `prefix`)."""
     prefix = prefix or _read_active(home)
     if not prefix:
-        raise Error(NO_ACTIVE)
+        raise Error(no_active())
     return _load_key_for(home.keys_dir / prefix, prefix)
 
 
@@ -116,17 +121,38 @@ def trusted_issuers(home) -> set[str]:
 def command(home, generate_key=False, listing=False, select=None) -> None:
     """`bitrouter account`: generate, then list, then set; listing is the default."""
     if generate_key:
+        was_trusted = bool(trusted_issuers(home))
         account = generate(home)
         print("Generated web3 master key")
         print(f"  solana:  {account.pubkey}")
         print(f"  prefix:  {account.prefix}")
         print(f"  path:    {account.path}")
         print("  active:  yes")
+        if not was_trusted:
+            _warn_open_server(home)
+        print(f"Next: mint a token for your clients with `{home_mod.command('keygen', '--exp', '30d')}` "
+              "and send it as Authorization: Bearer <token> (or x-api-key)")
     elif listing or select is None:
         print(_listing(list_accounts(home)))
     else:
         account = set_active(home, select)
         print(f"Active account set to: {account.prefix}")
+
+
+def _warn_open_server(home) -> None:
+    """The first account makes an open server (auth.mode auto) require tokens: say so."""
+    from bitrouter import config, daemon
+    current = daemon.running(home)
+    if current is None or current.url is None:
+        return
+    try:
+        cfg = config.load(home)
+    except config.ConfigError:
+        return
+    if cfg.auth["mode"] == "auto" and not cfg.auth["trusted_issuers"]:
+        print(f"warning: the server running on {current.url} (pid {current.pid}) served without a token "
+              "until now; from its next request on it refuses every client that sends no token of "
+              "this account", file=sys.stderr)
 
 
 def pick(names: list[str], ident, missing: str, ambiguous: str) -> str:
@@ -240,7 +266,7 @@ def _load_seed_key(folder: Path):
 def _listing(accounts: list[Account]) -> str:
     """The `account --list` text: index, prefix, active marker and the Solana identity."""
     if not accounts:
-        return "No accounts found. Run `bitrouter account -g` to generate one."
+        return f"No accounts found. Run `{home_mod.command('account', '-g')}` to generate one."
     lines = []
     for index, account in enumerate(accounts):
         lines.append(f"  [{index}] {account.prefix}{' *' if account.active else ''}")

@@ -10,16 +10,21 @@ from pathlib import Path
 from bitrouter import Error, guardrails, registry
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
+LISTEN_ENV = "BITROUTER_LISTEN"  # `--listen` and the environment win over server.listen
+BARE_MODEL_RULES = ("unique", "off")
 STRATEGIES = ("priority", "load_balance")
 AUTH_MODES = ("auto", "on", "open")
 
 # Tunables with their defaults; docs/configuration.md explains each one.
 SERVER_DEFAULTS = {"listen": DEFAULT_LISTEN, "max_body_bytes": 10 * 1024 * 1024,
-                   "drain_timeout": 30.0, "ping_interval": 15.0, "workers": 1,
+                   "drain_timeout": 30.0, "ping_interval": 15.0, "workers": 1, "metrics_auth": "admin",
                    "header_timeout": 10.0, "body_timeout": 30.0, "idle_timeout": 75.0}
+METRICS_AUTH = ("admin", "api", "open")  # the token scope GET /metrics needs
 UPSTREAM_DEFAULTS = {"connect_timeout": 5.0, "read_timeout": 300.0,
                      "max_body_bytes": 16 * 1024 * 1024, "max_frame_bytes": 4 * 1024 * 1024}
 ROUTING_DEFAULTS = {"cooldown_failures": 3, "cooldown_seconds": 5.0, "max_retry_wait": 2.0}
+# routing.bare_models: how a model name without `provider:` that is no alias resolves.
+ROUTING_SETTINGS = {**ROUTING_DEFAULTS, "bare_models": "unique"}
 AUTH_DEFAULTS = {"mode": "auto", "trusted_issuers": [], "clock_skew": 30.0}
 LOGGING_DEFAULTS = {"max_bytes": 10 * 1024 * 1024, "backups": 3}
 
@@ -91,6 +96,7 @@ class Config:
     server: dict
     upstream: dict
     routing: dict
+    bare_models: str
     auth: dict
     logging: dict
     database_url: str
@@ -220,15 +226,22 @@ def _build(path: Path, tree: dict, env: dict, home, unset: list) -> Config:
     v.keys(tree, "", ("server", "upstream", "routing", "auth", "logging", "database",
                       "providers", "models", "guardrails"))
     server = v.section(tree, "server", SERVER_DEFAULTS)
+    v.choice(server["metrics_auth"], "server.metrics_auth", METRICS_AUTH)
+    if env.get(LISTEN_ENV):
+        server["listen"] = env[LISTEN_ENV]
     try:
         split_listen(server["listen"])
     except ValueError as exc:
+        if env.get(LISTEN_ENV):
+            raise ConfigError(f"{LISTEN_ENV}: {exc}") from None
         v.fail("server.listen", str(exc))
     if not isinstance(server["workers"], int) or server["workers"] < 1:
         v.fail("server.workers", f"must be a whole number of processes, at least 1, got {server['workers']!r}")
     auth = v.section(tree, "auth", AUTH_DEFAULTS)
     v.choice(auth["mode"], "auth.mode", AUTH_MODES)
-    routing = v.section(tree, "routing", ROUTING_DEFAULTS)
+    settings = v.section(tree, "routing", ROUTING_SETTINGS)
+    v.choice(settings["bare_models"], "routing.bare_models", BARE_MODEL_RULES)
+    routing = {k: settings[k] for k in ROUTING_DEFAULTS}  # what each route carries
     providers = _resolve_providers(v, tree.get("providers"), env)
     models = _resolve_models(v, tree.get("models"), providers, routing)
     database = v.mapping(tree.get("database"), "database")
@@ -236,7 +249,7 @@ def _build(path: Path, tree: dict, env: dict, home, unset: list) -> Config:
     v.strings(database, "database", ("url",))
     db_url = home.db_url or env.get("BITROUTER_DATABASE_URL") or database.get("url") or home.default_db_url
     cfg = Config(path=path, server=server, upstream=v.section(tree, "upstream", UPSTREAM_DEFAULTS),
-                 routing=routing, auth=auth,
+                 routing=routing, bare_models=settings["bare_models"], auth=auth,
                  logging=v.section(tree, "logging", LOGGING_DEFAULTS), database_url=str(db_url),
                  providers=providers, models=models, unset_vars=unset)
     cfg.guardrails = guardrails.compile_policy(tree.get("guardrails"), v.fail, _own_secrets(cfg, env))

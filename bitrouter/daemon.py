@@ -20,7 +20,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bitrouter import Error, boundary, config
+from bitrouter import Error, boundary, config, metrics
+from bitrouter import home as home_mod
 from bitrouter.home import private_file, private_folder
 
 log = logging.getLogger("bitrouter")
@@ -77,7 +78,11 @@ def stop(home, timeout: float | None = None) -> None:
     if timeout is None:
         timeout = _drain_timeout(home) + STOP_GRACE
     clock = time.monotonic()
+    busy = _busy(home, current.url)
     _signal(home, current, signal.SIGTERM)
+    if busy:
+        print(f"stopping the server (pid {current.pid}): waiting for {busy} running request(s) "
+              f"to finish, up to {timeout:g}s", flush=True)
     if not _wait_gone(home, current.pid, float(timeout)):
         print(f"warning: the server (pid {current.pid}) did not stop within {timeout:g}s; killing it",
               file=sys.stderr)
@@ -136,24 +141,142 @@ def running(home) -> Daemon | None:
     return _read(home.pid_file) or Daemon(pid=None)  # locked but not written yet: starting
 
 
-def status_text(home) -> str:
-    """The `bitrouter status` report: daemon state, paths, configuration summary."""
+def status_command(home, as_json: bool = False) -> bool:
+    """`bitrouter status`: print the report (text or JSON); False when it found a problem."""
+    report = status_report(home)
+    print(json.dumps(report, indent=2) if as_json else status_text(report))
+    return not report["problems"]
+
+
+def status_report(home) -> dict:
+    """Daemon state, paths, auth, providers and problems, as JSON-ready data (keys masked)."""
+    from bitrouter import accounts
     current = running(home)
-    lines = _daemon_lines(current) + (_metrics_lines(home, current.url) if current and current.url else [])
-    lines += [("home", home.root), ("config", home.config_file), ("env", home.env_file),
-              ("runtime", home.run_dir), ("logs", home.logs_dir)]
+    report = {"daemon": _daemon_state(current),
+              "paths": {"home": str(home.root), "config": str(home.config_file), "env": str(home.env_file),
+                        "runtime": str(home.run_dir), "logs": str(home.logs_dir)},
+              "problems": []}
+    if report["daemon"]["state"] == "running" and report["daemon"]["health"] != "ok":
+        report["problems"].append(f"the server does not answer GET /health: {report['daemon']['health']}")
+    if current and current.url:
+        report["server"], problems = _server_state(home, current.url)
+        report["problems"] += problems
     try:
         cfg = config.load(home)
     except config.ConfigError as exc:  # the daemon state is still worth showing
-        lines.append(("error", exc))
-        return _columns(lines)
-    lines += [("database", config.mask_url(cfg.database_url)), ("listen", cfg.listen),
-              ("providers", ", ".join(cfg.configured_providers()) or "(none configured)")]
-    if cfg.models:
-        lines.append(("models", ", ".join(sorted(cfg.models))))
-    if cfg.unset_vars:
-        lines.append(("unset", ", ".join(f"${{{v}}}" for v in cfg.unset_vars)))
+        report["problems"].insert(0, str(exc))
+        return report
+    env = config.load_env(home.env_file)
+    account = _active_account(home)
+    trusted = len(accounts.trusted_issuers(home)) + len(cfg.auth["trusted_issuers"])
+    host = cfg.host_port[0]
+    required = cfg.auth["mode"] == "on" or (cfg.auth["mode"] == "auto" and (trusted or not config.is_loopback(host)))
+    report.update(
+        database=config.mask_url(cfg.database_url), listen=cfg.listen,
+        auth={"mode": cfg.auth["mode"], "tokens_required": bool(required), "active_account": account,
+              "trusted_issuers": trusted},
+        providers=[{"name": name, "protocol": p.api_protocol, "api_base": p.api_base,
+                    "key": config.mask(p.api_key), "key_from": _key_source(p, env)}
+                   for name, p in sorted(cfg.providers.items())
+                   if p.configured and p.api_protocol != "mock"],
+        models=sorted(cfg.models), unset=[f"${{{v}}}" for v in cfg.unset_vars])
+    for var in cfg.unset_vars:
+        report["problems"].append(f"${{{var}}} is used in {home.config_file} but is not set "
+                                  f"(add it to {home.env_file})")
+    for alias in cfg.models.values():
+        keyless = sorted({e.provider for e in alias.endpoints
+                          if not (e.api_key or cfg.providers[e.provider].configured)})
+        if len(keyless) == len({e.provider for e in alias.endpoints}):
+            prefixes = ", ".join(f"{cfg.providers[n].env_prefix}_API_KEY" for n in keyless)
+            report["problems"].append(f"alias {alias.name!r} cannot be served: no key for "
+                                      f"{', '.join(keyless)} (set {prefixes})")
+    return report
+
+
+def status_text(report: dict) -> str:
+    """The report as two aligned columns, one provider per line, problems last."""
+    d = report["daemon"]
+    lines = [("daemon", _daemon_words(d))]
+    if d["state"] == "running":
+        lines += [("mode", d["mode"]), ("url", d["url"]), ("uptime", d["uptime"]), ("health", d["health"])]
+        lines += list(report.get("server", {}).items())
+    lines += list(report["paths"].items())
+    if "listen" in report:
+        auth = report["auth"]
+        if auth["tokens_required"]:
+            state = f"tokens required (auth.mode {auth['mode']}, {auth['trusted_issuers']} trusted issuer(s))"
+        else:
+            state = (f"open: no token needed (auth.mode {auth['mode']}"
+                     + ("" if auth["mode"] == "open" else "; `" + home_mod.command("account", "-g")
+                        + "` makes tokens required") + ")")
+        lines += [("database", report["database"]), ("listen", report["listen"]), ("auth", state),
+                  ("providers", ", ".join(p["name"] for p in report["providers"]) or "(none configured)")]
+        width = max((len(p["name"]) for p in report["providers"]), default=0)
+        for p in report["providers"]:
+            lines.append(("", f"{p['name']:<{width}}  {p['protocol']:<9}  {p['api_base']}  key {p['key']} "
+                              f"({p['key_from']})"))
+        if report["models"]:
+            lines.append(("models", ", ".join(report["models"])))
+        if report["unset"]:
+            lines.append(("unset", ", ".join(report["unset"])))
+    for problem in report["problems"]:
+        lines.append(("problem", problem))
     return _columns(lines)
+
+
+def logs(home, follow: bool = False, lines=40) -> None:
+    """`bitrouter logs`: the last lines of the server log, then (with follow) new ones as written."""
+    if isinstance(lines, bool) or not str(lines).isdigit():
+        raise Error(f"--lines must be a whole number, got {lines!r}")
+    path = home.log_file
+    if not path.exists() and not follow:
+        raise Error(f"no server log yet at {path}; `{home_mod.command('start')}` or "
+                    f"`{home_mod.command('serve')}` writes one")
+    position = 0
+    if path.exists():
+        with open(path, "rb") as f:
+            tail = f.read().decode("utf-8", "replace").splitlines()
+            position = f.tell()
+        for line in tail[-int(lines):] if int(lines) else []:
+            print(line, flush=True)
+    while follow:
+        position = _follow(path, position)
+        time.sleep(0.2)
+
+
+def route_command(home, action: str, name, endpoints, strategy: str = "priority") -> None:
+    """`bitrouter route list|add|rm`: the running server's dynamic routes, through /admin/routes."""
+    current = _require(home)
+    url = current.url + "/admin/routes"
+    if action == "list":
+        status, body = _http("GET", url, 5.0, admin_headers(home))
+        _check(status, body)
+        routes = body.get("routes", [])
+        width = max((len(r["model"]) for r in routes), default=0)
+        for r in routes:
+            chain = " > ".join(f"{e['provider']}:{e['model_id']}" for e in r["endpoints"])
+            print(f"{r['model']:<{width}}  {r['source']:<7}  {r['strategy']:<12}  {chain}")
+        if not routes:
+            print("no routes: add one with `" + home_mod.command("route", "add", "NAME", "PROVIDER:MODEL") + "`")
+    elif action == "add":
+        if not name or not endpoints:
+            raise Error("route add needs a name and at least one endpoint: "
+                        + home_mod.command("route", "add", "NAME", "PROVIDER:MODEL", "[PROVIDER:MODEL...]"))
+        spec = {"model": str(name), "strategy": str(strategy), "endpoints": [str(e) for e in endpoints]}
+        status, body = _http("POST", url, 5.0, {**admin_headers(home), "content-type": "application/json"},
+                             json.dumps(spec).encode())
+        _check(status, body)
+        chain = " > ".join(f"{e['provider']}:{e['model_id']}" for e in body["route"]["endpoints"])
+        print(f"route {name} -> {chain} ({strategy}); stored in the database, so it survives restarts")
+    elif action == "rm":
+        if not name:
+            raise Error("route rm needs the route's name: " + home_mod.command("route", "rm", "NAME"))
+        from urllib.parse import quote
+        status, body = _http("DELETE", f"{url}/{quote(str(name), safe='')}", 5.0, admin_headers(home))
+        _check(status, body)
+        print(f"route {name} removed")
+    else:
+        raise Error(f"unknown route action {action!r}: use list, add or rm")
 
 
 # ---------------------------------------------------------------- server side
@@ -441,11 +564,12 @@ def _health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
     return False, f"unhealthy (HTTP {status})"
 
 
-def _http(method: str, url: str, timeout: float, headers=None):
+def _http(method: str, url: str, timeout: float, headers=None, body: bytes | None = None):
     """(status, JSON body or {}); OSError when the server cannot be reached."""
     import urllib3
     try:
-        resp = urllib3.PoolManager(retries=False).request(method, url, timeout=timeout, headers=headers)
+        resp = urllib3.PoolManager(retries=False).request(method, url, timeout=timeout, headers=headers,
+                                                          body=body)
     except urllib3.exceptions.HTTPError as exc:
         raise OSError(str(getattr(exc, "reason", None) or exc).split(": ")[-1]) from None
     try:
@@ -491,37 +615,92 @@ def _log_tail(home, offset: int, count: int = 15) -> str:
     return f"; last lines of {home.log_file}:\n" + "\n".join("    " + line for line in lines)
 
 
-def _daemon_lines(current: Daemon | None) -> list:
+def _daemon_state(current: Daemon | None) -> dict:
     if current is None:
-        return [("daemon", "stopped")]
+        return {"state": "stopped"}
     if current.url is None:
-        return [("daemon", f"starting (pid {current.pid})" if current.pid else "starting")]
-    return [("daemon", f"running (pid {current.pid})"), ("mode", current.mode), ("url", current.url),
-            ("uptime", _duration(time.time() - current.started)), ("health", _health(current.url)[1])]
+        return {"state": "starting", "pid": current.pid}
+    return {"state": "running", "pid": current.pid, "mode": current.mode, "url": current.url,
+            "uptime": _duration(time.time() - current.started), "health": _health(current.url)[1]}
 
 
-def _metrics_lines(home, url: str) -> list:
-    """From /admin/metrics: workers, request totals and the providers the server sees failing."""
+def _daemon_words(d: dict) -> str:
+    if d["state"] == "starting":
+        return f"starting (pid {d['pid']})" if d.get("pid") else "starting"
+    return f"running (pid {d['pid']})" if d["state"] == "running" else d["state"]
+
+
+def _server_state(home, url: str) -> tuple[dict, list]:
+    """From /admin/metrics: workers and request totals, and the problems the server sees
+    (providers failing, say with a rejected key; connections near the open-file limit)."""
     try:
         status, body = _http("GET", url + "/admin/metrics", 2.0, admin_headers(home))
     except OSError:
-        return []
+        return {}, []
     if status != 200:
-        return [("upstream", f"(provider health unavailable: HTTP {status})")]
-    lines = []
+        return {}, [f"provider health unavailable: HTTP {status}"]
+    state = {}
     if body.get("workers"):  # `serve --workers N`: the totals are over every worker
-        lines.append(("workers", ", ".join(f"{w['index']}: pid {w['pid']}, {w['requests']} requests"
-                                           for w in body["workers"])))
+        state["workers"] = ", ".join(f"{w['index']}: pid {w['pid']}, {w['requests']} requests" for w in body["workers"])
     totals = (body.get("totals") or {}).get("since_start")
     if totals:
-        lines.append(("requests", f"{totals['requests']} since start ({totals['errors']} failed)"))
-    lines += [("upstream", f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}")
-              for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
+        state["requests"] = f"{totals['requests']} since start ({totals['errors']} failed)"
+    problems = [f"{p['name']} {p['state']}: {p['last_error'] or 'no detail'}"
+                for p in body.get("providers", []) if p.get("state") not in ("ok", "no key")]
     conns = body.get("connections") or {}
     if conns.get("capacity") and conns["open"] >= NEAR_CAPACITY * conns["capacity"]:
-        lines.append(("connections", f"{conns['open']} open of {conns['capacity']} (near the open-file limit; "
-                                     "the longest idle ones are closed to make room)"))
-    return lines
+        problems.append(f"connections: {conns['open']} open of {conns['capacity']} (near the open-file limit; "
+                        "the longest idle ones are closed to make room)")
+    return state, problems
+
+
+def _busy(home, url: str) -> int:
+    """How many requests the server is answering (0 when it cannot say)."""
+    try:
+        status, body = _http("GET", url + "/admin/metrics?recent=0", 1.0, admin_headers(home))
+    except OSError:
+        return 0
+    return len(body.get("running") or []) if status == 200 else 0
+
+
+def _active_account(home) -> str | None:
+    from bitrouter import accounts
+    try:
+        account = accounts.active(home)
+    except Error:
+        return None
+    return account.prefix if account else None
+
+
+def _key_source(provider, env: dict) -> str:
+    """Where a provider's key came from: its environment variable, or the config file."""
+    var = f"{provider.env_prefix}_API_KEY"
+    return f"${var}" if provider.env_prefix and env.get(var) == provider.api_key else "bitrouter.yaml"
+
+
+def _follow(path, position: int) -> int:
+    """Print what was appended to path since position; start over when it was rotated."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size < position:  # rotated: the live file is a new one
+        position = 0
+    if size > position:
+        with open(path, "rb") as f:
+            f.seek(position)
+            data = f.read()
+        complete = data.rfind(b"\n") + 1
+        if complete:
+            sys.stdout.write(data[:complete].decode("utf-8", "replace"))
+            sys.stdout.flush()
+        position += complete
+    return position
+
+
+def _check(status: int, body: dict) -> None:
+    if status != 200:
+        raise Error(_message(status, body))
 
 
 def _duration(seconds: float) -> str:
@@ -536,7 +715,7 @@ def _duration(seconds: float) -> str:
 
 
 def _columns(lines: list) -> str:
-    return "\n".join(f"{label + ':':<11}{value}" for label, value in lines)
+    return "\n".join(f"{label + ':' if label else '':<11}{value}" for label, value in lines)
 
 
 def _who(current: Daemon) -> str:

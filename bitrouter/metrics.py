@@ -17,6 +17,9 @@ from bitrouter.boundary import redact
 from bitrouter.protocols import Usage
 
 TOTAL_KEYS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micro_usd")
+# Latency histogram bounds in seconds (Prometheus's unit), from a local mock to a long generation.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+MAX_SERIES = 2000  # distinct label sets per counter; beyond it new routes and endpoints count as "other"
 STATE_ORDER = ("ok", "failing", "cooling down")  # a provider shows its worst endpoint's state
 
 
@@ -40,6 +43,7 @@ class Record:
     token_hash: str = ""
     refused: bool = False  # refused before it passed authentication: bills no one
     session: str = ""  # the agent session the client named (guardrails.session_of)
+    route: str = ""  # the route the model name resolved to ("" when it did not resolve)
 
     def as_dict(self) -> dict:
         """The record as JSON-ready data (a fast, flat copy; usage as its own dict)."""
@@ -92,6 +96,8 @@ class Metrics:
         self.subscribers = []
         self.endpoints = {}  # provider:model_id -> EndpointStats
         self.totals = dict.fromkeys(TOTAL_KEYS, 0)
+        self.counters = {}  # name -> {labels (sorted pairs) -> value}; exported by GET /metrics
+        self.latency = {}  # labels -> [count per bucket..., +Inf count, sum of seconds]
         self.today = {"date": _date(self.started), **self.totals}
         self.closed = False
         self.guardrails = {}  # (pattern, direction, action) -> hits since start
@@ -121,6 +127,7 @@ class Metrics:
         for totals in (self.totals, self._today()):
             for key, value in counts.items():
                 totals[key] += value
+        self._count_for_export(record)
         if record.upstream:
             stats = self.endpoints.get(record.upstream)
             if stats is None:
@@ -135,7 +142,16 @@ class Metrics:
         for hit in hits:
             key = (hit.pattern, hit.direction, hit.action)
             self.guardrails[key] = self.guardrails.get(key, 0) + hit.count
+            self.count("guardrail_hits", hit.count, pattern=hit.pattern, direction=hit.direction, action=hit.action)
         self._publish("guardrail", record, hits=[hit.as_dict() for hit in hits])
+
+    def count(self, name: str, value: float = 1, **labels) -> None:
+        """Add to a named counter (tokens, cost, guardrail hits...); GET /metrics exports every one."""
+        series = self.counters.setdefault(name, {})
+        key = tuple(sorted(labels.items()))
+        if key not in series and len(series) >= MAX_SERIES:
+            key = tuple((k, "other" if k in ("route", "endpoint") else v) for k, v in key)
+        series[key] = series.get(key, 0) + value
 
     def subscribe(self, keep: int = 1000) -> Subscription:
         """A new event inbox; events are {"type", "seq", "request"} dicts."""
@@ -166,6 +182,25 @@ class Metrics:
                 "totals": {"since_start": dict(self.totals), "today": dict(self._today())},
                 "guardrails": [{"pattern": p, "direction": d, "action": a, "hits": n}
                                for (p, d, a), n in sorted(self.guardrails.items())]}
+
+    def _count_for_export(self, record: Record) -> None:
+        """The per route, endpoint and status series of one finished request."""
+        where = {"route": record.route, "endpoint": record.upstream}
+        self.count("requests", protocol=record.protocol, status=str(record.status), **where)
+        if record.usage.input or record.usage.output:
+            self.count("tokens", record.usage.input, kind="input", **where)
+            self.count("tokens", record.usage.output, kind="output", **where)
+        if record.cost_micro_usd:
+            self.count("cost_micro_usd", record.cost_micro_usd, **where)
+        key = tuple(sorted({**where, "status": str(record.status)}.items()))
+        if key not in self.latency and len(self.latency) >= MAX_SERIES:
+            key = tuple((k, "other" if k in where else v) for k, v in key)
+        counts = self.latency.get(key)
+        if counts is None:
+            counts = self.latency[key] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+        seconds = record.latency_ms / 1000
+        counts[_bucket(seconds)] += 1
+        counts[-1] += seconds
 
     def _today(self) -> dict:
         """Today's totals (local date), starting afresh after midnight."""
@@ -287,6 +322,14 @@ def _endpoint_row(label: str, health, stats: dict, now: float, secrets) -> dict:
             "requests": h.requests if h else s.requests,
             "errors": (h.errors if h else 0) + (s.errors if s else 0),
             "p50_ms": percentile(s.latencies, 50) if s else None}
+
+
+def _bucket(seconds: float) -> int:
+    """The index of the first histogram bound that holds seconds (the last slot is +Inf)."""
+    for i, bound in enumerate(LATENCY_BUCKETS):
+        if seconds <= bound:
+            return i
+    return len(LATENCY_BUCKETS)
 
 
 def _worst(states: list) -> str:

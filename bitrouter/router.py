@@ -38,7 +38,7 @@ class AllFailed(Exception):
 class Route(Alias):
     """A resolved model name: an alias's fields plus where the route came from."""
 
-    source: str = "alias"  # dynamic | direct | alias
+    source: str = "alias"  # dynamic | direct | alias | bare
 
 
 @dataclass
@@ -114,9 +114,15 @@ class Router:
         self.cfg = cfg
         self.dynamic = dynamic  # name -> Route, shared with the server so it survives reloads
         self.health = health
+        self._catalog = None  # model id -> configured providers whose catalog lists it, built on demand
 
     def resolve(self, model: str) -> Route:
-        """Dynamic routes, then `provider:model_id`, then aliases; else 404 with near matches."""
+        """Dynamic routes, then `provider:model_id`, then aliases, then a bare catalog id; else 404.
+
+        A bare id (`gpt-4o`, as agents send by default) resolves when exactly one configured
+        provider's catalog has it (routing.bare_models: unique); several make a 404 that
+        lists the `provider:model_id` choices.
+        """
         route = self.dynamic.get(model)
         if route is not None:
             return route
@@ -127,6 +133,14 @@ class Router:
         alias = self.cfg.models.get(model)
         if alias is not None:
             return route_from_alias(alias)
+        owners = self._owners(model)
+        if len(owners) == 1:
+            return Route(name=model, source="bare", strategy="priority",
+                         endpoints=[Endpoint(owners[0], model)], **self.cfg.routing)
+        if owners:
+            choices = ", ".join(f"{p}:{model}" for p in owners)
+            raise RouteError(f"model {model!r} is offered by several configured providers; ask for one "
+                             f"of {choices}, or add an alias for it under `models:`", 404)
         raise RouteError(f"unknown model {model!r}{self._suggestions(model)}", 404)
 
     def candidates(self, route: Route) -> list:
@@ -179,6 +193,19 @@ class Router:
         routes = [route_from_alias(a) for a in self.cfg.models.values() if a.name not in self.dynamic]
         routes += list(self.dynamic.values())
         return [describe(r) for r in sorted(routes, key=lambda r: r.name)]
+
+    def _owners(self, model_id: str) -> list:
+        """The configured providers whose catalog lists model_id (none when bare names are off)."""
+        if self.cfg.bare_models == "off":
+            return []
+        if self._catalog is None:
+            self._catalog = {}
+            for name in sorted(self.cfg.providers):
+                provider = self.cfg.providers[name]
+                if provider.configured:
+                    for mid in provider.models:
+                        self._catalog.setdefault(mid, []).append(name)
+        return self._catalog.get(model_id, [])
 
     def _provider_ready(self, name: str) -> bool:
         provider = self.cfg.providers.get(name)

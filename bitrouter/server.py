@@ -26,6 +26,7 @@ from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
 from bitrouter import Error, access, boundary, cluster, config, daemon, guardrails, protocols, store, workers
+from bitrouter import home as home_mod
 from bitrouter.boundary import redact
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard
 from bitrouter.protocols import ProtocolError, Usage, sse
@@ -36,6 +37,9 @@ log = logging.getLogger("bitrouter")
 
 JSON = "application/json"
 EVENT_BATCH_SECONDS = 0.05  # /admin/events: how long a wake-up waits for more events to send along
+# Base URL slips served as meant: `http://host:8787` without the /v1 an SDK expects to be
+# in its base URL, and a base URL ending in /v1 that the client adds another /v1 to.
+BASE_URL_SLIPS = ("/chat/completions", "/responses", "/messages", "/models")
 COUNT_CACHE_SIZE = 512  # provider token counts kept, by endpoint and request body
 FD_TARGET = 65536  # the open-file soft limit the server asks for (never above the hard limit)
 KEEPALIVE_QUEUE = 16  # encoded chunks held per stream while its client is not reading
@@ -100,7 +104,7 @@ class Server:
         for key, value in _bound_settings(cfg).items():
             if value != self.bound[key]:
                 notes.append(f"{key} changed to {value}; the server keeps {self.bound[key]} "
-                             "until `bitrouter restart`")
+                             f"until `{home_mod.command('restart')}`")
         for name, route in list(self.dynamic.items()):
             gone = sorted({e.provider for e in route.endpoints if e.provider not in cfg.providers})
             if gone:  # its endpoints could no longer be called
@@ -258,6 +262,10 @@ def build_app(srv: Server) -> bottle.Bottle:
     anthropic = protocols.get("anthropic")
     google = protocols.get("google")
 
+    @app.hook("before_request")
+    def forgive_base_url():
+        bottle.request.environ["PATH_INFO"] = corrected_path(bottle.request.environ.get("PATH_INFO", "/"))
+
     @app.get("/health")
     def health():
         return _json({"status": "ok", "uptime_seconds": int(time.time() - srv.started)})
@@ -329,8 +337,17 @@ def build_app(srv: Server) -> bottle.Bottle:
     def admin_events():
         return _admin(srv, lambda: _event_stream(srv))
 
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return _guard(openai, lambda: _prometheus(srv))
+
     def default_error(err):  # unknown paths and wrong methods, in the shape the path's clients parse
-        return _error(_protocol_of(bottle.request.path), err.status_code, err.body or err.status_line)
+        path = bottle.request.path
+        message = err.body or err.status_line
+        if err.status_code == 404:
+            message += (f" ({bottle.request.method} {path} is not served; point OpenAI and Anthropic "
+                        f"clients at {_base_url(srv)}/v1, Gemini clients at {_base_url(srv)})")
+        return _error(_protocol_of(path), err.status_code, message)
     app.default_error_handler = default_error
     return app
 
@@ -349,7 +366,9 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         record = srv.metrics.begin(inbound.NAME, model, stream)
         identity = authenticate(srv, "api", record)
         _guard_request(srv, rt, inbound, body, record)  # GUARDRAILS HOOK: upgoing text, session limits
-        route = authorize_route(srv, identity, rt.router.resolve(model), record)
+        route = rt.router.resolve(model)
+        record.route = route.name
+        route = authorize_route(srv, identity, route, record)
         call = _Call(srv, rt, inbound, body, stream, sealed=protocols.SEAL_PREFIX.encode() in raw)
         route = call.capable(route)
         _guard_loop(srv, rt, call, record)  # GUARDRAILS HOOK: the same tool call over and over
@@ -1027,6 +1046,31 @@ def _events(srv: Server, sub):
             yield b"".join(frames)
     finally:
         srv.metrics.unsubscribe(sub)
+
+
+def _prometheus(srv: Server):
+    """`/metrics`: needs the scope server.metrics_auth names (admin by default, or api, or open)."""
+    from bitrouter import prometheus
+    needs = srv.runtime.cfg.server["metrics_auth"]
+    if needs != "open":
+        authenticate(srv, needs)
+    body, content_type = prometheus.exposition(srv, bottle.request.headers.get("accept", ""))
+    bottle.response.content_type = content_type
+    return body
+
+
+def corrected_path(path: str) -> str:
+    """The path a client meant when its base URL lacked /v1 or had it twice."""
+    while path.startswith("/v1/v1/"):
+        path = path[3:]
+    if any(path == slip or path.startswith(slip + "/") for slip in BASE_URL_SLIPS):
+        path = "/v1" + path
+    return path
+
+
+def _base_url(srv: Server) -> str:
+    host, port = srv.runtime.cfg.host_port
+    return daemon.connect_url(host, srv.port or port)
 
 
 def _count_param(name: str, default: int) -> int:

@@ -197,7 +197,7 @@ def keygen_command(home, exp=None, models=None, name=None, scope="api", budget=N
         name = _check_name(name)
     account = accounts.active(home)
     if account is None:
-        raise Error(accounts.NO_ACTIVE)
+        raise Error(accounts.no_active())
     if str(chain) != "solana":
         raise Error(f'unsupported chain "{chain}" — use "solana" (EVM signing is not available '
                     'in this build)')
@@ -209,28 +209,41 @@ def keygen_command(home, exp=None, models=None, name=None, scope="api", budget=N
                  models=_model_list(models), budget=_budget(budget),
                  budget_scope=None if budget_scope is None else str(budget_scope),
                  budget_range=budget_range)
-    if name is not None:
-        path = _save(home, account.prefix, name, token)
+    folder = account.path / "tokens"
+    name = name if name is not None else _next_name(_saved_names(folder))
+    path = _save(home, account.prefix, name, token)
     print(token)
-    if name is not None:
-        print(f"Saved to: {path}", file=sys.stderr)
+    print(f"Saved as {name!r} in {path}; revoke it with `{home_mod.command('keys', '--rm', name)}`",
+          file=sys.stderr)
+    if exp is None:
+        print("warning: this token never expires; mint tokens with --exp (e.g. --exp 30d) "
+              "unless it must outlive every rotation", file=sys.stderr)
 
 
 def keys_command(home, listing=False, show=None, rm=None) -> None:
     """`bitrouter keys`: show, then rm, then list (the default) the active account's tokens."""
     account = accounts.active(home)
     if account is None:
-        raise Error(accounts.NO_ACTIVE)
+        raise Error(accounts.no_active())
     folder = account.path / "tokens"
     names = _saved_names(folder)
     if show is None and rm is None:
         print(_listing(account.prefix, folder, names))
         return
-    if not names:
-        raise Error("No saved tokens.")
-    chosen = accounts.pick(names, show if show is not None else rm,
-                           missing='No token matching "{id}"',
-                           ambiguous='Ambiguous identifier "{id}" — matches {n} tokens. Be more specific.')
+    ident = show if show is not None else rm
+    if _looks_like_token(ident):  # the token itself, pasted: found by content, or revoked by hash
+        chosen = next((n for n in names if _read_token(folder / f"{n}.jwt") == str(ident).strip()), None)
+        if chosen is None:
+            if show is not None:
+                raise Error("that token is not among the saved tokens of the active account")
+            _revoke(home, str(ident).strip(), None, account.prefix)
+            print("Revoked the token (it was not among the saved tokens)")
+            return
+    else:
+        if not names:
+            raise Error("No saved tokens.")
+        chosen = accounts.pick(names, ident, missing='No token matching "{id}"',
+                               ambiguous='Ambiguous identifier "{id}" — matches {n} tokens. Be more specific.')
     path = folder / f"{chosen}.jwt"
     token = _read_token(path)
     if show is not None:
@@ -245,10 +258,7 @@ def keys_command(home, listing=False, show=None, rm=None) -> None:
         return
     # Revoke before deleting: if the database is unreachable the file stays, so the token
     # can still be found and revoked later (fail closed).
-    from bitrouter import store
-    _open_store(home)
-    store.revoke(token_hash(token), name=chosen, account=account.prefix)
-    home_mod.write_private(revocation_stamp(home), str(time.time_ns()))
+    _revoke(home, token, chosen, account.prefix)
     path.unlink()
     print(f"Removed token: {chosen} (revoked)")
 
@@ -422,12 +432,30 @@ def _save(home, prefix: str, name: str, token: str):
     path = home.keys_dir / prefix / "tokens" / f"{name}.jwt"
     if path.exists():
         raise Error(f'a token named "{name}" already exists; remove it first with '
-                    f"`bitrouter keys --rm {name}`")
+                    f"`{home_mod.command('keys', '--rm', name)}`")
     claims = jwt.get_unverified_claims(token)
     _open_store(home)
     store.record_token(token_hash(token), name=name, account=prefix, claims=claims)
     home_mod.write_private(path, token)
     return path
+
+
+def _revoke(home, token: str, name, prefix: str) -> None:
+    """Record the revocation and touch the stamp, so a running server refuses the token at once."""
+    from bitrouter import store
+    _open_store(home)
+    store.revoke(token_hash(token), name=name, account=prefix)
+    home_mod.write_private(revocation_stamp(home), str(time.time_ns()))
+
+
+def _looks_like_token(ident) -> bool:
+    return isinstance(ident, str) and ident.strip().startswith("eyJ") and ident.count(".") == 2
+
+
+def _next_name(names: list) -> str:
+    """`token-N`, one past the highest N in use."""
+    numbers = [int(n[6:]) for n in names if re.fullmatch(r"token-\d+", n)]
+    return f"token-{max(numbers, default=0) + 1}"
 
 
 def _open_store(home) -> None:
@@ -455,7 +483,7 @@ def _listing(prefix: str, folder, names: list[str]) -> str:
     """The `keys --list` text: index and name, then scope, chain, expiry and models."""
     if not names:
         return (f"No saved tokens for account {prefix}.\n"
-                "Run `bitrouter keygen --name <label>` to create one.")
+                f"Run `{home_mod.command('keygen', '--exp', '30d')}` to create one.")
     lines = []
     for index, name in enumerate(names):
         lines.append(f"  [{index}] {name}")
@@ -467,11 +495,22 @@ def _listing(prefix: str, folder, names: list[str]) -> str:
         except JOSEError:
             lines.append("       invalid token")
             continue
-        exp = f"exp={claims['exp']}" if claims.get("exp") is not None else "no-exp"
+        exp = _expiry(claims.get("exp"))
         models = claims.get("models")
         allowed = f"models={','.join(map(str, models))}" if models else "all-models"
         lines.append(f"       scope={claims.get('scope')}  chain={claims.get('chain')}  {exp}  {allowed}")
     return "\n".join(lines)
+
+
+def _expiry(exp) -> str:
+    """`expires 2026-12-31 10:00 UTC`, `expired ...` or `never expires`."""
+    if exp is None:
+        return "never expires"
+    try:
+        when = datetime.fromtimestamp(exp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError, TypeError):
+        return f"exp={exp}"
+    return ("expired " if exp <= time.time() else "expires ") + when
 
 
 def _utc(ts) -> str:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bitrouter import Error
+from bitrouter import home as home_mod
 
 REFRESH_MIN = 0.25  # seconds between snapshots while events arrive: at most 4 redraws a second
 REFRESH_IDLE = 2.0  # cooldowns end without events, so re-read now and then
@@ -104,8 +105,8 @@ def attach(home, url=None) -> None:
     url = (url or _server_url(home)).rstrip("/")
     remote = _Remote.find(home, url)
     if remote is None:
-        raise Error(f"no BitRouter server answers at {url}; start one with `bitrouter start` "
-                    "(or run `bitrouter` for the server and the dashboard together)")
+        raise Error(f"no BitRouter server answers at {url}; start one with `{home_mod.command('start')}` "
+                    f"(or run `{home_mod.command()}` for the server and the dashboard together)")
     dashboard(remote)
 
 
@@ -174,8 +175,8 @@ class _Local:
     def reload(self) -> tuple[str, str]:
         try:
             notes = self.srv.reload("dashboard")
-        except Error as exc:
-            return f"reload failed, the previous configuration keeps serving: {exc}", "error"
+        except Error as exc:  # the cause first: the footer is one line and may cut the rest
+            return f"reload failed: {_cause(exc)}; the previous configuration keeps serving", "error"
         summary = f"configuration reloaded: {len(self.srv.runtime.router.listing())} route(s)"
         return "; ".join([summary, *notes]), "warn" if notes else "good"
 
@@ -230,11 +231,11 @@ class _Remote:
         try:
             resp = self.http.post(self.url + "/admin/reload", headers=self._headers(), timeout=30)
         except requests.RequestException as exc:
-            return f"reload failed: {exc}", "error"
+            return f"reload failed: {_cause(exc)}", "error"
         if resp.status_code in (404, 405):
-            return "this server has no POST /admin/reload; use `bitrouter reload`", "warn"
+            return f"this server has no POST /admin/reload; use `{home_mod.command('reload')}`", "warn"
         if resp.status_code != 200:
-            return f"reload failed (HTTP {resp.status_code}): {_error_text(resp)}", "error"
+            return f"reload failed (HTTP {resp.status_code}): {_cause(_error_text(resp))}", "error"
         notes = _json_or_empty(resp).get("notes") or []
         return "; ".join(["configuration reloaded", *notes]), "warn" if notes else "good"
 
@@ -261,7 +262,7 @@ class _Remote:
                         for event, _ in parser.feed(chunk):
                             inbox.push({"type": event or "message"})
             except requests.RequestException as exc:
-                inbox.push({"type": "disconnected", "error": str(exc)})
+                inbox.push({"type": "disconnected", "error": f"unreachable: {_cause(exc)}"})
             self._stop.wait(2.0)
 
     def _get_metrics(self):
@@ -318,7 +319,7 @@ def _fetch(source, snap: dict, error: str) -> tuple[dict, str]:
     try:
         return source.snapshot(), ""
     except Exception as exc:  # an attached server went away: keep showing what we had
-        return snap, f"unreachable: {exc}"
+        return snap, f"unreachable: {_cause(exc)}"
 
 
 def _on_key(key: str, snap: dict, view: View, source, height: int) -> bool:
@@ -502,7 +503,7 @@ def _providers(providers: list, width: int, rows: int) -> list:
         style = {"ok": "", "failing": "error", "cooling down": "warn", "no key": "dim"}.get(p["state"], "")
         lines.append((style, _fit(text, width)))
     if not providers:
-        lines.append(("dim", _fit("(none yet: run `bitrouter init`)", width)))
+        lines.append(("dim", _fit(f"(none yet: run `{home_mod.command('init')}`)", width)))
     return _more(lines, len(providers), rows, width)
 
 
@@ -663,7 +664,10 @@ def _count(n: int) -> str:
 def _usd(micro: int) -> str:
     if not micro:
         return "$0"
-    return f"${micro / 1e6:.4f}" if micro < 1_000_000 else f"${micro / 1e6:,.2f}"
+    if micro >= 1_000_000:
+        return f"${micro / 1e6:,.2f}"
+    # Below a cent of a cent four decimals would read $0.0000 beside a real $0: show the digits.
+    return "$" + f"{micro / 1e6:.{4 if micro >= 100 else 6}f}".rstrip("0")
 
 
 def _server_url(home) -> str:
@@ -673,6 +677,19 @@ def _server_url(home) -> str:
     if current and current.url:
         return current.url
     return daemon.connect_url(*config.load(home).host_port)
+
+
+def _cause(exc) -> str:
+    """A failure in a few words: no urllib3 pool repr, no configuration path in front."""
+    import re
+
+    import requests
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection refused (has the server stopped?)" if "refused" in str(exc) else "connection lost"
+    # "configuration not reloaded (...): /home/x/bitrouter.yaml: models.x: ..." -> "models.x: ..."
+    return re.sub(r"^(.*?: )?\S+\.ya?ml: ", "", str(exc))
 
 
 def _json_or_empty(resp) -> dict:

@@ -10,7 +10,8 @@ import time
 from urllib.parse import urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError, TimeoutError
+from urllib3.exceptions import (HTTPError, NameResolutionError, NewConnectionError, ProtocolError,
+                                ReadTimeoutError, TimeoutError)
 
 # Statuses that say "this endpoint cannot serve right now" (as does every 5xx): try the
 # next endpoint. 401/403 mean BitRouter's own key for that provider is bad.
@@ -56,6 +57,11 @@ class Pools:
         try:
             raw = pool.urlopen("POST", path, body=body, headers=headers, retries=False, redirect=False,
                                timeout=self.timeout, preload_content=False, decode_content=True)
+        except NameResolutionError:  # urllib3 files these under timeouts; they are not
+            raise UpstreamError(f"cannot resolve host {parts.hostname} (check the provider's api_base "
+                                "and this machine's DNS)", kind="connect") from None
+        except NewConnectionError as exc:
+            raise UpstreamError(f"cannot connect to {parts.hostname}: {_reason(exc)}", kind="connect") from None
         except (TimeoutError, ReadTimeoutError) as exc:
             raise UpstreamError(f"timed out connecting to {parts.hostname}: {_reason(exc)}",
                                 kind="timeout") from None

@@ -69,7 +69,8 @@ def init(home, provider=None, api_key_env=None, default=None, listen=None, answe
         return _scripted(home, given, yes)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise Error(f"bitrouter init needs an interactive terminal; edit {home.config_file} and "
-                    f"{home.env_file} instead, or pass --provider NAME[,NAME] (see bitrouter init --help)")
+                    f"{home.env_file} instead, or pass --provider NAME[,NAME] "
+                    f"(see `{home_mod.command('init', '--help')}`)")
     return _on_terminal(lambda ask: _interactive(home, ask))
 
 
@@ -109,7 +110,7 @@ def verify_key(provider) -> tuple:
         models = [str(e[spec["id"]]).removeprefix("models/") for e in entries if isinstance(e, dict)]
     except (ValueError, AttributeError, KeyError):
         models = []
-    return True, f"key accepted ({len(models)} models listed)", models
+    return True, f"key accepted ({len(models)} model{'' if len(models) == 1 else 's'} listed)", models
 
 
 # ---------------------------------------------------------------- interactive flow
@@ -138,7 +139,7 @@ def _interactive(home, ask) -> bool:
     while ask.confirm("Add a custom OpenAI-, Anthropic- or Gemini-compatible provider?", default=False):
         _custom_provider(ask, plan, session, tree)
     if not plan.providers and not configured:
-        print("\nNo providers chosen; nothing was written. Run `bitrouter init` again any time.")
+        print(f"\nNo providers chosen; nothing was written. Run `{home_mod.command('init')}` again any time.")
         return False
     _verify_step(ask, home, plan, session)
     _default_step(ask, plan, session, tree, configured)
@@ -165,6 +166,7 @@ def _choose_providers(ask, detected: list, configured: list) -> list:
     table = registry.providers()
     search = "*search*"  # cannot clash: provider names never contain '*'
     shown = [n for n in registry.names() if n in registry.FEATURED or n in detected or n in configured]
+    shown += [n for n in configured if n not in table]  # custom providers set up on an earlier run
     choices = [(_label(n, detected, configured), n) for n in shown]
     choices.append((f"Search all {len(table)} providers...", search))
     picked = ask.checkbox("Providers to set up (space ticks, enter continues)", choices, default=detected)
@@ -179,7 +181,7 @@ def _choose_providers(ask, detected: list, configured: list) -> list:
                               default=[n for n in chosen if n in matches])
         chosen = [n for n in chosen if n not in matches] + list(ticked)
         searching = ask.confirm("Search for more providers?", default=False)
-    return [n for n in registry.names() if n in chosen]
+    return [n for n in registry.names() if n in chosen] + [n for n in chosen if n not in table]
 
 
 def _builtin_key(ask, home, plan: Plan, session: _Session, name: str) -> None:
@@ -261,7 +263,11 @@ def _verify_step(ask, home, plan: Plan, session: _Session) -> None:
             if ok:
                 session.live[name] = models
                 break
-            if not ask.confirm(f"Enter the {name} key again?", default=ok is False):
+            if ok is None:  # the provider was not reached: a new key cannot help
+                print(f"    (the key was not checked; fix the base URL or the network, then run "
+                      f"`{home_mod.command('doctor')}`)")
+                break
+            if not ask.confirm(f"Enter the {name} key again?", default=True):
                 break
             var = _var_of(plan.providers[name])
             secret = ask.password(f"{name} API key ({var}; Enter keeps the current one)")
@@ -562,9 +568,26 @@ def _write(home, plan: Plan, yaml_text: str, env_text: str, backup) -> None:
     host, port = cfg.host_port
     host = f"[{host}]" if ":" in host else host
     model = "default" if "default" in cfg.models else f"{next(iter(plan.providers), 'openai')}:MODEL_ID"
-    print("\nStart the server:  bitrouter serve   (foreground)   or   bitrouter start   (background)")
+    if not _reload_running(home):
+        print(f"\nStart the server:  {home_mod.command('serve')}   (foreground)   or   "
+              f"{home_mod.command('start')}   (background)")
     print(f"Try it:  curl http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
           f"           -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+
+
+def _reload_running(home) -> bool:
+    """Reload this home's running server onto what was just written; False when none runs."""
+    from bitrouter import daemon
+    current = daemon.running(home)
+    if current is None or current.url is None:
+        return False
+    print(f"\nA server of this home is running (pid {current.pid}); reloading it:")
+    try:
+        daemon.reload(home)
+    except Error as exc:
+        print(f"warning: the reload failed ({exc}); run `{home_mod.command('reload')}` once it is fixed",
+              file=sys.stderr)
+    return True
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -612,8 +635,7 @@ class _Prompts:
 
     def __init__(self):
         from inquirer import events
-        from inquirer.render.console import ConsoleRender
-        self.render = ConsoleRender(event_generator=events.KeyEventGenerator(_readkey))
+        self.render = _renderer()(event_generator=events.KeyEventGenerator(_readkey))
 
     def text(self, message, validate=None, autocomplete=None) -> str:
         import inquirer
@@ -635,6 +657,75 @@ class _Prompts:
     def checkbox(self, message, choices, default=()) -> list:
         import inquirer
         return inquirer.checkbox(message, choices=choices, default=list(default), render=self.render)
+
+
+def _renderer():
+    """inquirer's console renderer, fixed where it misleads (built on first use, not at import).
+
+    - a long question is shortened in the middle, never at the end, where the default is;
+    - yes/no waits for Enter, so a `y` is never followed by an Enter that answers the next question;
+    - a rejected text answer is cleared for the next try, and the error line goes away once answered;
+    - the error line goes on the last row (inquirer takes the width for the height).
+    """
+    from inquirer import errors
+    from inquirer.render.console import ConsoleRender
+    from inquirer.render.console._confirm import Confirm
+
+    class YesNo(Confirm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.choice = None
+
+        def get_current_value(self):
+            return "" if self.choice is None else ("yes" if self.choice else "no")
+
+        def process_input(self, pressed):
+            if pressed in ("\r", "\n"):
+                raise errors.EndOfInput(self.question.default if self.choice is None else self.choice)
+            if pressed in "yYnN" and pressed:
+                self.choice = pressed in "yY"
+            elif pressed == "\x7f":
+                self.choice = None
+
+    class Render(ConsoleRender):
+        @property
+        def height(self):
+            return self.terminal.height or 24
+
+        def render_factory(self, question_type):
+            return YesNo if question_type == "confirm" else super().render_factory(question_type)
+
+        def render(self, question, answers=None):
+            try:
+                return super().render(question, answers)
+            finally:
+                self.clear_bottombar()
+
+        def _print_header(self, render):
+            get_header = render.get_header
+            render.get_header = lambda: _fit_prompt(get_header(), self.width - 12 - len(str(render.get_current_value())))
+            try:
+                super()._print_header(render)
+            finally:
+                render.get_header = get_header
+
+        def _process_input(self, render):
+            before = self._previous_error
+            super()._process_input(render)
+            if self._previous_error is not before and self._previous_error and hasattr(render, "current"):
+                render.current, render.cursor_offset = "", 0  # rejected: start the answer afresh
+
+    return Render
+
+
+def _fit_prompt(text: str, width: int) -> str:
+    """The question within width columns: the middle gives way, the ending (its default) stays."""
+    width = max(width, 20)
+    if len(text) <= width:
+        return text
+    cut = text.rfind(" (")
+    tail = text[cut:] if cut > 0 and len(text) - cut < width - 10 else text[-(width // 2):]
+    return text[:width - len(tail) - 1] + "…" + tail
 
 
 def _on_terminal(step) -> bool:
@@ -792,7 +883,8 @@ def _search(query: str) -> list:
 
 def _label(name: str, detected=(), configured=()) -> str:
     """`OpenAI (openai)`, plus where a key was found."""
-    text = f"{registry.providers()[name]['display_name']} ({name})"
+    builtin = registry.providers().get(name)
+    text = f"{builtin['display_name']} ({name})" if builtin else f"{name} (custom)"
     if name in detected:
         return text + " - key in environment"
     return text + " - configured" if name in configured else text
@@ -800,11 +892,12 @@ def _label(name: str, detected=(), configured=()) -> str:
 
 def _needs_key(name: str) -> bool:
     """Every network provider needs a key; the in-process mock does not."""
-    return registry.providers()[name]["api_protocol"] != "mock"
+    return registry.providers().get(name, {}).get("api_protocol") != "mock"
 
 
 def _key_var(name: str) -> str:
-    return registry.providers()[name]["env_prefix"] + "_API_KEY"
+    """The key variable of a built-in, or of a custom provider init wrote (its name, upper-cased)."""
+    return (registry.providers().get(name, {}).get("env_prefix") or _env_prefix(name)) + "_API_KEY"
 
 
 def _env_prefix(name: str) -> str:

@@ -41,7 +41,9 @@ def clean_env(home: Path, **extra) -> dict:
     """A process environment that cannot see the developer's real keys or home."""
     env = {k: v for k, v in os.environ.items()
            if not k.endswith("_API_KEY") and not k.endswith("_BASE_URL") and not k.startswith("BITROUTER")}
-    env.update(HOME=str(home), NO_COLOR="1", PYTHONUNBUFFERED="1")
+    # `bitrouter` on PATH is this installation, as after `pipx install .` or activating .venv.
+    env.update(HOME=str(home), NO_COLOR="1", PYTHONUNBUFFERED="1",
+               PATH=os.pathsep.join([str(Path(BITROUTER).parent), env.get("PATH", "")]))
     env.update(extra)
     return env
 

@@ -43,7 +43,7 @@ def plant(home, name, seed_b64=SEED_B64) -> None:
 
 
 def test_no_accounts_lists_a_hint(home):
-    assert ok(home, "account") == "No accounts found. Run `bitrouter account -g` to generate one.\n"
+    assert ok(home, "account") == f"No accounts found. Run `bitrouter --home-dir {home} account -g` to generate one.\n"
     assert ok(home, "account", "-l") == ok(home, "account", "--list")
 
 
@@ -54,7 +54,9 @@ def test_generate_layout_formats_and_permissions(home):
         r"  solana:  ([1-9A-HJ-NP-Za-km-z]{32,44})\n"
         r"  prefix:  ([1-9A-HJ-NP-Za-km-z]{16})\n"
         r"  path:    (.+)\n"
-        r"  active:  yes\n", out)
+        r"  active:  yes\n"
+        r"Next: mint a token for your clients with `bitrouter --home-dir \S+ keygen --exp 30d` and send it "
+        r"as Authorization: Bearer <token> \(or x-api-key\)\n", out)
     assert match, out
     pubkey, prefix, path = match.groups()
     assert pubkey.startswith(prefix)
@@ -127,7 +129,7 @@ def test_list_wins_over_set(home):
 
 
 def test_set_errors(home):
-    assert fails(home, "account", "--set", "0") == "No accounts found. Run `bitrouter account -g` first."
+    assert fails(home, "account", "--set", "0") == f"No accounts found. Run `bitrouter --home-dir {home} account -g` first."
     plant(home, "Alpha")
     plant(home, "Alpine")
     assert fails(home, "account", "--set", "Al") == 'Ambiguous prefix "Al" — matches 2 accounts. Use a longer prefix.'
@@ -148,7 +150,7 @@ def test_active_file_cannot_escape_the_keys_folder(home):
 
 
 def test_keygen_without_an_account(home):
-    assert fails(home, "keygen") == "No active account. Run `bitrouter account -g` to generate one."
+    assert fails(home, "keygen") == f"No active account. Run `bitrouter --home-dir {home} account -g` to generate one."
 
 
 def test_trusted_issuers_are_the_local_accounts(home):

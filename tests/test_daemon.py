@@ -93,7 +93,8 @@ def alive(pid: int) -> bool:
 
 def status_fields(result) -> dict:
     assert result.returncode == 0, result.stderr
-    return dict(re.match(r"(\w+):\s+(.*)", line).groups() for line in result.stdout.splitlines())
+    return dict(re.match(r"(\w+):\s+(.*)", line).groups() for line in result.stdout.splitlines()
+                if not line.startswith(" "))  # a provider line continues the `providers:` one
 
 
 # ---------------------------------------------------------------- lifecycle

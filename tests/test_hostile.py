@@ -171,6 +171,7 @@ def test_files_holding_spend_logs_and_config_are_private(start_server, home, tmp
     for name in ("bitrouter.db", "bitrouter.db-wal", "bitrouter.db-shm", "logs/bitrouter.log", "run/bitrouter.pid"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     fresh = tmp_path / "fresh"
+    fresh.mkdir()  # a --home-dir must exist (the same error for every command)
     result = run_cli(fresh, "init", "--provider", "mock", "--yes", input="")
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE((fresh / "bitrouter.yaml").stat().st_mode) == 0o600

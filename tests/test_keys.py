@@ -45,14 +45,40 @@ def db_rows(home, sql):
 
 
 def test_keygen_prints_a_token_the_account_can_verify(home, account):
-    result = ok(home, "keygen")
+    result = ok(home, "keygen", "--exp", "1h")
     token = result.stdout.strip()
-    assert result.stdout == token + "\n" and result.stderr == ""
+    assert result.stdout == token + "\n"
     trusted = accounts.trusted_issuers(home_mod.at(home))
     claims = tokens.verify(token, trusted)
-    assert claims.scope == "api" and claims.exp is None and claims.models is None
+    assert claims.scope == "api" and claims.exp - claims.iat == 3600 and claims.models is None
     assert abs(claims.iat - time.time()) < 60
-    assert not (home / "bitrouter.db").exists()  # unnamed tokens need no database
+    assert "warning" not in result.stderr
+
+
+def test_keygen_without_a_name_records_the_token_so_it_can_be_revoked(home, account):
+    """An unnamed token used to be printed and forgotten: never listed, never revocable."""
+    first = ok(home, "keygen")
+    path = home / ".keys" / account / "tokens" / "token-1.jwt"
+    assert first.stderr == (f"Saved as 'token-1' in {path}; revoke it with "
+                            f"`bitrouter --home-dir {home} keys --rm token-1`\n"
+                            "warning: this token never expires; mint tokens with --exp (e.g. --exp 30d) "
+                            "unless it must outlive every rotation\n")
+    second = ok(home, "keygen", "--exp", "30d").stdout.strip()
+    listing = ok(home, "keys").stdout.splitlines()
+    assert listing[0] == "  [0] token-1" and "never expires" in listing[1]
+    assert listing[2] == "  [1] token-2"
+    exp = json.loads(payload(second))["exp"]
+    assert f"expires {time.strftime('%Y-%m-%d %H:%M', time.gmtime(exp))} UTC" in listing[3]
+    rows = db_rows(home, "select name, token_hash from tokens order by name")
+    assert rows == [("token-1", tokens.token_hash(first.stdout.strip())), ("token-2", tokens.token_hash(second))]
+    ok(home, "keys", "--rm", "token-1")  # the hint above, run as printed
+    assert ok(home, "keys", "--rm", second).stdout == "Removed token: token-2 (revoked)\n"  # by the token itself
+    assert db_rows(home, "select name, revoked from tokens order by name") == [("token-1", 1), ("token-2", 1)]
+    third = ok(home, "keygen", "--exp", "1h").stdout.strip()
+    assert ok(home, "keys").stdout.startswith("  [0] token-1\n")  # numbering never reuses a live name
+    (home / ".keys" / account / "tokens" / "token-1.jwt").unlink()  # lost from the list: still revocable
+    assert ok(home, "keys", "--rm", third).stdout == "Revoked the token (it was not among the saved tokens)\n"
+    assert tokens.token_hash(third) in {h for h, in db_rows(home, "select token_hash from tokens where revoked = 1")}
 
 
 def test_keygen_claims_in_the_original_order(home, account):
@@ -71,7 +97,8 @@ def test_keygen_name_saves_file_and_record(home, account):
     result = ok(home, "keygen", "--exp", "1h", "--name", "laptop")
     token = result.stdout.strip()
     path = home / ".keys" / account / "tokens" / "laptop.jwt"
-    assert result.stderr == f"Saved to: {path}\n"
+    assert result.stderr == (f"Saved as 'laptop' in {path}; revoke it with "
+                             f"`bitrouter --home-dir {home} keys --rm laptop`\n")
     assert path.read_text() == token  # no trailing newline
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     rows = db_rows(home, "select name, account, scope, token_hash, revoked, exp from tokens")
@@ -97,7 +124,7 @@ def test_keygen_rejects_unsafe_names(home, account, name):
 def test_keygen_refuses_to_overwrite_a_saved_name(home, account):
     first = ok(home, "keygen", "--name", "ci").stdout.strip()
     message = fails(home, "keygen", "--name", "ci")
-    assert message == 'a token named "ci" already exists; remove it first with `bitrouter keys --rm ci`'
+    assert message == f'a token named "ci" already exists; remove it first with `bitrouter --home-dir {home} keys --rm ci`'
     assert (home / ".keys" / account / "tokens" / "ci.jwt").read_text() == first
 
 
@@ -125,14 +152,14 @@ def test_admin_token_with_exp(home, account):
 
 def test_keys_listing_show_and_exact_name_over_prefix(home, account):
     assert ok(home, "keys").stdout == (f"No saved tokens for account {account}.\n"
-                                       "Run `bitrouter keygen --name <label>` to create one.\n")
+                                       f"Run `bitrouter --home-dir {home} keygen --exp 30d` to create one.\n")
     ci = ok(home, "keygen", "--models", "openai:*,default", "--name", "ci").stdout.strip()
     ok(home, "keygen", "--scope", "admin", "--exp", "5m", "--name", "ci-prod")
     listing = ok(home, "keys").stdout.splitlines()
     assert listing[0] == "  [0] ci"
-    assert listing[1] == "       scope=api  chain=solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp  no-exp  models=openai:*,default"
+    assert listing[1] == "       scope=api  chain=solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp  never expires  models=openai:*,default"
     assert listing[2] == "  [1] ci-prod"
-    assert re.fullmatch(r"       scope=admin  chain=\S+  exp=\d+  all-models", listing[3])
+    assert re.fullmatch(r"       scope=admin  chain=\S+  expires \d{4}-\d\d-\d\d \d\d:\d\d UTC  all-models", listing[3])
     shown = ok(home, "keys", "--show", "ci").stdout  # exact name, though "ci-prod" shares it
     claims_text, raw = shown.split("\n\nRaw JWT:\n")
     assert raw == ci + "\n"
@@ -167,7 +194,7 @@ def test_keys_rm_deletes_and_revokes(home, account):
 
 
 def test_keys_need_an_active_account(home):
-    assert fails(home, "keys") == "No active account. Run `bitrouter account -g` to generate one."
+    assert fails(home, "keys") == f"No active account. Run `bitrouter --home-dir {home} account -g` to generate one."
 
 
 def test_usage_reports_spend_per_token_and_model(home, account):

@@ -380,7 +380,8 @@ def test_a_rejected_provider_key_shows_in_status_and_the_log(start_server, two_f
     server = start_server(upstream_config(a, b))
     assert chat(server).headers["x-bitrouter-upstream"] == "up1:m1"  # failed over
     status = run_cli(home, "status")
-    assert "upstream:  up0 failing: Incorrect API key provided" in status.stdout, status.stdout
+    assert "problem:   up0 failing: Incorrect API key provided" in status.stdout, status.stdout
+    assert status.returncode == 1  # a rejected key is a problem
     log = (home / "logs" / "bitrouter.log").read_text()
     assert "Incorrect API key provided" in log and "key-0" not in log
 

@@ -111,9 +111,9 @@ def test_reload_reports_listen_and_database_changes_as_needing_a_restart(daemon_
                     "models": {"echo": {"endpoints": ["mock:echo"]}}})
     assert reload_ok(d) == ("configuration reloaded\n"
                             f"note: server.listen changed to 127.0.0.1:1; the server keeps 127.0.0.1:{d.port} "
-                            "until `bitrouter restart`\n"
+                            f"until `bitrouter --home-dir {d.home} restart`\n"
                             "note: database.url changed to sqlite:///elsewhere.db; the server keeps "
-                            f"sqlite:///{d.home / 'bitrouter.db'} until `bitrouter restart`\n")
+                            f"sqlite:///{d.home / 'bitrouter.db'} until `bitrouter --home-dir {d.home} restart`\n")
     assert d.chat().status_code == 200
     assert status_fields(d.cli("status"))["url"] == d.url
 

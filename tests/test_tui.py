@@ -581,7 +581,8 @@ def test_keys_pause_scroll_help_reload_and_resize(home):
     tty.wait_screen(lambda s: any("|extra       priority mock:two" in line for line in s[2:4]), "the new alias")
     (home / "bitrouter.yaml").write_text("models: [unclosed\n")
     tty.child.send("r")
-    tty.wait_screen(lambda s: "reload failed, the previous configuration keeps serving" in s[-1], "the failure")
+    # The cause comes first, without the config path, so an 80-column footer still shows it.
+    tty.wait_screen(lambda s: s[-1].startswith(" reload failed: invalid YAML (line 2)"), "the failure")
     assert chat(url, "extra").status_code == 200
 
     tty.rows = 40
@@ -672,7 +673,35 @@ def test_first_run_offers_setup_and_a_cancel_leads_to_the_empty_dashboard(home):
     tty.wait_output("Providers to set up")
     tty.child.send("\x03")
     tty.wait_screen(lambda s: "in-process" in s[0], "the dashboard after the wizard")
-    assert "(none yet: run `bitrouter init`)" in tty.screen()[2]
+    assert "(none yet: run `bitrouter --home-dir " in tty.screen()[2]  # cut to the pane, as printed
     tty.child.send("q")
     assert tty.wait_exit() == 0
     assert (home / "bitrouter.yaml").read_text() == config
+
+
+def test_bare_bitrouter_listens_where_told(home):
+    write_config(home, {"models": {"echo": {"endpoints": ["mock:echo"]}}})
+    port = free_port()
+    tty = Tty(home, "--listen", f"127.0.0.1:{port}")
+    tty.wait_screen(lambda s: f"127.0.0.1:{port}  in-process" in s[0], "the header with the chosen port")
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).ok
+    tty.child.send("q")
+    assert tty.wait_exit() == 0
+
+
+def test_an_attached_server_going_away_reads_plainly(home, start_server):
+    server = start_server(MOCK)
+    tty = Tty(home, "tui", cols=120)
+    tty.wait_screen(lambda s: f"attached to pid {server.proc.pid}" in s[0], "the attached header")
+    server.stop()
+    tty.wait_screen(lambda s: "(unreachable: connection refused (has the server stopped?))" in s[0],
+                    "the plain cause in the header")
+    assert "HTTPConnectionPool" not in tty.raw and "Max retries" not in tty.raw
+    tty.child.send("q")
+    assert tty.wait_exit() == 0
+
+
+@pytest.mark.parametrize("micro, shown", [(0, "$0"), (30, "$0.00003"), (4567, "$0.0046"), (100, "$0.0001"),
+                                          (12_344_567, "$12.34")])
+def test_small_costs_never_read_as_zero(micro, shown):
+    assert tui._usd(micro) == shown

@@ -116,16 +116,16 @@ def test_fresh_setup_writes_config_env_and_default_alias(home, user):
     w = Wizard(home, user)
     w.answer("Providers to set up", SPACE + ENTER)  # OpenAI is the first row
     w.answer("OpenAI (openai) API key (OPENAI_API_KEY; Enter skips)", OPENAI_KEY + ENTER)
-    w.answer("Add a custom OpenAI-, Anthropic- or Gemini-compatible provider?", "n")
-    w.answer("Check the keys now", "n")
-    w.answer("Set up the `default` alias", "y")
+    w.answer("Add a custom OpenAI-, Anthropic- or Gemini-compatible provider?", "n" + ENTER)
+    w.answer("Check the keys now", "n" + ENTER)
+    w.answer("Set up the `default` alias", "y" + ENTER)
     w.answer("Model on openai for `default`", "gpt-9" + ENTER)  # not in the catalog
     w.see("gpt-9 is not in openai's model list")
-    w.answer("Use gpt-9 anyway?", "n")
+    w.answer("Use gpt-9 anyway?", "n" + ENTER)
     w.answer("Model on openai for `default`", "gpt-4o-mini-2024" + TAB + ENTER)
     w.answer("Listen address", ENTER)
     w.see("key sk-o...4444")
-    w.answer("Write these files?", "y")
+    w.answer("Write these files?", "y" + ENTER)
     assert w.finish() == 0
     assert OPENAI_KEY not in w.output
 
@@ -146,11 +146,11 @@ def test_detected_keys_are_shown_masked_and_preselected(home, user):
     w.see("[X] OpenAI (openai) - key in environment")
     w.see("[X] Anthropic (anthropic) - key in environment")
     w.answer("Search all", ENTER)
-    w.answer("Use OPENAI_API_KEY from your environment (sk-o...4444)?", "y")
-    w.answer("Use ANTHROPIC_API_KEY from your environment (sk-a...8888)?", "y")
-    w.answer("Add a custom", "n")
-    w.answer("Check the keys now", "n")
-    w.answer("Set up the `default` alias", "n")
+    w.answer("Use OPENAI_API_KEY from your environment (sk-o...4444)?", "y" + ENTER)
+    w.answer("Use ANTHROPIC_API_KEY from your environment (sk-a...8888)?", "y" + ENTER)
+    w.answer("Add a custom", "n" + ENTER)
+    w.answer("Check the keys now", "n" + ENTER)
+    w.answer("Set up the `default` alias", "n" + ENTER)
     w.answer("Listen address", ENTER)
     w.answer("Write these files?", ENTER)  # the default is yes
     assert w.finish() == 0
@@ -170,7 +170,7 @@ def test_custom_provider_with_invalid_answers_reasked_and_key_checked(home, user
     with FakeUpstream(anthropic_models) as fake:
         w = Wizard(home, user)
         w.answer("Providers to set up", ENTER)  # no built-in provider
-        w.answer("Add a custom", "y")
+        w.answer("Add a custom", "y" + ENTER)
         w.answer("Name for the custom provider", "my llm" + ENTER)
         w.see("names cannot contain ':', '/' or spaces")
         w.child.send(BACKSPACE * 6 + "a:b" + ENTER)
@@ -184,15 +184,15 @@ def test_custom_provider_with_invalid_answers_reasked_and_key_checked(home, user
         w.child.send(BACKSPACE * 17 + fake.url + "/" + ENTER)
         w.answer("moonshot API key (MOONSHOT_API_KEY; Enter skips)", CUSTOM_KEY + ENTER)
         w.see(f"-> moonshot: derives anthropic, {fake.url}, key in MOONSHOT_API_KEY")
-        w.answer("Add a custom", "n")
-        w.answer("Check the keys now", "y")
+        w.answer("Add a custom", "n" + ENTER)
+        w.answer("Check the keys now", "y" + ENTER)
         w.see("✓ moonshot: key accepted (2 models listed)")
-        w.answer("Set up the `default` alias", "y")
+        w.answer("Set up the `default` alias", "y" + ENTER)
         w.answer("Model on moonshot", "kimi-l" + TAB + ENTER)  # completes from the live list
         w.answer("Listen address", "localhost" + ENTER)
         w.see("expected host:port")
-        w.child.send(":8999" + ENTER)
-        w.answer("Write these files?", "y")
+        w.child.send("localhost:8999" + ENTER)  # the rejected answer was cleared for the next try
+        w.answer("Write these files?", "y" + ENTER)
         assert w.finish() == 0
 
     assert [(r.path, r.headers.get("anthropic-version")) for r in fake.received] == \
@@ -220,16 +220,16 @@ def test_key_check_reports_a_rejected_key_and_accepts_a_new_one(home, user):
         w = Wizard(home, user, OPENAI_BASE_URL=fake.url + "/v1")
         w.answer("Providers to set up", SPACE + ENTER)
         w.answer("OpenAI (openai) API key", bad + ENTER)
-        w.answer("Add a custom", "n")
-        w.answer("Check the keys now", "y")
+        w.answer("Add a custom", "n" + ENTER)
+        w.answer("Check the keys now", "y" + ENTER)
         w.see("✗ openai: key rejected (HTTP 401: Incorrect API key provided: sk-b...cdef)")
-        w.answer("Enter the openai key again?", "y")
+        w.answer("Enter the openai key again?", "y" + ENTER)
         w.answer("openai API key (OPENAI_API_KEY; Enter keeps the current one)", good + ENTER)
         w.see("✓ openai: key accepted (2 models listed)")
-        w.answer("Set up the `default` alias", "y")
+        w.answer("Set up the `default` alias", "y" + ENTER)
         w.answer("Model on openai", "fake-small" + ENTER)
         w.answer("Listen address", ENTER)
-        w.answer("Write these files?", "y")
+        w.answer("Write these files?", "y" + ENTER)
         assert w.finish() == 0
 
     assert [r.path for r in fake.received] == ["/v1/models", "/v1/models"]
@@ -248,18 +248,18 @@ def test_search_step_and_path_overrides(home, user, tmp_path):
     w.see("no provider matches 'zzz'")
     w.child.send(BACKSPACE * 3 + "mock" + ENTER)
     w.answer("Providers matching 'mock'", SPACE + ENTER)
-    w.answer("Search for more providers?", "y")
+    w.answer("Search for more providers?", "y" + ENTER)
     w.answer("Search providers", "anthro" + ENTER)
     w.answer("Providers matching 'anthro'", SPACE + ENTER)
-    w.answer("Search for more providers?", "n")
+    w.answer("Search for more providers?", "n" + ENTER)
     w.answer("Anthropic (anthropic) API key", ANTHROPIC_KEY + ENTER)
-    w.answer("Add a custom", "n")
-    w.answer("Check the keys now", "n")
-    w.answer("Set up the `default` alias", "y")
+    w.answer("Add a custom", "n" + ENTER)
+    w.answer("Check the keys now", "n" + ENTER)
+    w.answer("Set up the `default` alias", "y" + ENTER)
     w.answer("Model on anthropic", ENTER)  # skipped
     w.answer("Model on mock", "echo" + ENTER)
     w.answer("Listen address", ENTER)
-    w.answer("Write these files?", "y")
+    w.answer("Write these files?", "y" + ENTER)
     assert w.finish() == 0
 
     assert not (home / "bitrouter.yaml").exists() and not (home / ".env").exists()
@@ -277,17 +277,17 @@ def test_merge_keeps_unrelated_settings_and_env_lines(home, user):
     w.see("Existing configuration: providers openai; aliases default, fast.")
     w.see("Providers to set up")
     w.answer("OpenAI (openai) - configured", SPACE + DOWN + SPACE + ENTER)  # and Anthropic
-    w.answer("Keep the OpenAI (openai) key already in .env (sk-o...0000)?", "n")
+    w.answer("Keep the OpenAI (openai) key already in .env (sk-o...0000)?", "n" + ENTER)
     w.answer("OpenAI (openai) API key", OPENAI_KEY + ENTER)
     w.answer("Anthropic (anthropic) API key", ANTHROPIC_KEY + ENTER)
-    w.answer("Add a custom", "n")
-    w.answer("Check the keys now", "n")
-    w.answer("Replace the `default` alias (now mock:echo)?", "y")
+    w.answer("Add a custom", "n" + ENTER)
+    w.answer("Check the keys now", "n" + ENTER)
+    w.answer("Replace the `default` alias (now mock:echo)?", "y" + ENTER)
     w.answer("Model on openai", "gpt-4o" + ENTER)
     w.answer("Model on anthropic", "claude-sonnet-4-5" + ENTER)
     w.answer("Listen address (host:port; Enter keeps 127.0.0.1:7000)", ENTER)
     w.see("(merged; backup bitrouter.yaml.bak-")
-    w.answer("Write these files?", "y")
+    w.answer("Write these files?", "y" + ENTER)
     w.see("Your previous config is saved as")
     assert w.finish() == 0
 
@@ -325,7 +325,7 @@ def test_cancel_writes_nothing(home, user, where):
             w.child.send(CTRL_C)
         else:
             w.child.send(ENTER)
-            w.answer("Add a custom", "y")
+            w.answer("Add a custom", "y" + ENTER)
             if where == "custom name":
                 w.answer("Name for the custom provider", "half" + CTRL_C)
             else:
@@ -333,11 +333,11 @@ def test_cancel_writes_nothing(home, user, where):
                 w.answer("API that later speaks", ENTER)
                 w.answer("Base URL of later", "https://later.example/v1" + ENTER)
                 w.answer("later API key", ENTER)
-                w.answer("Add a custom", "n")
-                w.answer("Check the keys now", "n")
-                w.answer("Replace the `default` alias", "n")
+                w.answer("Add a custom", "n" + ENTER)
+                w.answer("Check the keys now", "n" + ENTER)
+                w.answer("Replace the `default` alias", "n" + ENTER)
                 w.answer("Listen address", ENTER)
-                w.answer("Write these files?", "n")
+                w.answer("Write these files?", "n" + ENTER)
     w.see("Setup cancelled; nothing was written.")
     assert w.finish() == 1
     assert snapshot(home) == before
@@ -346,7 +346,7 @@ def test_cancel_writes_nothing(home, user, where):
 def test_scripted_form_on_a_terminal_asks_before_writing(home, user):
     w = Wizard(home, user, "--provider", "openai", OPENAI_API_KEY=OPENAI_KEY)
     w.see("key sk-o...4444 from OPENAI_API_KEY in your environment")
-    w.answer("Write these files?", "n")
+    w.answer("Write these files?", "n" + ENTER)
     w.see("nothing was written")
     assert w.finish() == 1
     assert snapshot(home) == {}
@@ -360,7 +360,7 @@ def test_without_a_terminal_says_which_files_to_edit(home, user):
     assert result.returncode == 1
     assert result.stderr == (f"error: bitrouter init needs an interactive terminal; edit "
                              f"{home / 'bitrouter.yaml'} and {home / '.env'} instead, or pass "
-                             "--provider NAME[,NAME] (see bitrouter init --help)\n")
+                             f"--provider NAME[,NAME] (see `bitrouter --home-dir {home} init --help`)\n")
     assert snapshot(home) == {}
 
 
@@ -454,3 +454,71 @@ def test_a_config_that_does_not_load_stops_init_before_any_question(home, user):
     assert w.finish() == 1
     assert "Providers to set up" not in w.output
     assert snapshot(home) == before
+
+
+# ---------------------------------------------------------------- prompts that behave
+
+
+def test_yes_no_waits_for_enter_so_it_never_answers_the_next_question(home, user):
+    w = Wizard(home, user)
+    w.answer("Providers to set up", ENTER)
+    w.answer("Add a custom", "y")
+    w.see("yes")  # shown, not yet answered
+    w.child.send(BACKSPACE + "n")
+    w.see("no")
+    w.child.send(ENTER)  # the one Enter answers this question only
+    w.see("No providers chosen; nothing was written.")
+    assert w.finish() == 1
+    assert "Name for the custom provider" not in w.output
+
+
+def test_prompts_keep_their_default_visible_at_80_columns(home, user):
+    w = Wizard(home, user)
+    w.child.setwinsize(30, 80)
+    w.answer("Providers to set up", SPACE + ENTER)  # OpenAI
+    w.answer("OpenAI (openai) API key", OPENAI_KEY + ENTER)
+    w.answer("Add a custom", "n" + ENTER)
+    w.see("Check the keys now")
+    w.see("(Y/n)")
+    w.child.send("n" + ENTER)
+    w.see("Set up the `default` alias")
+    w.see("(Y/n)")
+    w.child.send("n" + ENTER)
+    w.answer("(host:port; Enter keeps 127.0.0.1:8787)", ENTER)
+    w.answer("Write these files?", "n" + ENTER)
+    w.finish()
+    questions = [line for line in w.output.replace("\r", "\n").split("\n") if "[?]" in line]
+    assert questions and not [q for q in questions if "..." in q]  # inquirer cut none of them
+
+
+def test_a_provider_that_cannot_be_reached_is_not_a_reason_to_retype_the_key(home, user):
+    w = Wizard(home, user, OPENAI_BASE_URL="http://127.0.0.1:1/v1")
+    w.answer("Providers to set up", SPACE + ENTER)
+    w.answer("OpenAI (openai) API key", OPENAI_KEY + ENTER)
+    w.answer("Add a custom", "n" + ENTER)
+    w.answer("Check the keys now", "y" + ENTER)
+    w.see("? openai: could not connect to http://127.0.0.1:1/v1/models")
+    w.see(f"(the key was not checked; fix the base URL or the network, then run `bitrouter --home-dir {home} doctor`)")
+    w.answer("Set up the `default` alias", "n" + ENTER)
+    w.answer("Listen address", ENTER)
+    w.answer("Write these files?", "y" + ENTER)
+    assert w.finish() == 0
+    assert "Enter the openai key again?" not in w.output
+
+
+def test_a_custom_provider_from_an_earlier_run_is_in_the_checklist(home, user):
+    (home / "bitrouter.yaml").write_text(yaml.safe_dump({"providers": {"moonshot": {
+        "derives": "anthropic", "api_base": "https://api.moonshot.example", "env_prefix": "MOONSHOT",
+        "api_key": "${MOONSHOT_API_KEY}"}}}))
+    (home / ".env").write_text(f"MOONSHOT_API_KEY={CUSTOM_KEY}\n")
+    w = Wizard(home, user)
+    w.see("moonshot (custom) - configured")
+    w.child.send(DOWN * 4 + SPACE + ENTER)  # the four featured ones, then moonshot
+    w.answer("Keep the moonshot (custom) key already in .env", ENTER)
+    w.answer("Add a custom", ENTER)
+    w.answer("Check the keys now", "n" + ENTER)
+    w.answer("Set up the `default` alias", "n" + ENTER)
+    w.answer("Listen address", ENTER)
+    w.answer("Write these files?", "y" + ENTER)
+    assert w.finish() == 0
+    assert load(home).providers["moonshot"].api_key == CUSTOM_KEY
