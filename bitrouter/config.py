@@ -386,6 +386,18 @@ def _resolve_models(v, user, providers: dict, routing: dict) -> dict:
     return aliases
 
 
+def route_endpoint(raw, providers: dict, where: str) -> Endpoint:
+    """One endpoint of a dynamic route (`/admin/routes`), checked as `models:` checks them.
+
+    Its own api_key or api_base is refused rather than dropped: a dynamic route is stored
+    in the database, and keys belong in bitrouter.yaml and .env.
+    """
+    if isinstance(raw, dict) and (raw.get("api_key") or raw.get("api_base")):
+        raise ConfigError(f"{where}: api_key and api_base belong in bitrouter.yaml; a dynamic route "
+                          "uses its provider's own")
+    return _endpoint(_Validator(None), where, raw, providers)
+
+
 def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
     """One alias endpoint; accepts the `provider:model_id` shorthand string too."""
     if isinstance(raw, str):
@@ -422,7 +434,8 @@ class _Validator:
         self.path = path
 
     def fail(self, where: str, message: str):
-        raise ConfigError(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
+        place = [str(self.path)] if self.path else []  # None: not from a file (an admin request)
+        raise ConfigError(": ".join(place + ([where] if where else []) + [message]))
 
     def mapping(self, node, where: str) -> dict:
         if node is None:  # an empty YAML section (`server:`) means "no settings"

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from bitrouter.config import STRATEGIES, Alias, Endpoint
+from bitrouter.config import STRATEGIES, Alias, ConfigError, Endpoint, route_endpoint
 from bitrouter.upstream import UpstreamError
 
 log = logging.getLogger("bitrouter")
@@ -246,18 +246,10 @@ def dynamic_route(spec: dict, providers: dict, routing: dict) -> Route:
     raw = spec.get("endpoints")
     if not isinstance(raw, list) or not raw:
         raise ValueError("route must have at least one endpoint")
-    endpoints = []
-    for item in raw:
-        if isinstance(item, str):
-            provider, _, model_id = item.partition(":")
-            item = {"provider": provider, "model_id": model_id}
-        if not isinstance(item, dict) or not isinstance(item.get("provider"), str) \
-                or item["provider"] not in providers or not isinstance(item.get("model_id"), str):
-            raise ValueError(f"bad endpoint {item!r}: needs a known provider and a model_id")
-        weight = item.get("weight", 1)
-        if not isinstance(weight, int) or weight < 1:
-            raise ValueError("endpoint weight must be a positive integer")
-        endpoints.append(Endpoint(item["provider"], str(item["model_id"]), weight=weight))
+    try:
+        endpoints = [route_endpoint(item, providers, f"endpoints[{i}]") for i, item in enumerate(raw)]
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
     return Route(name=name, source="dynamic", strategy=strategy, endpoints=endpoints, **routing)
 
 

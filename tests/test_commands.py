@@ -198,7 +198,7 @@ def test_route_add_list_rm_on_the_running_server(home, daemon):
         {"role": "user", "content": "x"}]}, timeout=10).status_code == 200
     assert run_cli(home, "route", "rm", "fast").stdout == "route fast removed\n"
     assert one_line_error(run_cli(home, "route", "rm", "fast")) == "no dynamic route named 'fast'"
-    assert one_line_error(run_cli(home, "route", "add", "x", "nosuch:m")).startswith("bad endpoint")
+    assert one_line_error(run_cli(home, "route", "add", "x", "nosuch:m")) == "endpoints[0].provider: unknown provider 'nosuch'"
     assert one_line_error(run_cli(home, "route", "frob")) == "unknown route action 'frob': use list, add or rm"
 
 

@@ -312,3 +312,16 @@ def _stream_text(resp) -> str:
     if not done:
         raise AssertionError(f"stream ended without [DONE] after {''.join(parts)!r}")
     return "".join(parts)
+
+
+def test_dynamic_routes_are_checked_like_aliases(start_server):
+    """One endpoint validator: a boolean weight or an endpoint key is refused, never dropped quietly."""
+    server = start_server()
+    def add(endpoint):
+        return requests.post(server.url + "/admin/routes", timeout=10, json={"model": "x", "endpoints": [endpoint]})
+    bool_weight = add({"provider": "mock", "model_id": "echo", "weight": True})
+    assert bool_weight.status_code == 400 and "endpoints[0].weight: must be a positive integer" in bool_weight.text
+    keyed = add({"provider": "mock", "model_id": "echo", "api_key": "sk-own-key-12345"})
+    assert keyed.status_code == 400 and "api_key and api_base belong in bitrouter.yaml" in keyed.text
+    assert "sk-own-key-12345" not in keyed.text
+    assert add("mock:echo").status_code == 200
