@@ -397,7 +397,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         body = _stream_reply(srv, rt, answer, record, clock)
         # Pass-through streams carry the upstream's own keep-alives, so pings are only added
         # to streams BitRouter encodes itself.
-        ping, interval = getattr(inbound, "KEEPALIVE", b""), rt.cfg.server["ping_interval"]
+        ping, interval = inbound.KEEPALIVE, rt.cfg.server["ping_interval"]
         if ping and interval > 0 and answer.kind != "passthrough":
             return _keepalive(body, ping, interval)
         return body
@@ -438,7 +438,7 @@ def _provider_count(srv: Server, rt: Runtime, route, inbound, body: dict, reques
     endpoint = rt.router.candidates(route)[0]
     provider = rt.providers[endpoint.provider]
     upstream = protocols.get(provider.api_protocol)
-    count_url = getattr(upstream, "count_url", None)  # Chat Completions and mock count nothing
+    count_url = upstream.count_url  # None for Chat Completions and mock: nothing to ask
     if count_url is None:
         return None
     payload = json.dumps(upstream.count_body(protocols.own_proofs(request, endpoint.label), endpoint.model_id)).encode()

@@ -20,6 +20,7 @@ NAME = "google"
 FIXED_HEADERS = {}
 MODEL_FIELD = "modelVersion"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
+KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # what goes into models/{id}:generateContent
 ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
 # Google's documented placeholder for function calls that came from another model and so

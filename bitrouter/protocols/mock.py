@@ -9,6 +9,7 @@ import secrets
 from bitrouter.protocols import Event, Part, Request, Response, Usage
 
 NAME = "mock"
+count_url = None  # nothing to ask: counts are estimated
 
 
 def generate(req: Request, model_id: str) -> Response:

@@ -13,6 +13,7 @@ NAME = "openai"
 FIXED_HEADERS = {}
 MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
+KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added
 
 # ---------------------------------------------------------------- inbound
 
@@ -215,6 +216,9 @@ def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
 def request_url(api_base: str, model_id: str, stream: bool) -> str:
     """The Chat Completions endpoint under the provider's API base."""
     return api_base + "/chat/completions"
+
+
+count_url = None  # Chat Completions has no token counter: counts are estimated
 
 
 def encode_request(req: Request, model_id: str) -> dict:

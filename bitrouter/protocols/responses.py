@@ -27,6 +27,7 @@ NAME = "responses"
 FIXED_HEADERS = {}
 MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
+KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added
 
 # Events after which a Responses stream is over, whatever its outcome.
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
