@@ -5,3 +5,36 @@ __version__ = "0.1.0"
 
 class Error(Exception):
     """A problem the user can fix; the CLI prints it as one `error: ...` line."""
+
+
+class StatusError(Exception):
+    """The base of every error on the request path: it knows how to answer the client.
+
+    The server turns any of them into one error body in the client's own protocol
+    (server._error); anything else that escapes is a bug, logged and answered as a 500.
+
+        StatusError                    reply() -> (status, message, headers)
+        +-- server.HttpError           BitRouter's own refusals: 401/403/402 (access), 408, 413, 422
+        +-- boundary.Invalid           400: a body, header or name outside the boundary's limits
+        +-- protocols.ProtocolError    400: a request its protocol cannot read or express;
+        |                              502: an upstream stream that says it failed
+        +-- router.RouteError          404: an unknown model; 503: no endpoint can be called
+        +-- router.AllFailed           502 / 503 / 504 once every endpoint failed (Retry-After)
+        +-- upstream.UpstreamError     one failed upstream call: the upstream's own status when
+                                       it refused the request (not retried), else 502 / 504
+
+    `attempts` says how many endpoints were tried before the error (x-bitrouter-attempts).
+    """
+
+    status = 500
+    attempts = 0
+
+    def __init__(self, message: str, status: int | None = None, headers=None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.headers = dict(headers or {})
+
+    def reply(self) -> tuple[int, str, dict]:
+        """The HTTP status, message and headers to answer the client with."""
+        return self.status, str(self), self.headers

@@ -14,6 +14,7 @@ import math
 import re
 import typing
 
+from bitrouter import StatusError
 from bitrouter.config import mask
 
 MAX_DEPTH = 64  # JSON nesting accepted from clients and upstreams (real requests use under 20)
@@ -31,8 +32,10 @@ NESTED = {"Request": {"reasoning": {"effort": str, "budget_tokens": int},
                       "response_format": {"type": str, "name": str, "schema": dict, "strict": bool}}}
 
 
-class Invalid(ValueError):
-    """Input that fails a boundary check; the message says what is wrong with it."""
+class Invalid(StatusError, ValueError):
+    """Input that fails a boundary check (a 400); the message says what is wrong with it."""
+
+    status = 400
 
 
 def load_json(data: bytes, what: str = "request body"):

@@ -7,31 +7,32 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from bitrouter import StatusError
 from bitrouter.config import STRATEGIES, Alias, ConfigError, Endpoint, route_endpoint
 from bitrouter.upstream import UpstreamError
 
 log = logging.getLogger("bitrouter")
 
 
-class RouteError(Exception):
+class RouteError(StatusError):
     """A request that cannot be routed: status 404 (unknown model) or 503 (nothing usable)."""
 
-    def __init__(self, message: str, status: int = 404, attempts: int = 0):
-        super().__init__(message)
-        self.status = status
-        self.attempts = attempts
+    status = 404
 
 
-class AllFailed(Exception):
+class AllFailed(StatusError):
     """Every endpoint failed; status is 502, 503 or 504 by the last cause."""
 
     def __init__(self, errors: list, attempts: int):
-        last = errors[-1]
+        last = errors[-1][1]
         summary = "; ".join(f"{label}: {e.message}" for label, e in errors[-3:])
-        super().__init__(f"all {attempts} upstream attempt(s) failed: {summary}")
-        self.status = 504 if last[1].kind == "timeout" else 503 if last[1].status in (429, 503, 529) else 502
+        headers = {"x-should-retry": "false", "x-bitrouter-attempts": str(attempts)}
+        if last.retry_after:
+            headers["retry-after"] = str(int(last.retry_after + 0.999))
+        status = 504 if last.kind == "timeout" else 503 if last.status in (429, 503, 529) else 502
+        super().__init__(f"all {attempts} upstream attempt(s) failed: {summary}", status, headers)
         self.attempts = attempts
-        self.retry_after = last[1].retry_after
+        self.retry_after = last.retry_after
 
 
 @dataclass

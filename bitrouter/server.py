@@ -25,7 +25,7 @@ from gevent import GreenletExit
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, boundary, cluster, config, daemon, guardrails, protocols, store, workers
+from bitrouter import Error, StatusError, access, boundary, cluster, config, daemon, guardrails, protocols, store, workers
 from bitrouter import home as home_mod
 from bitrouter.boundary import redact
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard
@@ -46,13 +46,11 @@ KEEPALIVE_QUEUE = 16  # encoded chunks held per stream while its client is not r
 FD_RESERVE = 64  # file descriptors kept for the listener, log, database and such
 
 
-class HttpError(Exception):
+class HttpError(StatusError):
     """An error BitRouter itself answers with, in the inbound protocol's shape."""
 
     def __init__(self, status: int, message: str, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
+        super().__init__(message, status, headers)
 
 
 class Runtime:
@@ -377,7 +375,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         status, message, headers = _classify(exc)
         if record:
             record.status, record.error = status, message
-            record.attempts = getattr(exc, "attempts", 0)
+            record.attempts = exc.attempts if isinstance(exc, StatusError) else 0
             _finish(srv, rt, None, record, None, clock)
         raw = getattr(exc, "body", b"") if _same_protocol_error(exc, inbound) else b""
         return _error(inbound, status, message, headers, raw, rt.secrets)
@@ -652,8 +650,7 @@ class _Call:
         try:
             reply = self.srv.pools.send(url, headers, _wire_json(payload))
             if reply.status >= 400:
-                error = reply.error(upstream.error_message, limits["max_body_bytes"])
-                error.protocol = upstream
+                error = reply.error(upstream, limits["max_body_bytes"])
                 secrets = self.rt.secrets  # some upstreams echo the key they refused
                 error.message, error.body = redact(error.message, secrets), redact(error.body, secrets)
                 raise error
@@ -1104,24 +1101,15 @@ def _guard(inbound, handler):
 
 
 def _classify(exc) -> tuple[int, str, dict]:
-    """Status, message and extra headers for any exception on the request path."""
-    if isinstance(exc, (HttpError, ProtocolError, RouteError)):
-        return exc.status, str(exc), getattr(exc, "headers", {})
-    if isinstance(exc, boundary.Invalid):
-        return 400, str(exc), {}
-    if isinstance(exc, AllFailed):
-        headers = {"x-should-retry": "false", "x-bitrouter-attempts": str(exc.attempts)}
-        if exc.retry_after:
-            headers["retry-after"] = str(int(exc.retry_after + 0.999))
-        return exc.status, str(exc), headers
-    if isinstance(exc, UpstreamError):  # a request error the upstream rejected: not retried
-        return exc.status or 502, exc.message, {"x-bitrouter-attempts": str(getattr(exc, "attempts", 1))}
+    """Status, message and extra headers for any exception on the request path (see StatusError)."""
+    if isinstance(exc, StatusError):
+        return exc.reply()
     log.exception("internal error")
     return 500, f"internal error: {type(exc).__name__}", {}
 
 
 def _same_protocol_error(exc, inbound) -> bool:
-    return isinstance(exc, UpstreamError) and getattr(exc, "protocol", None) is inbound
+    return isinstance(exc, UpstreamError) and exc.protocol is inbound
 
 
 def _error(inbound, status: int, message: str, headers=None, raw: bytes = b"", secrets=()):

@@ -10,6 +10,8 @@ import time
 from urllib.parse import urlsplit
 
 import urllib3
+
+from bitrouter import StatusError
 from urllib3.exceptions import (HTTPError, NameResolutionError, NewConnectionError, ProtocolError,
                                 ReadTimeoutError, TimeoutError)
 
@@ -18,18 +20,26 @@ from urllib3.exceptions import (HTTPError, NameResolutionError, NewConnectionErr
 RETRYABLE_STATUSES = frozenset({401, 403, 408, 429})
 
 
-class UpstreamError(Exception):
-    """A failed upstream call. status is None for transport failures (kind says which)."""
+class UpstreamError(StatusError):
+    """A failed upstream call. status is the upstream's (None for transport failures: kind says
+    which); protocol, when set, is the upstream's protocol module, whose error body it is."""
+
+    attempts = 1
 
     def __init__(self, message: str, status: int | None = None, kind: str = "http",
-                 retry_after: float | None = None, body: bytes = b"", headers=None):
+                 retry_after: float | None = None, body: bytes = b"", headers=None, protocol=None):
         super().__init__(message)
         self.message = message
         self.status = status
         self.kind = kind  # http | connect | timeout
         self.retry_after = retry_after
         self.body = body
-        self.headers = headers or {}
+        self.headers = headers or {}  # the upstream's reply headers
+        self.protocol = protocol
+
+    def reply(self) -> tuple[int, str, dict]:
+        """An error the upstream refused the request with keeps its status; transport failures are 502."""
+        return self.status or 502, self.message, {"x-bitrouter-attempts": str(self.attempts)}
 
     @property
     def retryable(self) -> bool:
@@ -127,13 +137,13 @@ class Reply:
         self._raw.close()
         self._raw.release_conn()
 
-    def error(self, describe, limit: int = 0) -> UpstreamError:
-        """A non-2xx reply as an UpstreamError: status, describe(status, body), Retry-After."""
+    def error(self, protocol, limit: int = 0) -> UpstreamError:
+        """A non-2xx reply as an UpstreamError: status, the protocol's reading of the body, Retry-After."""
         body = self.read(limit)
-        message = describe(self.status, body) or f"upstream returned HTTP {self.status}"
+        message = protocol.error_message(self.status, body) or f"upstream returned HTTP {self.status}"
         return UpstreamError(message, status=self.status,
                              retry_after=parse_retry_after(self.headers.get("retry-after")),
-                             body=body, headers=dict(self.headers))
+                             body=body, headers=dict(self.headers), protocol=protocol)
 
 
 def parse_retry_after(value) -> float | None:

@@ -30,6 +30,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from bitrouter import StatusError
+
 
 @dataclass
 class Part:
@@ -159,12 +161,10 @@ class Event:
     signature: str = ""
 
 
-class ProtocolError(Exception):
+class ProtocolError(StatusError):
     """A request or response that a protocol cannot express; status is the HTTP status to use."""
 
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+    status = 400
 
 
 def get(name: str):
