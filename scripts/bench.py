@@ -37,13 +37,21 @@ REQUEST = {"model": "bench", "messages": [{"role": "user", "content": "hello"}]}
 
 def main() -> None:
     """Run every measurement and print the JSON report."""
+    import bench_wrk
     if sys.argv[1:2] == ["--upstream"]:
         serve_upstream(int(sys.argv[2]))
+        return
+    if sys.argv[1:2] == ["--drip"]:
+        bench_wrk.serve_drip(int(sys.argv[2]))
         return
     import bench_auth
     import bench_guardrails
     import bench_protocols
     report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    report["wrk"] = bench_wrk.run()
+    if sys.argv[1:2] == ["--wrk"]:  # the headline numbers alone
+        print(json.dumps(report, indent=2))
+        return
     with Stack() as stack:
         report["rss_mb_idle"] = stack.rss_mb()
         report["latency_c1"] = added_latency(stack, n=2000)
