@@ -235,7 +235,11 @@ class SpendWriter:
         self._pending: dict = {}
         self._closed = False
         self._db = connect(url)  # fail at start-up, not on the first flush
-        self._db.close()  # this thread's connection; the writer thread opens its own
+        self._db.close()
+        left, right = self._db.quote  # the driver's identifier quotes: "" or ``
+        columns = ", ".join(f"{left}{name}{right}" for name in SPEND_FIELDS)
+        self._insert = (f"INSERT INTO {left}{SpendLog._meta.table_name}{right} ({columns}) "
+                        f"VALUES ({', '.join([self._db.param] * len(SPEND_FIELDS))})")  # this thread's connection; the writer thread opens its own
         self._done.acquire()
         _native("_thread", "start_new_thread")(self._run, ())
 
@@ -245,8 +249,9 @@ class SpendWriter:
             raise RuntimeError("the spend writer is closed")
         row = _clean({k: row[k] for k in SPEND_FIELDS if row.get(k) is not None})
         row["time"] = _utc_naive(row.get("time", time.time()))
-        self._count(row, +1)
-        self._queue.put(row)
+        values = tuple(row.get(name, default) for name, default in _DEFAULTS)  # what the insert binds
+        self._count(values, +1)
+        self._queue.put(values)
 
     def pending(self, token_hash=None, account=None) -> tuple[int, int]:
         """(micro-USD, successful requests) logged but not yet committed, for budget checks."""
@@ -315,13 +320,15 @@ class SpendWriter:
     def _flush(self, batch: list) -> bool:
         """Insert a batch in one transaction; True on success (bad rows are dropped, logged).
 
+        The rows are already the tuples the statement binds, so the driver's executemany
+        does the whole batch in one call (SQLite's releases the GIL while it writes): no
+        Python-level query building while the server's requests wait for the interpreter.
         When the batch fails for any reason but an unusable database, its rows are tried one
         by one, so a row the database refuses is set aside instead of blocking every other.
         """
         try:
-            with self._db.atomic():
-                for start in range(0, len(batch), 100):  # stay under SQLite's variable limit
-                    SpendLog.insert_many(batch[start:start + 100]).execute(self._db)
+            with self._db.atomic(), peewee.__exception_wrapper__:
+                self._db.cursor().executemany(self._insert, batch)
         except (peewee.OperationalError, peewee.InterfaceError) as exc:  # unreachable, locked, closed: retry
             _drop_connection(self._db)
             log.warning("spend log write failed (%d rows kept): %s", len(batch),
@@ -334,10 +341,10 @@ class SpendWriter:
 
     def _flush_each(self, batch: list) -> bool:
         """Insert rows one at a time; a row refused for its content is dropped with a log line."""
-        for i, row in enumerate(batch):
+        for i, values in enumerate(batch):
             try:
                 with self._db.atomic():
-                    SpendLog.insert(row).execute(self._db)
+                    self._db.execute_sql(self._insert, values)
             except (peewee.OperationalError, peewee.InterfaceError) as exc:
                 _drop_connection(self._db)
                 log.warning("spend log write failed (%d rows kept): %s", len(batch) - i,
@@ -345,9 +352,9 @@ class SpendWriter:
                 del batch[:i]  # those were written (or dropped) and forgotten already
                 return False
             except Exception as exc:
-                log.error("spend row dropped, the database refused it (%s): %r",
-                          _reason(exc, self.url), {k: row.get(k) for k in ("model", "status", "token_hash")})
-            self._forget([row])
+                log.error("spend row dropped, the database refused it (%s): %r", _reason(exc, self.url),
+                          {k: values[_COLUMN[k]] for k in ("model", "status", "token_hash")})
+            self._forget([values])
         return True
 
     def _forget(self, rows: list) -> None:
@@ -355,12 +362,16 @@ class SpendWriter:
         for row in rows:
             self._count(row, -1)
 
-    def _count(self, row: dict, sign: int) -> None:
+    def _count(self, values: tuple, sign: int) -> None:
         """Add a row to (or take it from) the pending totals of its token and account."""
-        cost = int(row.get("cost_micro_usd", 0))
-        success = int(int(row.get("status", 200)) < 400)
+        cost = int(values[_COLUMN["cost_micro_usd"]])
+        success = int(int(values[_COLUMN["status"]]) < 400)
+        token_hash, account = values[_COLUMN["token_hash"]], values[_COLUMN["account"]]
+        keys = [("token", token_hash)] if token_hash is not None else []
+        if account is not None:
+            keys.append(("account", account))
         with self._lock:
-            for key in self._keys(row):
+            for key in keys:
                 total = self._pending.get(key, (0, 0, 0))
                 total = (total[0] + sign * cost, total[1] + sign * success, total[2] + sign)
                 if total[2]:  # entries go when no row of theirs is pending, not when they sum to 0
@@ -368,15 +379,10 @@ class SpendWriter:
                 else:
                     self._pending.pop(key, None)
 
-    @staticmethod
-    def _keys(row: dict):
-        """The pending-total keys a row counts towards."""
-        if row.get("token_hash") is not None:
-            yield ("token", row["token_hash"])
-        if row.get("account") is not None:
-            yield ("account", row["account"])
 
-
+# A spend row as the insert binds it: every column in SPEND_FIELDS order, defaults filled in.
+_DEFAULTS = tuple((name, SpendLog._meta.fields[name].default) for name in SPEND_FIELDS)
+_COLUMN = {name: i for i, name in enumerate(SPEND_FIELDS)}
 _STOP = object()
 
 
