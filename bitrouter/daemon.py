@@ -386,7 +386,10 @@ def log_request(record) -> None:
         line += f" account={_field(record.account)}"
     if record.error:
         line += f" error={json.dumps(record.error[:300])}"
-    log.info(line)
+    log.info(line, extra=_REQUEST_LINE)
+
+
+_REQUEST_LINE = {"request_line": True}  # the log flushes these within FLUSH_DELAY, not one by one
 
 
 def connect_url(host: str, port: int) -> str:
@@ -398,10 +401,10 @@ def connect_url(host: str, port: int) -> str:
 class _RotatingLog(RotatingFileHandler):
     """Size-rotated log whose limits follow reloads; a daemon's stdout/stderr follow it too.
 
-    An INFO line (one per request) is flushed within FLUSH_DELAY instead of at once, and
+    A request line (one per request) is flushed within FLUSH_DELAY instead of at once, and
     the size check counts what was written instead of calling stat: a busy server writes
-    its log in a few large writes a second. Warnings and errors are flushed at once, and
-    closing the handler (the server stopping) flushes everything.
+    its log in a few large writes a second. Every other line is flushed at once, and closing
+    the handler (the server stopping) flushes everything.
     """
 
     def __init__(self, path, srv, follows_stdio: bool):
@@ -422,7 +425,7 @@ class _RotatingLog(RotatingFileHandler):
         return stream
 
     def emit(self, record) -> None:
-        self._emitting = record.levelno < logging.WARNING
+        self._emitting = getattr(record, "request_line", False)
         self._next = 0
         try:
             super().emit(record)  # shouldRollover, perhaps doRollover (a new file), the write
@@ -431,7 +434,7 @@ class _RotatingLog(RotatingFileHandler):
         self._size += self._next
 
     def flush(self) -> None:
-        """Flush now, or (inside an INFO line's emit) within FLUSH_DELAY."""
+        """Flush now, or (inside a request line's emit) within FLUSH_DELAY."""
         if not self._emitting:
             super().flush()
         elif self._flush_timer is None:

@@ -71,6 +71,8 @@ def run(stack_extra: dict | None = None) -> dict:
                                                   else "/sse/v1/chat/completions", n=300)
                                for name, port in targets.items()}
         report["streams_held"] = streams_held(br, up, 1000)
+    with Upstreams() as up, Gateway("bitrouter", up, extra={"guardrails": {"enabled": False}}) as plain:
+        report["streaming"]["bitrouter_guardrails_off"] = stream_times(plain.port, "/v1/chat/completions", n=300)
     with Upstreams() as up, Gateway("bitrouter", up, bare=True) as bare, Gateway("bitrouter", up) as full:
         wrk(bare.port, "/v1/chat/completions", CHAT, 1, 1.0)
         wrk(full.port, "/v1/chat/completions", CHAT, 1, 1.0)
@@ -196,10 +198,10 @@ class Upstreams:
 
 
 class Gateway:
-    """BitRouter (`bare`: without its observers) or the minimal relay, in front of the upstreams."""
+    """BitRouter (`bare`: without its observers; `extra` merged into its config) or the minimal relay."""
 
-    def __init__(self, kind: str, up: Upstreams, bare: bool = False):
-        self.kind, self.up, self.bare = kind, up, bare
+    def __init__(self, kind: str, up: Upstreams, bare: bool = False, extra: dict | None = None):
+        self.kind, self.up, self.bare, self.extra = kind, up, bare, extra or {}
 
     def __enter__(self):
         self.port = bench.free_port()
@@ -220,7 +222,8 @@ class Gateway:
                              "api_key": "bench"}},
                 "models": {"bench": {"endpoints": [{"provider": "fast", "model_id": "m"}]},
                            "bench-stream": {"endpoints": [{"provider": "sse", "model_id": "m"}]},
-                           "bench-drip": {"endpoints": [{"provider": "drip", "model_id": "m"}]}}}))
+                           "bench-drip": {"endpoints": [{"provider": "drip", "model_id": "m"}]}},
+                **self.extra}))
             command = [sys.executable, "-c", BARE, str(home)] if self.bare else \
                 [str(Path(sys.executable).with_name("bitrouter")), "--home-dir", str(home), "serve"]
             self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
