@@ -75,24 +75,37 @@ def check_fields(value, where: str = "request"):
     stack = [(value, where)]
     while stack:
         node, path = stack.pop()
-        hints = typing.get_type_hints(type(node))
-        for field in dataclasses.fields(node):
-            item, kind = getattr(node, field.name), hints[field.name]
-            if kind is float or kind == float | None:  # a JSON 1 is a fine temperature
-                kind = kind | int
+        for name, kind in _field_types(type(node)):
+            item = getattr(node, name)
             if kind is not object and not isinstance(item, kind):
-                raise Invalid(f"{path}.{field.name} has the wrong type ({type(item).__name__})")
+                raise Invalid(f"{path}.{name} has the wrong type ({type(item).__name__})")
             if isinstance(item, list):
                 for i, child in enumerate(item):
                     if dataclasses.is_dataclass(child):
-                        stack.append((child, f"{path}.{field.name}[{i}]"))
+                        stack.append((child, f"{path}.{name}[{i}]"))
                     elif not isinstance(child, str):
-                        raise Invalid(f"{path}.{field.name}[{i}] has the wrong type ({type(child).__name__})")
+                        raise Invalid(f"{path}.{name}[{i}] has the wrong type ({type(child).__name__})")
         for name, kind in NESTED.get(type(node).__name__, {}).items():
             for key, item in (getattr(node, name) or {}).items():
                 if key in kind and item is not None and not isinstance(item, kind[key]):
                     raise Invalid(f"{path}.{name}.{key} has the wrong type ({type(item).__name__})")
     return value
+
+
+@functools.cache
+def _field_types(cls) -> tuple:
+    """(field name, the type isinstance checks its value against) for a unified-model dataclass.
+
+    Resolving the annotations costs far more than checking the values: it is done once per class.
+    """
+    hints = typing.get_type_hints(cls)
+    found = []
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if kind is float or kind == float | None:  # a JSON 1 is a fine temperature
+            kind = kind | int
+        found.append((field.name, kind))
+    return tuple(found)
 
 
 def check_headers(environ: dict) -> None:

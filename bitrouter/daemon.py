@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ RELOAD_TIMEOUT = 30.0
 NEAR_CAPACITY = 0.8  # `status` warns when this share of the server's connection capacity is open
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 WORKER_FORMAT = "%(levelname)s %(message)s"  # a `--workers` supervisor adds the time as it logs the line
+FLUSH_DELAY = 0.2  # seconds an INFO line may wait in the log's buffer
 
 
 @dataclass
@@ -384,7 +386,10 @@ def log_request(record) -> None:
         line += f" account={_field(record.account)}"
     if record.error:
         line += f" error={json.dumps(record.error[:300])}"
-    log.info(line)
+    log.info(line, extra=_REQUEST_LINE)
+
+
+_REQUEST_LINE = {"request_line": True}  # the log flushes these within FLUSH_DELAY, not one by one
 
 
 def connect_url(host: str, port: int) -> str:
@@ -394,28 +399,79 @@ def connect_url(host: str, port: int) -> str:
 
 
 class _RotatingLog(RotatingFileHandler):
-    """Size-rotated log whose limits follow reloads; a daemon's stdout/stderr follow it too."""
+    """Size-rotated log whose limits follow reloads; a daemon's stdout/stderr follow it too.
+
+    A request line (one per request) is flushed within FLUSH_DELAY instead of at once, and
+    the size check counts what was written instead of calling stat: a busy server writes
+    its log in a few large writes a second. Every other line is flushed at once, and closing
+    the handler (the server stopping) flushes everything.
+    """
 
     def __init__(self, path, srv, follows_stdio: bool):
         self.srv = srv
         self.follows_stdio = follows_stdio
+        self._emitting = False
+        self._flush_timer = None
+        self._size = self._next = 0  # bytes in the file; the line being written
         super().__init__(path, encoding="utf-8")
         self._limits()
 
     def _open(self):
         """The log file, created 0600 (request metadata is nobody else's business)."""
         private_file(self.baseFilename)
-        return super()._open()
+        stream = super()._open()
+        self._regular = os.path.isfile(self.baseFilename)  # /dev/null and the like never rotate
+        self._size = os.fstat(stream.fileno()).st_size
+        return stream
+
+    def emit(self, record) -> None:
+        self._emitting = getattr(record, "request_line", False)
+        self._next = 0
+        try:
+            super().emit(record)  # shouldRollover, perhaps doRollover (a new file), the write
+        finally:
+            self._emitting = False
+        self._size += self._next
+
+    def flush(self) -> None:
+        """Flush now, or (inside a request line's emit) within FLUSH_DELAY."""
+        if not self._emitting:
+            super().flush()
+        elif self._flush_timer is None:
+            self._flush_timer = threading.Timer(FLUSH_DELAY, self._flush_later)
+            self._flush_timer.daemon = True
+            self._flush_timer.start()
+
+    def close(self) -> None:
+        timer, self._flush_timer = self._flush_timer, None
+        if timer is not None:
+            timer.cancel()
+        super().close()  # flushes
 
     def shouldRollover(self, record) -> bool:
         self._limits()
-        return super().shouldRollover(record)
+        if self.stream is None:
+            self.stream = self._open()
+        if not self.maxBytes or not self._regular:
+            return False
+        line = self.format(record)
+        # Counted, not asked for (a text stream's tell() flushes); stray output to a daemon's
+        # stdout/stderr lands in the file too, so every flush re-reads the size.
+        self._next = (len(line) if line.isascii() else len(line.encode("utf-8"))) + 1
+        return self._size + self._next >= self.maxBytes
 
     def doRollover(self) -> None:
         super().doRollover()
         if self.follows_stdio:  # stray output (tracebacks, prints) keeps going to the live file
             for fd in (1, 2):
                 os.dup2(self.stream.fileno(), fd)
+
+    def _flush_later(self) -> None:
+        with self.lock:
+            self._flush_timer = None
+            if self.stream is not None:
+                self.stream.flush()
+                self._size = os.fstat(self.stream.fileno()).st_size
 
     def _limits(self) -> None:
         limits = self.srv.runtime.cfg.logging

@@ -217,25 +217,32 @@ def shared_stamp() -> tuple:
 class SpendWriter:
     """Writes spend rows in batches on a background OS thread; `log` never waits on the database.
 
-    The thread, its queue and its lock are the interpreter's own even when gevent has
-    monkey-patched the process: a greenlet would run SQLite calls on the event loop that
-    serves requests. Rows are flushed every `interval` seconds or `batch_size` rows;
-    `close()` writes everything still queued.
+    The thread and its locks are the interpreter's own even when gevent has monkey-patched
+    the process: a greenlet would run SQLite calls on the event loop that serves requests.
+    `log` only appends to a list; the thread takes the rows `interval` seconds after the
+    first of them arrived (or when `batch_size` are waiting), so it does not compete with
+    the event loop for the interpreter once per row, and sleeps while nothing is logged. `close()` writes everything still waiting.
     """
 
     def __init__(self, url: str, interval: float = 0.2, batch_size: int = 500):
         self.url = url
         self.interval = interval
         self.batch_size = batch_size
-        queue_class = _native("queue", "SimpleQueue")
-        self._queue = queue_class()
-        self._empty = importlib.import_module("_queue").Empty
-        self._lock = _native("_thread", "allocate_lock")()
-        self._done = _native("_thread", "allocate_lock")()
+        allocate_lock = _native("_thread", "allocate_lock")
+        self._lock = allocate_lock()  # guards _rows and _pending
+        self._wakeup = allocate_lock()  # held while the thread may sleep; released to wake it
+        self._done = allocate_lock()
+        self._rows: list = []
         self._pending: dict = {}
         self._closed = False
+        self._failing = False  # the last write failed: the backoff, not a full batch, decides when
         self._db = connect(url)  # fail at start-up, not on the first flush
         self._db.close()  # this thread's connection; the writer thread opens its own
+        left, right = self._db.quote  # the driver's identifier quotes: "" or ``
+        columns = ", ".join(f"{left}{name}{right}" for name in SPEND_FIELDS)
+        self._insert = (f"INSERT INTO {left}{SpendLog._meta.table_name}{right} ({columns}) "
+                        f"VALUES ({', '.join([self._db.param] * len(SPEND_FIELDS))})")
+        self._wakeup.acquire()
         self._done.acquire()
         _native("_thread", "start_new_thread")(self._run, ())
 
@@ -245,8 +252,13 @@ class SpendWriter:
             raise RuntimeError("the spend writer is closed")
         row = _clean({k: row[k] for k in SPEND_FIELDS if row.get(k) is not None})
         row["time"] = _utc_naive(row.get("time", time.time()))
-        self._count(row, +1)
-        self._queue.put(row)
+        values = tuple(row.get(name, default) for name, default in _DEFAULTS)  # what the insert binds
+        with self._lock:
+            self._count(values, +1)
+            self._rows.append(values)
+            waiting = len(self._rows)
+        if waiting == 1 or (waiting >= self.batch_size and not self._failing):
+            self._wake()  # the first row starts the interval; a full batch goes at once
 
     def pending(self, token_hash=None, account=None) -> tuple[int, int]:
         """(micro-USD, successful requests) logged but not yet committed, for budget checks."""
@@ -260,25 +272,35 @@ class SpendWriter:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._wake()
         if not self._done.acquire(timeout=timeout):
             log.error("spend writer did not finish within %.0f s; unwritten rows are lost", timeout)
 
     # ------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        """Collect rows until the batch is full or the interval has passed, then commit them."""
+        """Every interval (or when woken), take the waiting rows and commit them."""
         batch: list = []
-        deadline = None
         failures = 0
-        stopping = False
         try:
             while True:
-                now = time.monotonic()
-                # A full batch goes at once, unless the last attempt failed: then the backoff wins.
-                if batch and (now >= deadline or (not failures and len(batch) >= self.batch_size)):
+                # The wake-up lock doubles as the timer; with nothing to write the thread sleeps
+                # until the next row arrives.
+                if failures:
+                    timeout = min(5.0, self.interval * 2 ** failures)
+                else:
+                    timeout = self.interval if batch or self._rows else -1
+                woken = self._wakeup.acquire(timeout=timeout)
+                stopping = self._closed  # read first: every row logged before close() is taken below
+                with self._lock:  # woken by a full batch: whole batches, oldest first; else every row
+                    take = len(self._rows)
+                    if woken and not stopping:
+                        take -= take % self.batch_size
+                    batch += self._rows[:take]
+                    del self._rows[:take]
+                if batch:
                     if self._flush(batch):
-                        batch, deadline, failures = [], None, 0
+                        batch, failures = [], 0
                     else:
                         failures += 1
                         if stopping and failures >= 5:
@@ -291,37 +313,32 @@ class SpendWriter:
                                       len(batch) - MAX_BUFFERED)
                             self._forget(batch[:-MAX_BUFFERED])
                             del batch[:-MAX_BUFFERED]
-                        deadline = now + min(5.0, self.interval * 2 ** failures)
+                    self._failing = bool(failures)
                 if stopping and not batch:
                     break
-                # Waiting on the queue doubles as the timer, so the thread sleeps while idle.
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    item = self._queue.get(timeout=wait)
-                except self._empty:
-                    continue
-                if item is _STOP:
-                    stopping = True
-                    if batch and not failures:
-                        deadline = time.monotonic()
-                    continue
-                batch.append(item)
-                if deadline is None:
-                    deadline = time.monotonic() + self.interval
         finally:
             self._db.close()
             self._done.release()
 
+    def _wake(self) -> None:
+        """Wake the thread now (a full batch, or close)."""
+        try:
+            self._wakeup.release()
+        except RuntimeError:  # already released: a wake-up is pending
+            pass
+
     def _flush(self, batch: list) -> bool:
         """Insert a batch in one transaction; True on success (bad rows are dropped, logged).
 
+        The rows are already the tuples the statement binds, so the driver's executemany
+        does the whole batch in one call (SQLite's releases the GIL while it writes): no
+        Python-level query building while the server's requests wait for the interpreter.
         When the batch fails for any reason but an unusable database, its rows are tried one
         by one, so a row the database refuses is set aside instead of blocking every other.
         """
         try:
-            with self._db.atomic():
-                for start in range(0, len(batch), 100):  # stay under SQLite's variable limit
-                    SpendLog.insert_many(batch[start:start + 100]).execute(self._db)
+            with self._db.atomic(), peewee.__exception_wrapper__:
+                self._db.cursor().executemany(self._insert, batch)
         except (peewee.OperationalError, peewee.InterfaceError) as exc:  # unreachable, locked, closed: retry
             _drop_connection(self._db)
             log.warning("spend log write failed (%d rows kept): %s", len(batch),
@@ -334,10 +351,10 @@ class SpendWriter:
 
     def _flush_each(self, batch: list) -> bool:
         """Insert rows one at a time; a row refused for its content is dropped with a log line."""
-        for i, row in enumerate(batch):
+        for i, values in enumerate(batch):
             try:
                 with self._db.atomic():
-                    SpendLog.insert(row).execute(self._db)
+                    self._db.execute_sql(self._insert, values)
             except (peewee.OperationalError, peewee.InterfaceError) as exc:
                 _drop_connection(self._db)
                 log.warning("spend log write failed (%d rows kept): %s", len(batch) - i,
@@ -345,39 +362,37 @@ class SpendWriter:
                 del batch[:i]  # those were written (or dropped) and forgotten already
                 return False
             except Exception as exc:
-                log.error("spend row dropped, the database refused it (%s): %r",
-                          _reason(exc, self.url), {k: row.get(k) for k in ("model", "status", "token_hash")})
-            self._forget([row])
+                log.error("spend row dropped, the database refused it (%s): %r", _reason(exc, self.url),
+                          {k: values[_COLUMN[k]] for k in ("model", "status", "token_hash")})
+            self._forget([values])
         return True
 
     def _forget(self, rows: list) -> None:
         """Take committed (or dropped) rows out of the pending totals."""
-        for row in rows:
-            self._count(row, -1)
-
-    def _count(self, row: dict, sign: int) -> None:
-        """Add a row to (or take it from) the pending totals of its token and account."""
-        cost = int(row.get("cost_micro_usd", 0))
-        success = int(int(row.get("status", 200)) < 400)
         with self._lock:
-            for key in self._keys(row):
-                total = self._pending.get(key, (0, 0, 0))
-                total = (total[0] + sign * cost, total[1] + sign * success, total[2] + sign)
-                if total[2]:  # entries go when no row of theirs is pending, not when they sum to 0
-                    self._pending[key] = total
-                else:
-                    self._pending.pop(key, None)
+            for values in rows:
+                self._count(values, -1)
 
-    @staticmethod
-    def _keys(row: dict):
-        """The pending-total keys a row counts towards."""
-        if row.get("token_hash") is not None:
-            yield ("token", row["token_hash"])
-        if row.get("account") is not None:
-            yield ("account", row["account"])
+    def _count(self, values: tuple, sign: int) -> None:
+        """Add a row to (or take it from) the pending totals of its token and account (lock held)."""
+        cost = int(values[_COLUMN["cost_micro_usd"]])
+        success = int(int(values[_COLUMN["status"]]) < 400)
+        token_hash, account = values[_COLUMN["token_hash"]], values[_COLUMN["account"]]
+        keys = [("token", token_hash)] if token_hash is not None else []
+        if account is not None:
+            keys.append(("account", account))
+        for key in keys:
+            total = self._pending.get(key, (0, 0, 0))
+            total = (total[0] + sign * cost, total[1] + sign * success, total[2] + sign)
+            if total[2]:  # entries go when no row of theirs is pending, not when they sum to 0
+                self._pending[key] = total
+            else:
+                self._pending.pop(key, None)
 
 
-_STOP = object()
+# A spend row as the insert binds it: every column in SPEND_FIELDS order, defaults filled in.
+_DEFAULTS = tuple((name, SpendLog._meta.fields[name].default) for name in SPEND_FIELDS)
+_COLUMN = {name: i for i, name in enumerate(SPEND_FIELDS)}
 
 
 # ---------------------------------------------------------------- helpers

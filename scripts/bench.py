@@ -1,9 +1,10 @@
 """`make bench`: what BitRouter adds over calling the upstream directly. Prints one JSON object.
 
-A fast local upstream (raw gevent sockets, canned replies) runs in its own process, BitRouter
-in another, and this process drives both with a minimal keep-alive HTTP client on gevent so
-the load generator costs as little as possible. Numbers are for this machine, one BitRouter
-process (and, last, 1 against 2 workers); see docs/performance.md for how to read them.
+The headline numbers (`wrk`) come from scripts/bench_wrk.py: nginx as the upstream, wrk as
+the client, BitRouter next to scripts/minimal_relay.py. The rest uses a fast local upstream
+(raw gevent sockets, canned replies) and a minimal keep-alive HTTP client on gevent: the
+translation and guardrail costs, auth, and 1 against 2 workers. `python scripts/bench.py
+--wrk` runs the headline part alone; see docs/performance.md for how to read the numbers.
 """
 
 from gevent import monkey
@@ -37,20 +38,22 @@ REQUEST = {"model": "bench", "messages": [{"role": "user", "content": "hello"}]}
 
 def main() -> None:
     """Run every measurement and print the JSON report."""
+    import bench_wrk
     if sys.argv[1:2] == ["--upstream"]:
         serve_upstream(int(sys.argv[2]))
+        return
+    if sys.argv[1:2] == ["--drip"]:
+        bench_wrk.serve_drip(int(sys.argv[2]))
         return
     import bench_auth
     import bench_guardrails
     import bench_protocols
     report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
-    with Stack() as stack:
-        report["rss_mb_idle"] = stack.rss_mb()
-        report["latency_c1"] = added_latency(stack, n=2000)
-        report["throughput_c32"] = {"direct_rps": throughput(stack.direct, 32, 5.0),
-                                    "bitrouter_rps": throughput(stack.proxy, 32, 5.0)}
-        report["streaming_ttfb"] = added_ttfb(stack, n=500)
-        report["rss_mb_loaded"] = stack.rss_mb()
+    report["wrk"] = bench_wrk.run()
+    if sys.argv[1:2] == ["--wrk"]:  # the headline numbers alone
+        print(json.dumps(report, indent=2))
+        return
+    with Stack() as stack:  # the project's own client, for what wrk cannot drive
         report["translation"] = bench_protocols.run(stack)
         report["guardrails"] = bench_guardrails.run(stack)
     report["auth"] = bench_auth.run()
@@ -59,23 +62,6 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------- measurements
-
-
-def added_latency(stack, n: int) -> dict:
-    """Sequential non-streaming requests, direct and through BitRouter: p50/p99 and the difference."""
-    direct = sorted(timed_requests(stack.direct, n))
-    proxy = sorted(timed_requests(stack.proxy, n))
-    return {"direct_p50_ms": pct(direct, 50), "direct_p99_ms": pct(direct, 99),
-            "bitrouter_p50_ms": pct(proxy, 50), "bitrouter_p99_ms": pct(proxy, 99),
-            "added_p50_ms": round(pct(proxy, 50) - pct(direct, 50), 3),
-            "added_p99_ms": round(pct(proxy, 99) - pct(direct, 99), 3)}
-
-
-def throughput(target, concurrency: int, seconds: float) -> float:
-    """Completed requests per second with `concurrency` keep-alive clients."""
-    timed_requests(target, 200)  # warm up connections and code paths
-    done, elapsed = load(target, concurrency, seconds)
-    return round(done / elapsed, 1)
 
 
 def workers_scaling(seconds: float) -> dict:
@@ -114,16 +100,6 @@ def load(target, concurrency: int, seconds: float) -> tuple[int, float]:
     return done[0], time.perf_counter() - started
 
 
-def added_ttfb(stack, n: int) -> dict:
-    """Time to the first body byte of a stream, direct and through BitRouter."""
-    body = dict(REQUEST, stream=True)
-    direct = sorted(Client(stack.direct).ttfb_many(stack.direct.path, body, n))
-    proxy = sorted(Client(stack.proxy).ttfb_many(stack.proxy.path, body, n))
-    return {"direct_p50_ms": pct(direct, 50), "bitrouter_p50_ms": pct(proxy, 50),
-            "added_p50_ms": round(pct(proxy, 50) - pct(direct, 50), 3),
-            "added_p99_ms": round(pct(proxy, 99) - pct(direct, 99), 3)}
-
-
 def timed_requests(target, n: int) -> list[float]:
     client = Client(target)
     times = []
@@ -152,11 +128,8 @@ class Target:
 class Stack:
     """The upstream and BitRouter processes, torn down on exit; `extra` is merged into bitrouter.yaml."""
 
-    def __init__(self, extra: dict | None = None):
-        self.extra = extra or {}
-
-    def __init__(self, workers: int = 1):
-        self.workers = workers
+    def __init__(self, extra: dict | None = None, workers: int = 1):
+        self.extra, self.workers = extra or {}, workers
 
     def __enter__(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
@@ -193,12 +166,6 @@ class Stack:
             proc.terminate()
             proc.wait(30)
         self.tmp.cleanup()
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proxy_proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-        return 0.0
 
 
 def serve_upstream(port: int) -> None:

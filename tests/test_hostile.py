@@ -157,7 +157,9 @@ def test_short_and_long_keys_are_masked_in_errors_metrics_and_log(world):
             assert "bad key" in resp.text
             assert LONG_KEY not in resp.text and SHORT_KEYS["anthropic"] not in resp.text
     metrics = requests.get(server.url + "/admin/metrics").text
-    log = (server.home / "logs" / "bitrouter.log").read_text()
+    log_file = server.home / "logs" / "bitrouter.log"
+    # request lines are flushed within daemon.FLUSH_DELAY, not one by one
+    log = wait_until(lambda: "bad key" in log_file.read_text() and log_file.read_text(), what="the request lines")
     for text in (metrics, log):
         assert "bad key" in text
         assert LONG_KEY not in text and "bad key ak1" not in text

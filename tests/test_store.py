@@ -225,6 +225,7 @@ def test_a_row_the_database_refuses_is_dropped_alone(url):
     for i in range(10):
         writer.log(row(model=f"m{i}"))
     # A row that skipped cleaning, as every row did before: the database cannot encode it.
-    writer._queue.put({**row(model="\ud800"), "time": datetime.now(timezone.utc).replace(tzinfo=None)})
+    bad = {**row(model="\ud800"), "time": datetime.now(timezone.utc).replace(tzinfo=None)}
+    writer._rows.append(tuple(bad.get(name, default) for name, default in store._DEFAULTS))
     writer.close()
     assert count_rows(url) == 10

@@ -1,0 +1,406 @@
+"""The headline numbers, measured the way gateways publish theirs: nginx upstream, wrk client.
+
+nginx (one worker, loopback) answers a canned Chat Completions reply, or a 50-frame SSE
+reply, from a config in a temporary directory: the physical limit. wrk drives it directly,
+through BitRouter (one process, auth off) and through scripts/minimal_relay.py (the same
+stack with nothing else in it: the ceiling), in one run, so every target is a ratio.
+Streaming is timed with bench.py's small client; 1,000 concurrent streams are held
+against a drip upstream (a frame every 0.1 s). `BENCH_SECONDS` shortens or lengthens each
+wrk run (6 s); `BENCH_PEERS=1` adds LiteLLM's proxy, installed into its own venv.
+"""
+
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gevent
+
+import bench
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
+FRAMES = 50
+CHAT = {"model": "bench", "messages": [{"role": "user", "content": "hello"}]}
+MESSAGES = {"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
+SSE_BODY = "".join(
+    ['data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+     '"delta":{"role":"assistant","content":""}}]}\n\n']
+    + ['data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+       '"delta":{"content":"word "}}]}\n\n'] * (FRAMES - 4)
+    + ['data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+       '"delta":{},"finish_reason":"stop"}]}\n\n',
+       'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+       '"usage":{"prompt_tokens":5,"completion_tokens":46,"total_tokens":51}}\n\n', "data: [DONE]\n\n"])
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = %s
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests":%%d,"seconds":%%.3f,"errors":%%d,"non2xx":%%d,"p50_ms":%%.3f,"p99_ms":%%.3f}\\n',
+    summary.requests, summary.duration / 1e6, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def run(stack_extra: dict | None = None) -> dict:
+    """Every wrk measurement in one run; returns the report's `wrk` part."""
+    ensure_tools()
+    report = {"seconds_per_run": SECONDS}
+    with Upstreams() as up, Gateway("relay", up) as relay, Gateway("bitrouter", up) as br:
+        targets = {"direct": up.port, "relay": relay.port, "bitrouter": br.port}
+        report["rss_mb_idle"] = rss_mb(br.proc.pid)
+        for name, port in targets.items():  # warm every path (connections, code) before timing
+            wrk(port, "/v1/chat/completions", CHAT, 1, 1.0)
+        report["latency_c1"] = {name: wrk(port, "/v1/chat/completions", CHAT, 1, SECONDS)
+                                for name, port in targets.items()}
+        report["throughput_c32"] = {name: wrk(port, "/v1/chat/completions", CHAT, 32, SECONDS)
+                                    for name, port in targets.items()}
+        report["rss_mb_loaded"] = rss_mb(br.proc.pid)
+        wrk(br.port, "/v1/messages", MESSAGES, 1, 1.0)
+        report["translated_c1"] = {"passthrough": wrk(br.port, "/v1/chat/completions", CHAT, 1, SECONDS),
+                                   "anthropic_to_chat": wrk(br.port, "/v1/messages", MESSAGES, 1, SECONDS)}
+        report["streaming"] = {name: stream_times(port, "/v1/chat/completions" if name == "bitrouter"
+                                                  else "/sse/v1/chat/completions", n=300)
+                               for name, port in targets.items()}
+        report["streams_held"] = streams_held(br, up, 1000)
+    with Upstreams() as up, Gateway("bitrouter", up, extra={"guardrails": {"enabled": False}}) as plain:
+        report["streaming"]["bitrouter_guardrails_off"] = stream_times(plain.port, "/v1/chat/completions", n=300)
+    with Upstreams() as up, Gateway("bitrouter", up, bare=True) as bare, Gateway("bitrouter", up) as full:
+        wrk(bare.port, "/v1/chat/completions", CHAT, 1, 1.0)
+        wrk(full.port, "/v1/chat/completions", CHAT, 1, 1.0)
+        with dashboard_attached(full.port):
+            report["observers"] = {"bare": wrk(bare.port, "/v1/chat/completions", CHAT, 32, SECONDS),
+                                   "full": wrk(full.port, "/v1/chat/completions", CHAT, 32, SECONDS)}
+    if os.environ.get("BENCH_PEERS") == "1":
+        report["litellm"] = litellm_run()
+    report["summary"] = summary(report)
+    return report
+
+
+def summary(report: dict) -> dict:
+    """The targets as ratios of one run."""
+    lat, rps = report["latency_c1"], report["throughput_c32"]
+    added = {name: {p: round(lat[name][p] - lat["direct"][p], 3) for p in ("p50_ms", "p99_ms")}
+             for name in ("relay", "bitrouter")}
+    out = {"rps": {name: round(r["rps"]) for name, r in rps.items()},
+           "rps_vs_relay": round(rps["bitrouter"]["rps"] / rps["relay"]["rps"], 3),
+           "added_c1": added,
+           "added_p50_vs_relay": _ratio(added["bitrouter"]["p50_ms"], added["relay"]["p50_ms"]),
+           "added_p99_vs_relay": _ratio(added["bitrouter"]["p99_ms"], added["relay"]["p99_ms"]),
+           "translation_added_p50_ms": round(report["translated_c1"]["anthropic_to_chat"]["p50_ms"]
+                                             - report["translated_c1"]["passthrough"]["p50_ms"], 3),
+           "observers_cost": round(1 - report["observers"]["full"]["rps"] / report["observers"]["bare"]["rps"], 3)}
+    if "litellm" in report:
+        out["rps_vs_litellm"] = round(rps["bitrouter"]["rps"] / report["litellm"]["rps"], 1)
+    return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b > 0 else None
+
+
+# ---------------------------------------------------------------- wrk and nginx
+
+
+def ensure_tools() -> None:
+    """Install Debian's nginx and wrk when missing (the bench runs as root on CI machines)."""
+    missing = [tool for tool, exe in (("nginx", "nginx"), ("wrk", "wrk")) if not _which(exe)]
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
+def _which(exe: str):
+    return shutil.which(exe) or shutil.which(exe, path="/usr/sbin:/usr/bin:/sbin")
+
+
+def wrk(port: int, path: str, body: dict, connections: int, seconds: float) -> dict:
+    """One wrk run (one thread): requests per second, p50 and p99 in ms, errors."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % json.dumps(json.dumps(body)))
+    try:
+        out = subprocess.run([_which("wrk"), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                              "-s", script.name, f"http://127.0.0.1:{port}{path}"],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    result = json.loads(out.split("WRK ", 1)[1].splitlines()[0])
+    result["rps"] = round(result["requests"] / result["seconds"], 1)
+    if result["errors"] or result["non2xx"]:
+        raise RuntimeError(f"wrk saw failures on port {port}{path}: {result}")
+    return result
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+{user}
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    types {{ }}
+    # static files answer only GET: a POST's 405 becomes the canned reply (a GET redirect)
+    location = /v1/chat/completions {{ error_page 405 =200 /chat.json; return 405; }}
+    location = /sse/v1/chat/completions {{ error_page 405 =200 /sse.txt; return 405; }}
+    location = /chat.json {{ internal; root {tmp}; default_type application/json; }}
+    location = /sse.txt {{ internal; root {tmp}; default_type text/event-stream; }}
+  }}
+}}
+"""
+
+
+class Upstreams:
+    """nginx with the canned replies, and a drip upstream for held streams."""
+
+    def __enter__(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-nginx-")
+        self.port, self.drip_port = bench.free_port(), bench.free_port()
+        tmp = Path(self.tmp.name)
+        (tmp / "chat.json").write_bytes(bench.CHAT_BODY)
+        (tmp / "sse.txt").write_text(SSE_BODY)
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=self.port,
+                                                          user="user root;" if os.geteuid() == 0 else ""))
+        self.nginx = subprocess.Popen([_which("nginx"), "-p", str(tmp), "-c", str(tmp / "nginx.conf")])
+        self.drip = subprocess.Popen([sys.executable, bench.__file__, "--drip", str(self.drip_port)])
+        try:
+            bench.wait_for_port(self.port)
+            bench.wait_for_port(self.drip_port)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for proc in (self.nginx, self.drip):
+            proc.terminate()
+            proc.wait(30)
+        self.tmp.cleanup()
+
+
+class Gateway:
+    """BitRouter (`bare`: without its observers; `extra` merged into its config) or the minimal relay."""
+
+    def __init__(self, kind: str, up: Upstreams, bare: bool = False, extra: dict | None = None):
+        self.kind, self.up, self.bare, self.extra = kind, up, bare, extra or {}
+
+    def __enter__(self):
+        self.port = bench.free_port()
+        scripts = Path(__file__).parent
+        base = f"http://127.0.0.1:{self.up.port}"
+        if self.kind == "relay":
+            self.tmp = None
+            self.proc = subprocess.Popen([sys.executable, str(scripts / "minimal_relay.py"), str(self.port), base])
+        else:
+            self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
+            home = Path(self.tmp.name)
+            (home / "bitrouter.yaml").write_text(json.dumps({
+                "server": {"listen": f"127.0.0.1:{self.port}"},
+                "providers": {
+                    "fast": {"derives": "openai", "api_base": f"{base}/v1", "api_key": "bench"},
+                    "sse": {"derives": "openai", "api_base": f"{base}/sse/v1", "api_key": "bench"},
+                    "drip": {"derives": "openai", "api_base": f"http://127.0.0.1:{self.up.drip_port}/v1",
+                             "api_key": "bench"}},
+                "models": {"bench": {"endpoints": [{"provider": "fast", "model_id": "m"}]},
+                           "bench-stream": {"endpoints": [{"provider": "sse", "model_id": "m"}]},
+                           "bench-drip": {"endpoints": [{"provider": "drip", "model_id": "m"}]}},
+                **self.extra}))
+            command = [sys.executable, "-c", BARE, str(home)] if self.bare else \
+                [str(Path(sys.executable).with_name("bitrouter")), "--home-dir", str(home), "serve"]
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            bench.wait_for_port(self.port)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(30)
+        if self.tmp:
+            self.tmp.cleanup()
+
+
+# BitRouter without its observers: no metrics counting, no spend rows, no events; the
+# request log line and the guardrail sessions still see every request.
+BARE = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+from bitrouter import access, metrics, server
+from bitrouter import home
+def finish(self, record):
+    self.running.pop(record.id, None)
+    for listener in self.listeners:
+        if getattr(listener, "__func__", None) is not access.Gate.record:
+            listener(record)
+metrics.Metrics.finish = finish
+metrics.Metrics._publish = lambda self, *a, **k: None
+server.serve(home.resolve(home_dir=sys.argv[1]))
+"""
+
+
+def dashboard_attached(port: int):
+    """A reader of GET /admin/events for the duration (what `bitrouter tui` holds open)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def attached():
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /admin/events HTTP/1.1\r\nhost: bench\r\n\r\n")
+        reader = gevent.spawn(_drain, sock)
+        try:
+            yield
+        finally:
+            reader.kill()
+            sock.close()
+    return attached()
+
+
+def _drain(sock) -> None:
+    while sock.recv(65536):
+        pass
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def stream_times(port: int, path: str, n: int) -> dict:
+    """Time to first and to last byte of a 50-frame SSE reply, p50/p99 in ms."""
+    body = json.dumps(dict(CHAT, model="bench-stream", stream=True)).encode()
+    request = (b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    first, last, buffer = [], [], b""
+    for i in range(n + 20):
+        started = time.perf_counter()
+        sock.sendall(request)
+        data = buffer or sock.recv(65536)
+        got_first = time.perf_counter()
+        head, (payload, buffer) = bench.read_message(sock, data)
+        done = time.perf_counter()
+        if payload.count(b"data: ") != FRAMES:
+            raise RuntimeError(f"stream on port {port} had {payload.count(b'data: ')} frames, not {FRAMES}")
+        if i >= 20:  # the first ones warm up
+            first.append((got_first - started) * 1000)
+            last.append((done - started) * 1000)
+    sock.close()
+    first.sort()
+    last.sort()
+    return {"ttfb_p50_ms": bench.pct(first, 50), "ttfb_p99_ms": bench.pct(first, 99),
+            "ttlb_p50_ms": bench.pct(last, 50), "ttlb_p99_ms": bench.pct(last, 99)}
+
+
+def streams_held(br: Gateway, up: Upstreams, count: int) -> dict:
+    """`count` concurrent streams through BitRouter from a drip upstream: completed, peak RSS."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * count)), hard))
+    body = json.dumps(dict(CHAT, model="bench-drip", stream=True)).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+    complete, peak = [0], [0.0]
+
+    def one():
+        with socket.create_connection(("127.0.0.1", br.port), timeout=60) as sock:
+            sock.sendall(request)
+            _, (payload, _) = bench.read_message(sock, sock.recv(65536))
+            if payload.count(b"data: ") == FRAMES and payload.rstrip().endswith(b"[DONE]"):
+                complete[0] += 1
+
+    def sample():
+        while True:
+            peak[0] = max(peak[0], rss_mb(br.proc.pid))
+            gevent.sleep(0.1)
+    sampler = gevent.spawn(sample)
+    started = time.perf_counter()
+    greenlets = [gevent.spawn(one) for _ in range(count)]
+    gevent.joinall(greenlets, timeout=120)
+    elapsed = time.perf_counter() - started
+    sampler.kill()
+    failures = [repr(g.exception) for g in greenlets if g.exception][:3]
+    return {"streams": count, "completed": complete[0], "seconds": round(elapsed, 2),
+            "drip": f"{FRAMES} frames, one every {DRIP_INTERVAL} s", "rss_mb_peak": peak[0],
+            "rss_mb_after": rss_mb(br.proc.pid), "first_failures": failures}
+
+
+DRIP_INTERVAL = 0.1
+
+
+def serve_drip(port: int) -> None:
+    """An upstream that answers every request with a 50-frame stream, one frame per interval."""
+    from gevent.server import StreamServer
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    frames = [f.encode() + b"\n\n" for f in SSE_BODY.split("\n\n") if f]
+
+    def handle(sock, _addr):
+        buffer = b""
+        while True:
+            head, (_, buffer) = bench.read_message(sock, buffer)
+            if head is None:
+                return
+            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            for frame in frames:
+                gevent.sleep(DRIP_INTERVAL)
+                sock.sendall(b"%x\r\n%s\r\n" % (len(frame), frame))
+            sock.sendall(b"0\r\n\r\n")
+    StreamServer(("127.0.0.1", port), handle, backlog=4096).serve_forever()
+
+
+# ---------------------------------------------------------------- LiteLLM (BENCH_PEERS=1)
+
+
+def litellm_run() -> dict:
+    """LiteLLM's proxy (one worker) in a venv of its own, in front of the same nginx, at c=32."""
+    venv = Path(".bench-peers/litellm")
+    if not (venv / "bin" / "litellm").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+    with Upstreams() as up, tempfile.TemporaryDirectory() as tmp:
+        port = bench.free_port()
+        conf = Path(tmp) / "litellm.yaml"
+        conf.write_text(json.dumps({"model_list": [{"model_name": "bench", "litellm_params": {
+            "model": "openai/m", "api_base": f"http://127.0.0.1:{up.port}/v1", "api_key": "bench"}}]}))
+        proc = subprocess.Popen([str(venv / "bin" / "litellm"), "--config", str(conf), "--port", str(port),
+                                 "--host", "127.0.0.1", "--num_workers", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            bench.wait_for_port(port, timeout=120)
+            wrk(port, "/v1/chat/completions", CHAT, 1, 2.0)
+            result = wrk(port, "/v1/chat/completions", CHAT, 32, SECONDS)
+            result["latency_c1"] = wrk(port, "/v1/chat/completions", CHAT, 1, SECONDS)
+            result["rss_mb"] = rss_mb(proc.pid)
+            return result
+        finally:
+            proc.terminate()
+            proc.wait(30)
