@@ -367,7 +367,7 @@ def relay(srv: Server, inbound, path_model: str | None = None, action: str | Non
         route = rt.router.resolve(model)
         record.route = route.name
         route = authorize_route(srv, identity, route, record)
-        call = _Call(srv, rt, inbound, body, stream, sealed=protocols.SEAL_PREFIX.encode() in raw)
+        call = _Call(srv, rt, inbound, body, stream, raw)
         route = call.capable(route)
         _guard_loop(srv, rt, call, record)  # GUARDRAILS HOOK: the same tool call over and over
         answer, attempts = rt.router.dispatch(route, call.attempt)
@@ -618,9 +618,10 @@ class _Answer:
 class _Call:
     """One client request's attempts against successive endpoints."""
 
-    def __init__(self, srv: Server, rt: Runtime, inbound, body: dict, stream: bool, sealed: bool = False):
+    def __init__(self, srv: Server, rt: Runtime, inbound, body: dict, stream: bool, raw: bytes = b""):
         self.srv, self.rt, self.inbound, self.body, self.stream = srv, rt, inbound, body, stream
-        self.sealed = sealed  # the body carries proofs BitRouter sealed on a translated turn
+        self.raw = raw  # the body as it came, for cheap looks before anything is decoded
+        self.sealed = protocols.SEAL_PREFIX.encode() in raw  # proofs BitRouter sealed on a translated turn
         self.unified = None
         self.upstream_ms = 0.0
 
@@ -912,7 +913,11 @@ def _guard_request(srv: Server, rt: Runtime, inbound, body: dict, record: Record
 def _guard_loop(srv: Server, rt: Runtime, call: "_Call", record: Record) -> None:
     """Warn about, or stop, an agent repeating the same tool call (or getting the same tool error)."""
     loop = rt.cfg.guardrails.loop
-    if not loop["enabled"] or not (loop["warn_after"] or loop["stop_after"]):
+    thresholds = [n for n in (loop["warn_after"], loop["stop_after"]) if n]
+    if not loop["enabled"] or not thresholds:
+        return
+    # A loop needs that many tool calls in the history: with fewer, the body is not even decoded.
+    if sum(call.raw.count(mark) for mark in call.inbound.TOOL_CALL_MARKS) < min(thresholds):
         return
     try:
         messages = call._unified().messages

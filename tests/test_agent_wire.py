@@ -360,3 +360,31 @@ def test_sealed_proofs_are_dropped_from_a_passthrough(server, client, upstream):
     assert "br1." not in sent and not models[upstream].refusals
     if client == "anthropic":
         assert '"thinking"' not in sent  # the tool-use turn lost its thinking, so thinking is off
+
+
+@pytest.mark.parametrize("client", ["responses-custom", "google"])
+def test_loops_of_every_call_kind_are_seen(tmp_path, client):
+    """The loop guard skips decoding bodies with too few calls: Codex's custom calls and
+    Gemini's functionCall parts must still count as calls."""
+    home = tmp_path / "home"
+    home.mkdir()
+    srv = ServerProcess(home, {"guardrails": {"loop": {"warn_after": 3, "stop_after": 4}}})
+    try:
+        if client == "google":
+            turns = [{"role": "user", "parts": [{"text": "fix it"}]}]
+            for _ in range(4):
+                turns += [{"role": "model", "parts": [{"functionCall": {"name": "run", "args": {"c": "make"}}}]},
+                          {"role": "user", "parts": [{"functionResponse": {"name": "run", "response": {"output": "x"}}}]}]
+            resp = requests.post(srv.url + "/v1beta/models/mock:echo:generateContent", json={"contents": turns},
+                                 timeout=10)
+        else:
+            items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix it"}]}]
+            for n in range(4):
+                items += [{"type": "custom_tool_call", "call_id": f"c{n}", "name": "apply_patch", "input": "*** same"},
+                          {"type": "custom_tool_call_output", "call_id": f"c{n}", "output": "failed"}]
+            resp = requests.post(srv.url + "/v1/responses", timeout=10, json={
+                "model": "mock:echo", "input": items, "tools": [{"type": "custom", "name": "apply_patch"}]})
+        assert resp.status_code == 400, resp.text
+        assert "BitRouter stopped this agent session" in resp.text
+    finally:
+        srv.stop()

@@ -13,6 +13,7 @@ from bitrouter.protocols import error_message  # noqa: F401 - the upstream surfa
 
 NAME = "anthropic"
 FIXED_HEADERS = {"anthropic-version": "2023-06-01"}
+TOOL_CALL_MARKS = (b'"tool_use"',)  # in a request body: once per tool_use block (at least)
 MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ("anthropic-version", "anthropic-beta")
 KEEPALIVE = sse.frame({"type": "ping"}, "ping")

@@ -18,6 +18,7 @@ from bitrouter.protocols import error_message  # noqa: F401 - the upstream surfa
 
 NAME = "google"
 FIXED_HEADERS = {}
+TOOL_CALL_MARKS = (b'"functionCall"',)  # in a request body: once per call part
 MODEL_FIELD = "modelVersion"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added

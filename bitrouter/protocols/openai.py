@@ -11,6 +11,7 @@ from bitrouter.protocols import error_message  # noqa: F401 - the upstream surfa
 
 NAME = "openai"
 FIXED_HEADERS = {}
+TOOL_CALL_MARKS = (b'"tool_calls"', b'"function_call"')  # in a request body: once per assistant turn with calls
 MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added

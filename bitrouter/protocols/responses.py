@@ -25,6 +25,7 @@ from bitrouter.protocols import openai as chat
 
 NAME = "responses"
 FIXED_HEADERS = {}
+TOOL_CALL_MARKS = (b'"function_call"', b'"custom_tool_call"')  # once per call item (outputs don't match)
 MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
 FORWARD_HEADERS = ()
 KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added
