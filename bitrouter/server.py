@@ -426,12 +426,12 @@ def count_tokens(srv: Server, inbound, path_model: str | None = None):
         body = read_json(rt.cfg)
         route = authorize_route(srv, identity, rt.router.resolve(boundary.check_name(inbound.model_of(body, path_model))))
         request = decoded(inbound.count_request, body)
-        tokens = _provider_count(srv, rt, route, inbound, body, request)
+        tokens = _provider_count(srv, rt, route, inbound, request)
         return _json(inbound.count_reply(protocols.estimate_tokens(request) if tokens is None else tokens))
     return _guard(inbound, count)
 
 
-def _provider_count(srv: Server, rt: Runtime, route, inbound, body: dict, request) -> int | None:
+def _provider_count(srv: Server, rt: Runtime, route, inbound, request) -> int | None:
     """The first usable endpoint's own token count (cached per body), or None when it has no counter."""
     endpoint = rt.router.candidates(route)[0]
     provider = rt.providers[endpoint.provider]
@@ -444,7 +444,7 @@ def _provider_count(srv: Server, rt: Runtime, route, inbound, body: dict, reques
     if key in srv.counts:
         srv.counts.move_to_end(key)
         return srv.counts[key]
-    headers = _Call(srv, rt, inbound, body, False)._headers(provider, upstream, endpoint.api_key or provider.api_key)
+    headers = upstream_headers(provider, upstream, inbound, endpoint.api_key or provider.api_key)
     try:
         reply = srv.pools.send(count_url(endpoint.api_base or provider.api_base, endpoint.model_id), headers, payload)
         raw = reply.read()
@@ -645,7 +645,7 @@ class _Call:
         base = endpoint.api_base or provider.api_base
         url = upstream.request_url(base, endpoint.model_id, self.stream)
         key = endpoint.api_key or provider.api_key
-        headers = self._headers(provider, upstream, key)
+        headers = upstream_headers(provider, upstream, self.inbound, key)
         started = time.perf_counter()
         limits = self.rt.cfg.upstream
         try:
@@ -685,17 +685,19 @@ class _Call:
             self.unified.stream = self.stream  # Gemini streams by method, not by a body field
         return self.unified
 
-    def _headers(self, provider, upstream, key: str) -> dict:
-        """Auth by the provider's style, the protocol's fixed headers, forwarded client headers."""
-        headers = {"content-type": JSON, **upstream.FIXED_HEADERS}
-        if upstream is self.inbound:
-            for name in upstream.FORWARD_HEADERS:
-                value = bottle.request.headers.get(name)
-                if value:
-                    headers[name] = value
-        headers.update(AUTH_HEADERS[provider.auth](key))
-        headers.update(provider.default_headers)
-        return headers
+
+def upstream_headers(provider, upstream, inbound, key: str) -> dict:
+    """Auth by the provider's style, the protocol's fixed headers, and (same protocol only)
+    the client headers the protocol forwards, such as Claude Code's anthropic-beta."""
+    headers = {"content-type": JSON, **upstream.FIXED_HEADERS}
+    if upstream is inbound:
+        for name in upstream.FORWARD_HEADERS:
+            value = bottle.request.headers.get(name)
+            if value:
+                headers[name] = value
+    headers.update(AUTH_HEADERS[provider.auth](key))
+    headers.update(provider.default_headers)
+    return headers
 
 
 AUTH_HEADERS = {
