@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bitrouter import Error, boundary, config, metrics
+from bitrouter import Error, boundary, config
 from bitrouter import home as home_mod
 from bitrouter.home import private_file, private_folder
 

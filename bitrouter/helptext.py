@@ -107,7 +107,7 @@ def parse(cls, argv: list) -> dict:
 
 def normalized(cls, argv: list) -> list:
     """argv with one-letter options spelt out, so fire (which knows no short forms) reads them."""
-    name, out, short = argv[0], [argv[0]], SHORT.get(argv[0], {})
+    out, short = [argv[0]], SHORT.get(argv[0], {})
     for arg in argv[1:]:
         flag, eq, value = arg.partition("=")
         if re.fullmatch(r"-[A-Za-z]", flag) and flag[1:] in short:

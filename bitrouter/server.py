@@ -30,7 +30,7 @@ from bitrouter import home as home_mod
 from bitrouter.boundary import redact
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard
 from bitrouter.protocols import ProtocolError, Usage, sse
-from bitrouter.router import AllFailed, Health, RouteError, Router, describe, dynamic_route
+from bitrouter.router import Health, Router, describe, dynamic_route
 from bitrouter.upstream import Pools, UpstreamError
 
 log = logging.getLogger("bitrouter")

@@ -5,7 +5,6 @@ import subprocess
 
 import pytest
 import requests
-import yaml
 
 from conftest import BITROUTER, clean_env, free_port, run_cli, wait_until
 from fakes import FakeUpstream, openai_chat

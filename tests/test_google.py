@@ -513,7 +513,7 @@ def test_passthrough_uses_the_provider_key_and_never_the_clients(server, up, str
     assert "".join(p.text for p in parts) == "hello from fake" and finish == types.FinishReason.STOP
     assert (usage.prompt_token_count, usage.cached_content_token_count, usage.thoughts_token_count) == (30, 20, 3)
     # billed from the final totals: 30 in (20 of them cached), 4 + 3 thinking out
-    logged = f"request google model=via-google upstream=up-google:gemini-2.5-flash status=200 latency="
+    logged = "request google model=via-google upstream=up-google:gemini-2.5-flash status=200 latency="
     wait_until(lambda: any(logged in line and f"tokens=30/7 stream={'yes' if stream else 'no'}" in line
                            for line in server.output().splitlines()), what="the request log line")
     sent = up["google"].received[requests_before]

@@ -22,7 +22,6 @@ hands each upstream only the proofs it produced itself (own_proofs).
 """
 
 import base64
-import binascii
 import dataclasses
 import functools
 import importlib
@@ -264,7 +263,7 @@ def unseal(value: str) -> tuple[str, str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         return str(data["p"]), str(data["v"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
         return "", value
 
 

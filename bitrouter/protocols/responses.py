@@ -19,8 +19,9 @@ import secrets
 import time
 
 from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 content_items, effort_for_budget, error_message,
-                                 media_part, native_proof, proof, reply_model, set_given, sse)
+                                 content_items, effort_for_budget, media_part, native_proof, proof, reply_model,
+                                 set_given, sse)
+from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 from bitrouter.protocols import openai as chat
 
 NAME = "responses"
