@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench  # noqa: E402  (patches gevent on import, as this script needs too)
 
-from bitrouter.protocols import anthropic, openai, sse  # noqa: E402
+from bitrouter.protocols import anthropic, chat, sse  # noqa: E402
 
 TARGET_MS = 0.5
 CHAT = {"model": "bench", "messages": [{"role": "user", "content": "hello"}], "stream": True}
@@ -66,8 +66,8 @@ def _translation_cpu() -> float:
     """One request's translation work in this process: the same steps the server runs."""
     started = time.perf_counter()
     req = anthropic.decode_request(json.loads(json.dumps(ANTHROPIC)))
-    json.dumps(openai.encode_request(req, "m"))
-    parser, decoder = sse.Parser(), openai.StreamDecoder()
+    json.dumps(chat.encode_request(req, "m"))
+    parser, decoder = sse.Parser(), chat.StreamDecoder()
     encoder = anthropic.StreamEncoder("bench", req)
     for chunk in bench.STREAM_FRAMES:
         for event, data in parser.feed(chunk):

@@ -2,13 +2,13 @@
 
 import pytest
 
-from bitrouter.protocols import Message, Part, ProtocolError, Request, Response, openai
+from bitrouter.protocols import Message, Part, ProtocolError, Request, Response, chat
 
 PDF = "JVBERi0xLjQK"
 
 
 def decode(*messages, **body):
-    return openai.decode_request({"model": "m", "messages": list(messages), **body})
+    return chat.decode_request({"model": "m", "messages": list(messages), **body})
 
 
 @pytest.mark.parametrize("messages, expected_system, expected_roles", [
@@ -58,7 +58,7 @@ def test_tool_choice_both_ways(choice, unified):
     body = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": choice}
     req = decode({"role": "user", "content": "x"}, **body)
     assert req.tool_choice == unified
-    assert openai.encode_request(req, "m")["tool_choice"] == choice
+    assert chat.encode_request(req, "m")["tool_choice"] == choice
 
 
 def test_images_and_pdfs_both_ways():
@@ -69,7 +69,7 @@ def test_images_and_pdfs_both_ways():
     parts = req.messages[0].parts
     assert (parts[0].url, parts[1].media_type, parts[1].data) == ("https://x/cat.png", "image/jpeg", "AAAA")
     assert (parts[2].media_type, parts[2].data) == ("application/pdf", PDF)
-    sent = openai.encode_request(req, "m")["messages"][0]["content"]
+    sent = chat.encode_request(req, "m")["messages"][0]["content"]
     assert sent[0] == {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}
     assert sent[1] == {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}
     assert sent[2]["type"] == "file" and sent[2]["file"]["file_data"] == f"data:application/pdf;base64,{PDF}"
@@ -81,7 +81,7 @@ def test_images_and_pdfs_both_ways():
 ])
 def test_reasoning_effort_from_effort_or_budget(reasoning, effort):
     req = Request(model="m", messages=[Message("user", [Part("text", text="x")])], reasoning=reasoning)
-    assert openai.encode_request(req, "m")["reasoning_effort"] == effort
+    assert chat.encode_request(req, "m")["reasoning_effort"] == effort
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -90,12 +90,12 @@ def test_reasoning_effort_from_effort_or_budget(reasoning, effort):
 def test_max_tokens_names(body, expected):
     req = decode({"role": "user", "content": "x"}, **body)
     assert req.max_tokens == expected
-    assert openai.encode_request(req, "m")["max_completion_tokens"] == expected
+    assert chat.encode_request(req, "m")["max_completion_tokens"] == expected
 
 
 @pytest.mark.parametrize("finish", ["stop", "length", "tool_calls", "content_filter", "error"])
 def test_finish_reasons_are_always_valid_chat_values(finish):
-    out = openai.encode_response(Response(id="r", model="m", parts=[Part("text", text="t")],
+    out = chat.encode_response(Response(id="r", model="m", parts=[Part("text", text="t")],
                                           finish_reason=finish), "m")
     assert out["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls", "content_filter")
 
@@ -105,7 +105,7 @@ def test_stop_string_becomes_a_list_and_json_schema_survives():
     req = decode({"role": "user", "content": "x"}, stop="END",
                  response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}})
     assert req.stop == ["END"]
-    sent = openai.encode_request(req, "m")
+    sent = chat.encode_request(req, "m")
     assert sent["stop"] == ["END"]
     assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}}
 
@@ -118,6 +118,6 @@ def test_stop_string_becomes_a_list_and_json_schema_survives():
     ("[DONE]", None),
 ])
 def test_stream_usage_comes_from_the_usage_object_only(data, expected):
-    usage = openai.stream_usage("", data)
+    usage = chat.stream_usage("", data)
     assert ((usage.input, usage.output) if usage else None) == expected
 

@@ -1,6 +1,6 @@
 """Wire protocols and the unified model they translate through.
 
-Each protocol module (openai = Chat Completions, responses, anthropic, google) speaks one
+Each protocol module (chat = Chat Completions, `api_protocol: openai`; responses, anthropic, google) speaks one
 wire format in both directions; mock is the in-process provider instead (generate, stream):
 
   inbound  (client -> BitRouter): NAME, model_of, wants_stream, decode_request,
@@ -166,9 +166,12 @@ class ProtocolError(StatusError):
     status = 400
 
 
+MODULES = {"openai": "chat"}  # api_protocol names whose module is named for its API instead
+
+
 def get(name: str):
-    """The module implementing one wire protocol."""
-    return importlib.import_module(f"bitrouter.protocols.{name}")
+    """The module implementing one wire protocol (`api_protocol: openai` is Chat Completions, chat.py)."""
+    return importlib.import_module(f"bitrouter.protocols.{MODULES.get(name, name)}")
 
 
 def error_message(status: int, body: bytes) -> str:

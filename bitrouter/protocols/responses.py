@@ -22,7 +22,7 @@ from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolErro
                                  content_items, effort_for_budget, media_part, native_proof, proof, reply_model,
                                  set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
-from bitrouter.protocols import openai as chat
+from bitrouter.protocols import chat
 
 NAME = "responses"
 FIXED_HEADERS = {}
