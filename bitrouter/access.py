@@ -3,7 +3,7 @@
 One Gate lives as long as the server. It verifies tokens once and caches the result by the
 token's hash; any change to `<home>/.keys` (a new account, a revocation stamp) or a reloaded
 configuration clears that cache before the next request is checked. Finished requests go
-to the spend log through the Gate's metrics listener.
+to the spend log through `Gate.record` (the Server lists it among the metrics listeners).
 """
 
 import logging
@@ -54,7 +54,7 @@ def configured_issuers(cfg) -> set[str]:
 class Gate:
     """Decides who may use the server, which models, and whether their budget allows it."""
 
-    def __init__(self, home, cfg, metrics=None):
+    def __init__(self, home, cfg):
         self.home = home
         self._cache: dict = {}
         self._apply(cfg)
@@ -68,8 +68,6 @@ class Gate:
         self.revoked = store.revoked_hashes()
         self.writer = store.SpendWriter(cfg.database_url)
         self.holds = Holds()
-        if metrics is not None:
-            metrics.listeners.append(self.record)
 
     def start(self, stack) -> None:
         """Say how the server authenticates (logging is set up by now); close with `stack`."""

@@ -72,17 +72,26 @@ class Server:
         self.health = Health()
         self.metrics = Metrics()
         self.sessions = guardrails.Sessions()  # per agent session: requests and spend, for its limits
-        self.metrics.listeners.append(self.sessions.finished)
         self.started = time.time()
         self.counts = collections.OrderedDict()  # (endpoint label, body digest) -> provider token count
         self.mode = "foreground"  # how this process runs the server: foreground | dashboard | daemon
         self.port = None  # the port actually bound, once listening
+        self.connections = None  # the listener's connection counts, once listening
         cfg = cfg or config.load(home)
         self.bound = _bound_settings(cfg)  # fixed for this process: a reload only reports changes
         self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.runtime = Runtime(cfg, self.dynamic, self.health)
-        self.gate = access.Gate(home, cfg, self.metrics)  # AUTH HOOK: refuses an open public listener
+        self.gate = access.Gate(home, cfg)  # AUTH HOOK: refuses an open public listener
+        self.request_log = daemon.RequestLog(self)  # writes once server_log() has opened the log
+        # Every finished request, in this order: its session's spend, its spend row, its log line.
+        self.metrics.listeners = [self.sessions.finished, self.gate.record, self.request_log.write]
         self.app = build_app(self)
+
+    def dashboard(self, recent: int = 100) -> dict:
+        """The `/admin/metrics` snapshot of this server (docs/tui.md)."""
+        return dashboard(self.metrics, self.runtime, self.health, mode=self.mode, port=self.port,
+                         started=self.started, auth_required=self.gate.required,
+                         connections=self.connections, recent=recent)
 
     def reload(self, source: str = "request") -> list[str]:
         """Rebuild the runtime from disk (.env, config, registry) and swap it in; returns notes.
@@ -168,7 +177,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
     host, port = srv.runtime.cfg.host_port
     with contextlib.ExitStack() as owned:  # released here on failure, else by Running.stop()
         claim = None if worker else owned.enter_context(daemon.pid_file(home))
-        owned.enter_context(daemon.server_log(home, srv, echo=mode == "foreground"))
+        owned.enter_context(daemon.server_log(home, srv, echo=mode == "foreground", requests=srv.request_log))
         try:
             address = workers.listener(host, worker[1]) if worker else (host, port)
             listener = WSGIServer(address, srv.app, log=None, error_log=log, handler_class=_Handler)
@@ -329,7 +338,7 @@ def build_app(srv: Server) -> bottle.Bottle:
 
     @app.get("/admin/metrics")
     def admin_metrics():
-        return _admin(srv, lambda: _json(workers.combined(srv, dashboard(srv, _count_param("recent", 100)))))
+        return _admin(srv, lambda: _json(workers.combined(srv, srv.dashboard(_count_param("recent", 100)))))
 
     @app.get("/admin/events")
     def admin_events():

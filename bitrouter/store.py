@@ -441,14 +441,25 @@ def _reason(exc: Exception, url: str = "") -> str:
 def _clean(row: dict) -> dict:
     """A spend row every database can store: encodable strings of bounded length, ints in range."""
     for name, value in row.items():
-        field = SpendLog._meta.fields[name]
-        if isinstance(field, peewee.CharField):
-            text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
-            row[name] = text.replace("\x00", "\\x00")[:field.max_length]
-        elif isinstance(field, peewee.IntegerField):  # BigIntegerField is one too
-            limit = 2 ** 63 - 1 if isinstance(field, peewee.BigIntegerField) else 2 ** 31 - 1
-            row[name] = max(-limit, min(limit, int(value)))
+        row[name] = _CLEANERS[name](value)
     return row
+
+
+def _cleaner(field):
+    """The function that makes one column's values storable (resolved once per column)."""
+    if isinstance(field, peewee.CharField):
+        def text(value, size=field.max_length):
+            if type(value) is not str or not value.isascii():
+                value = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+            return value.replace("\x00", "\\x00")[:size]
+        return text
+    if isinstance(field, peewee.IntegerField):  # BigIntegerField is one too
+        limit = 2 ** 63 - 1 if isinstance(field, peewee.BigIntegerField) else 2 ** 31 - 1
+        return lambda value: max(-limit, min(limit, int(value)))
+    return lambda value: value
+
+
+_CLEANERS = {name: _cleaner(field) for name, field in SpendLog._meta.fields.items()}
 
 
 def _private_sqlite(url: str) -> None:

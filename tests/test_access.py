@@ -40,7 +40,9 @@ def gates():
     made = []
 
     def make(root, cfg, metrics=None):
-        gate = Gate(home_mod.at(root), cfg, metrics)
+        gate = Gate(home_mod.at(root), cfg)
+        if metrics is not None:  # as the Server wires it
+            metrics.listeners.append(gate.record)
         made.append(gate)
         return gate
     yield make
