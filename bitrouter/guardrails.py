@@ -121,6 +121,14 @@ class Rule:
     description: str
     patterns: list  # [(hint, compiled regex)]; hint "" when there is none
     action: str
+    # Per pattern, the literal every match (and every partial match) starts with, as
+    # (text, ignore case), or None when it has none: streams skip a pattern whose literal
+    # is neither in the text nor begun at its end (StreamGuard._release).
+    leads: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.leads:
+            self.leads = [lead(pattern.pattern) for _, pattern in self.patterns]
 
 
 @dataclass
@@ -255,7 +263,8 @@ def compile_policy(raw, fail, secrets=()) -> Policy:
     for direction in rules:
         if own:
             rules[direction].append(Rule(OWN_KEYS, "BitRouter's own keys",
-                                         [("", regex.compile(regex.escape(key))) for key in own], "redact"))
+                                         [("", regex.compile(regex.escape(key))) for key in own], "redact",
+                                         [(key, False) for key in own]))
         if not cfg["enabled"]:
             continue
         for name, (description, native, patterns) in BUILTIN.items():
@@ -295,6 +304,58 @@ def walk_json(node, key, where: str):
     elif isinstance(value, list):
         for i in range(len(value)):
             yield from walk_json(value, i, f"{where}[{i}]")
+
+
+def lead(source: str) -> tuple[str, bool] | None:
+    """The literal text every match of a regex starts with, and whether case is ignored; None if unsure.
+
+    Understood: an optional leading (?i) and \\b, then plain characters or escaped punctuation;
+    a quantifier that may drop the last of them drops it; any top-level alternation means None.
+    """
+    if _top_level_alternation(source) or regex.search(r"\(\?[a-zA-Z]*[a-zA-Z]", source[4:] if source.startswith("(?i)") else source):
+        return None  # alternatives, or flags that change what a literal means (only a leading (?i) is understood)
+    m = _LEAD.match(source)
+    if not m or not m.group(2):
+        return None
+    literal = regex.sub(r"\\(.)", r"\1", m.group(2))
+    if source[m.end():m.end() + 1] in ("?", "*", "{"):
+        literal = literal[:-1]
+    if not literal:
+        return None
+    fold = bool(m.group(1))  # casefold() folds at least everything (?i) matches to these letters
+    return (literal.casefold() if fold else literal), fold
+
+
+_LEAD = regex.compile(r"(\(\?i\))?(?:\\b)?((?:[A-Za-z0-9 _:>/=@-]|\\[-()+.\[\]{}|*?^$/])+)")
+
+
+def _top_level_alternation(source: str) -> bool:
+    """Whether a regex has a | outside every group and character class."""
+    depth, i, in_class = 0, 0, False
+    while i < len(source):
+        c = source[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
+
+
+def _may_start(text: str, literal: str) -> bool:
+    """Whether a match led by literal can be in text: the literal is in it, or begins at its end."""
+    if literal in text:
+        return True
+    return any(text.endswith(literal[:n]) for n in range(1, len(literal)))
 
 
 def span(match) -> tuple[int, int]:
@@ -490,8 +551,15 @@ class StreamGuard:
         hold_from, found = len(joined), {}
         base = len(self.context)
         scanned = self.context + joined
+        folded = None
         for rule in self.rules:  # no hints here: a partial match may not contain its hint yet
-            for _, pattern in rule.patterns:
+            for (_, pattern), first in zip(rule.patterns, rule.leads):
+                if first is not None:
+                    literal, fold = first
+                    if fold and folded is None:
+                        folded = joined.casefold()
+                    if not _may_start(folded if fold else joined, literal):
+                        continue
                 for m in pattern.finditer(scanned, base, partial=not final):
                     start, end = span(m)
                     start, end = max(start, base) - base, end - base
