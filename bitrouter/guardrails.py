@@ -353,9 +353,15 @@ def _top_level_alternation(source: str) -> bool:
 
 def _may_start(text: str, literal: str) -> bool:
     """Whether a match led by literal can be in text: the literal is in it, or begins at its end."""
-    if literal in text:
-        return True
-    return any(text.endswith(literal[:n]) for n in range(1, len(literal)))
+    if literal in text or len(literal) == 1:
+        return literal in text
+    tail = text[1 - len(literal):]  # where a beginning of the literal could be cut off
+    at = tail.find(literal[0])
+    while at != -1:
+        if literal.startswith(tail[at:]):
+            return True
+        at = tail.find(literal[0], at + 1)
+    return False
 
 
 def span(match) -> tuple[int, int]:

@@ -12,6 +12,7 @@ if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anythin
 import collections
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -200,6 +201,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
         srv.gate.start(owned)  # AUTH HOOK: logs the auth mode; closes (writes all spend) after the drain
         cluster.Sync(srv).start(owned)  # revocations and dynamic routes shared through the database
+        gc.freeze()  # what start-up built lives as long as the process: full collections skip it (p99)
         return Running(srv, listener, owned.pop_all())
 
 
