@@ -389,8 +389,10 @@ def litellm_run() -> dict:
     with Upstreams() as up, tempfile.TemporaryDirectory() as tmp:
         port = bench.free_port()
         conf = Path(tmp) / "litellm.yaml"
+        # Authentication off, as BitRouter runs here (recent LiteLLM versions refuse to start so unless told).
         conf.write_text(json.dumps({"model_list": [{"model_name": "bench", "litellm_params": {
-            "model": "openai/m", "api_base": f"http://127.0.0.1:{up.port}/v1", "api_key": "bench"}}]}))
+            "model": "openai/m", "api_base": f"http://127.0.0.1:{up.port}/v1", "api_key": "bench"}}],
+            "general_settings": {"dangerously_permit_weak_or_unset_master_key": True}}))
         proc = subprocess.Popen([str(venv / "bin" / "litellm"), "--config", str(conf), "--port", str(port),
                                  "--host", "127.0.0.1", "--num_workers", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
