@@ -56,6 +56,7 @@ class Gate:
 
     def __init__(self, home, cfg):
         self.home = home
+        self._keys_path = os.fspath(home.keys_dir)  # stat()ed per request: resolved once
         self._cache: dict = {}
         self._apply(cfg)
         self._load_keys(self._keys_signature(), revocations=False)  # the database is not open yet
@@ -192,7 +193,7 @@ class Gate:
     def _keys_signature(self):
         """(mtime_ns, inode) of `.keys`; renames inside it (accounts, revocation stamps) change it."""
         try:
-            st = os.stat(self.home.keys_dir)
+            st = os.stat(self._keys_path)
         except FileNotFoundError:
             return None
         return st.st_mtime_ns, st.st_ino

@@ -1195,6 +1195,9 @@ class _Handler(WSGIHandler):
         finally:
             self.server.in_flight.leave()
 
+    def log_request(self):
+        """No access line: the server logs with log=None, and requests are logged by the RequestLog."""
+
     # A stopping server reads no further requests on kept-alive connections, hangs up those
     # waiting for one, and tells clients not to reuse the connections it still answers on.
 

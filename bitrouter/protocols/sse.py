@@ -75,9 +75,14 @@ class Parser:
 def frame(data, event: str = "") -> bytes:
     """One SSE frame; dicts are written as compact JSON."""
     if not isinstance(data, str):
-        data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {data}\n\n".encode()
+        data = _compact(data)
+    if event:
+        return f"event: {event}\ndata: {data}\n\n".encode()
+    return f"data: {data}\n\n".encode()
+
+
+# One encoder for every frame (json.dumps with options builds a new one per call).
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _line_end(buffer: bytearray, start: int):
