@@ -122,7 +122,7 @@ class Rule:
     patterns: list  # [(hint, compiled regex)]; hint "" when there is none
     action: str
     # Per pattern, the literal every match (and every partial match) starts with, as
-    # (text, ignore case), or None when it has none: streams skip a pattern whose literal
+    # (text, ignore case), or None when it has none: a stream skips a pattern whose literal
     # is neither in the text nor begun at its end (StreamGuard._release).
     leads: list = field(default_factory=list)
 
@@ -291,19 +291,20 @@ def strings(body: dict, paths) -> list:
     return found
 
 
-def walk_json(node, key, where: str):
-    """(container, key, where) for every string under node[key], skipping OPAQUE keys."""
-    value = node[key]
-    if isinstance(value, str):
-        if value:
-            yield node, key, where
-    elif isinstance(value, dict):
-        for name in value:
-            if name not in OPAQUE:
-                yield from walk_json(value, name, f"{where}.{name}")
-    elif isinstance(value, list):
-        for i in range(len(value)):
-            yield from walk_json(value, i, f"{where}[{i}]")
+def walk_json(node, key, where: str) -> list:
+    """(container, key, where) for every string under node[key], in document order, skipping OPAQUE keys."""
+    found, todo = [], [(node, key, where)]
+    while todo:  # a stack, not recursion: cheaper per node, and any depth
+        node, key, where = todo.pop()
+        value = node[key]
+        if isinstance(value, str):
+            if value:
+                found.append((node, key, where))
+        elif isinstance(value, dict):
+            todo += [(value, name, f"{where}.{name}") for name in reversed(value) if name not in OPAQUE]
+        elif isinstance(value, list):
+            todo += [(value, i, f"{where}[{i}]") for i in range(len(value) - 1, -1, -1)]
+    return found
 
 
 def lead(source: str) -> tuple[str, bool] | None:
@@ -351,11 +352,9 @@ def _top_level_alternation(source: str) -> bool:
     return False
 
 
-def _may_start(text: str, literal: str) -> bool:
-    """Whether a match led by literal can be in text: the literal is in it, or begins at its end."""
-    if literal in text or len(literal) == 1:
-        return literal in text
-    tail = text[1 - len(literal):]  # where a beginning of the literal could be cut off
+def _begins_at_end(text: str, literal: str) -> bool:
+    """Whether text ends with a beginning of literal (a match that the next frame may complete)."""
+    tail = text[1 - len(literal):] if len(literal) > 1 else ""  # where the cut-off beginning would be
     at = tail.find(literal[0])
     while at != -1:
         if literal.startswith(tail[at:]):
@@ -493,7 +492,9 @@ class StreamGuard:
         self.fields = FIELDS[protocol]["stream"]
         self.error_frame = error_frame  # (status, message) -> bytes
         self.report = report  # (hits) -> None
-        self.rules = policy.rules[DOWNGOING]
+        # (rule, pattern, leading literal or None, ignore case) for every downgoing pattern
+        self.scans = [(rule, pattern, *(first or (None, False)))
+                      for rule in policy.rules[DOWNGOING] for (_, pattern), first in zip(rule.patterns, rule.leads)]
         self.buffer = b""
         self.held = []  # frames of the open block (and pings that arrived after them)
         self.block_key = None
@@ -558,21 +559,29 @@ class StreamGuard:
         base = len(self.context)
         scanned = self.context + joined
         folded = None
-        for rule in self.rules:  # no hints here: a partial match may not contain its hint yet
-            for (_, pattern), first in zip(rule.patterns, rule.leads):
-                if first is not None:
-                    literal, fold = first
-                    if fold and folded is None:
-                        folded = joined.casefold()
-                    if not _may_start(folded if fold else joined, literal):
-                        continue
-                for m in pattern.finditer(scanned, base, partial=not final):
-                    start, end = span(m)
-                    start, end = max(start, base) - base, end - base
-                    if not final and (m.partial or end == len(joined)):
-                        hold_from = min(hold_from, start)  # may still grow into a match: wait for more
-                    else:
-                        found.setdefault(rule, []).append((start, end))
+        for rule, pattern, literal, fold in self.scans:  # no hints: a partial match may lack its hint yet
+            if literal is not None:
+                if fold and folded is None:
+                    folded = joined.casefold()
+                text = folded if fold else joined
+                if literal not in text and (len(literal) == 1 or literal[0] not in text[1 - len(literal):]
+                                            or not _begins_at_end(text, literal)):
+                    continue  # no match nor partial match can be in this text
+            for m in pattern.finditer(scanned, base, partial=not final):
+                start, end = span(m)
+                start, end = max(start, base) - base, end - base
+                if not final and (m.partial or end == len(joined)):
+                    hold_from = min(hold_from, start)  # may still grow into a match: wait for more
+                else:
+                    found.setdefault(rule, []).append((start, end))
+        if not found and hold_from == len(joined):  # the usual frame: nothing found, nothing to wait for
+            out = b"".join(frame.raw for frame in self.held)
+            self.held = []
+            if final:
+                self.block_key, self.context = None, ""
+            else:
+                self.context = (self.context + joined)[-64:]
+            return out
         cut = self._cut(hold_from, found)
         hits, spans, blocked = [], [], []
         for rule, matches in found.items():
@@ -618,9 +627,13 @@ class _Frame:
 
     def __init__(self, raw: bytes, fields):
         self.raw, self.event, self.data, self.strings, self.key = raw, "", None, [], None
-        lines = raw.decode("utf-8", "replace").splitlines()
-        self.event = next((line[6:].strip() for line in lines if line.startswith("event:")), "")
-        data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
+        text = raw.decode("utf-8", "replace")
+        if text.startswith("data:") and "\r" not in text and text.count("\n") == 2:  # the usual frame: one data line
+            data = [text[5:-2].removeprefix(" ")]
+        else:
+            lines = text.splitlines()
+            self.event = next((line[6:].strip() for line in lines if line.startswith("event:")), "")
+            data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
         try:
             self.data = json.loads("\n".join(data)) if data else None
         except ValueError:
@@ -682,6 +695,9 @@ def _merged(spans: list) -> list:
 
 def _frame_end(buffer: bytes) -> tuple[int, int]:
     """Where the first complete SSE frame ends (position, separator length), or (-1, 0)."""
+    if b"\r" not in buffer:
+        at = buffer.find(b"\n\n")
+        return (at, 2) if at >= 0 else (-1, 0)
     best = (-1, 0)
     for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
         at = buffer.find(sep)
