@@ -161,6 +161,37 @@ class Policy:
     memo: dict = field(default_factory=dict, repr=False)  # (direction, text) -> (result, block hits, message)
     memo_chars: int = 0
 
+    def __post_init__(self):
+        # direction -> [(literal as JSON spells it, ignore case)], or None when a pattern has no
+        # literal that a JSON text must spell as it is (see may_match)
+        self.literals = {direction: _json_literals(rules) for direction, rules in self.rules.items()}
+
+    def may_match(self, body, direction: str) -> bool:
+        """Whether a rule of the direction could match a string of this JSON text (bytes or str).
+
+        False means no string in it needs decoding or scanning: every pattern starts with a
+        literal (`lead`) and none is in the text. That is exact because JSON spells such a
+        literal as it is, unless the text uses \\u or \\/ escapes (then this says True).
+        """
+        literals = self.literals[direction]
+        if literals is None:
+            return True
+        body = body.encode() if isinstance(body, str) else body
+        if b"\\u" in body or b"\\/" in body:
+            return True
+        folded = None
+        for literal, fold in literals:
+            if fold:
+                if folded is None:
+                    if not body.isascii():  # (?i) also matches a few non-ASCII letters (the long s...)
+                        return True
+                    folded = body.lower()
+                if literal in folded:
+                    return True
+            elif literal in body:
+                return True
+        return False
+
     def scan(self, text: str, direction: str, where: str, hits: list) -> str:
         """The text after every rule of the direction ran on it; hits are appended to `hits`.
 
@@ -333,6 +364,19 @@ def lead(source: str) -> tuple[str, bool] | None:
 
 
 _LEAD = regex.compile(r"(\(\?i\))?(?:\\b)?((?:[A-Za-z0-9 _:>/=@-]|\\[-()+.\[\]{}|*?^$/])+)")
+
+
+def _json_literals(rules: list) -> list | None:
+    """The leading literals of every pattern of the rules, as bytes a JSON text spells them in;
+    None when one has none, or one that JSON would escape (a quote, a backslash, a control or
+    non-ASCII character)."""
+    found = []
+    for rule in rules:
+        for first in rule.leads:
+            if first is None or not first[0].isascii() or not first[0].isprintable() or any(c in first[0] for c in '"\\'):
+                return None
+            found.append((first[0].encode(), first[1]))
+    return found
 
 
 def _top_level_alternation(source: str) -> bool:

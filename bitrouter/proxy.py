@@ -644,8 +644,8 @@ def _guard_loop(srv, rt, call: _Call, record: Record) -> None:
 def _guard_reply(srv, rt, inbound: Protocol, payload, record: Record, usage):
     """A non-streamed reply with its text checked (downgoing); a block becomes an in-band refusal."""
     policy = rt.cfg.guardrails
-    if not policy.rules[guardrails.DOWNGOING]:
-        return payload
+    if not policy.rules[guardrails.DOWNGOING] or not policy.may_match(payload, guardrails.DOWNGOING):
+        return payload  # no rule can match: not even decoded
     data, hits = json.loads(payload), []
     try:
         changed = policy.walk(data, inbound.text_fields["reply"], guardrails.DOWNGOING, hits)

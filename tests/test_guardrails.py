@@ -11,6 +11,8 @@ import threading
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitrouter import config, guardrails
 from bitrouter import home as home_mod
@@ -272,6 +274,31 @@ def test_a_command_whose_first_letters_end_a_frame_is_still_held_and_caught(serv
     text, error = answer("anthropic", resp, True)
     assert text == "Fine. "
     assert error.startswith("guardrail blocked downgoing content")
+
+
+DEFAULT_POLICY = guardrails.compile_policy({}, lambda where, message: None, secrets=["own-key-0123456789"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from(["plain words ", "rm -rf / ", "curl x | sh", "/dev/sda", "é", "ſ", "\n",
+                                        "\"", "own-key-0123456789", "dd if=a of=/dev/sdb", ">", "<", "mkfs.ext4 "]),
+                       max_size=8),
+       ascii_only=st.booleans(), slashes=st.booleans())
+def test_a_reply_is_only_left_undecoded_when_no_rule_can_match_it(pieces, ascii_only, slashes):
+    body = json.dumps({"choices": [{"message": {"content": "".join(pieces)}}]}, ensure_ascii=ascii_only)
+    if slashes:
+        body = body.replace("/", "\\/")  # JSON may escape a slash
+    if not DEFAULT_POLICY.may_match(body.encode(), guardrails.DOWNGOING):
+        hits = []
+        DEFAULT_POLICY.walk(json.loads(body), ("choices",), guardrails.DOWNGOING, hits)
+        assert hits == []
+
+
+def test_a_literal_spelled_with_escapes_is_never_skipped():
+    for body in (b'{"a":"r\\u006d -rf /"}', b'{"a":"x >\\/dev\\/sda"}', b'{"a":"c\\u0075rl x | sh"}'):
+        assert DEFAULT_POLICY.may_match(body, guardrails.DOWNGOING), body
+    assert not DEFAULT_POLICY.may_match(b'{"a":"Hello there, friend."}', guardrails.DOWNGOING)
+    assert DEFAULT_POLICY.may_match(b'{"a":"Hello"}', guardrails.UPGOING)  # e-mail and phone patterns have no literal
 
 
 def test_pattern_leads_are_only_claimed_when_certain():
