@@ -671,7 +671,7 @@ class _Call:
         """
         text_only = [e for e in route.endpoints
                      if "image" not in self.rt.providers[e.provider].models.get(e.model_id, {}).get("modalities", ["image"])]
-        if not text_only or not any(p.kind == "image" for m in self._unified().messages for p in _all_parts(m)):
+        if not text_only or not any(p.kind in protocols.MEDIA for m in self._unified().messages for p in _all_parts(m)):
             return route
         usable = [e for e in route.endpoints if e not in text_only]
         if not usable:

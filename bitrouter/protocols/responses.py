@@ -18,9 +18,10 @@ import json
 import secrets
 import time
 
-from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 content_items, effort_for_budget, media_part, native_proof, proof, reply_model,
-                                 set_given, sse)
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Reasoning, Request, Response,
+                                 ResponseFormat, Tool, ToolChoice, Usage, content_items, data_url, extension_of,
+                                 finish_reason, media, media_part, native_proof, proof, reply_model, set_given, sse,
+                                 type_of)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 from bitrouter.protocols import chat
 
@@ -82,7 +83,7 @@ def decode_request(body: dict) -> Request:
     req.response_format = _decode_format((body.get("text") or {}).get("format"))
     effort = (body.get("reasoning") or {}).get("effort")
     if effort:
-        req.reasoning = {"effort": effort}
+        req.reasoning = Reasoning(effort=effort)
     req.user = body.get("safety_identifier") or body.get("user")
     req.cache_key = body.get("prompt_cache_key")
     return req
@@ -348,12 +349,7 @@ def encode_request(req: Request, model_id: str) -> dict:
         body["tools"] = [{"type": "function", "name": t.name, "description": t.description,
                           "parameters": t.parameters or {"type": "object", "properties": {}}, "strict": False}
                          for t in req.tools]
-    if isinstance(req.tool_choice, dict) and req.tools:
-        body["tool_choice"] = {"type": "function", "name": req.tool_choice["name"]}
-    elif req.tool_choice and req.tools:  # OpenAI rejects a tool_choice without tools
-        body["tool_choice"] = req.tool_choice
-    if req.parallel_tool_calls is not None and req.tools:
-        body["parallel_tool_calls"] = req.parallel_tool_calls
+    chat.tool_options(body, req, lambda name: {"type": "function", "name": name})
     set_given(body, "max_output_tokens", req.max_tokens)
     set_given(body, "temperature", req.temperature)
     set_given(body, "top_p", req.top_p)
@@ -363,7 +359,7 @@ def encode_request(req: Request, model_id: str) -> dict:
     if req.response_format:
         body["text"] = {"format": _encode_format(req.response_format)}
     if req.reasoning:
-        body["reasoning"] = {"effort": req.reasoning.get("effort") or effort_for_budget(req.reasoning.get("budget_tokens"))}
+        body["reasoning"] = {"effort": req.reasoning.as_effort()}
         body["include"] = ["reasoning.encrypted_content"]  # with store false, the only way to replay it
     if req.stream:
         body["stream"] = True
@@ -401,9 +397,9 @@ def decode_response(body: dict) -> Response:
                               arguments=item.get("arguments") or "{}"))
         elif kind == "reasoning":
             parts.append(_reasoning_part(item, native=True))
-    calls = any(p.kind == "tool_call" for p in parts)
     return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
-                    finish_reason=_finish(body, calls), usage=usage_of(body))
+                    finish_reason=finish_reason(_incomplete(body), any(p.kind == "tool_call" for p in parts)),
+                    usage=usage_of(body))
 
 
 class StreamDecoder:
@@ -441,7 +437,7 @@ class StreamDecoder:
             out.append(Event("tool_args", index=index, text=body.get("arguments") or ""))
         elif kind in ("response.completed", "response.incomplete"):
             resp = body.get("response") or {}
-            out.append(Event("finish", reason=_finish(resp, bool(self.calls))))
+            out.append(Event("finish", reason=finish_reason(_incomplete(resp), bool(self.calls))))
             out.append(Event("usage", usage=usage_of(resp)))
         elif kind == "response.failed":
             raise ProtocolError(_failure(body.get("response") or {}), 502)
@@ -488,9 +484,6 @@ _HOSTED_ITEMS = ("web_search_call", "file_search_call", "image_generation_call",
                  "computer_call", "computer_call_output", "mcp_call", "mcp_list_tools", "mcp_approval_request",
                  "mcp_approval_response", "tool_search_call", "tool_search_output", "local_shell_call",
                  "local_shell_call_output")
-_FILE_TYPES = {"pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv",
-               "json": "application/json", "html": "text/html"}
-_EXTENSIONS = {media: ext for ext, media in _FILE_TYPES.items()}
 
 
 def _decode_items(items: list, req: Request) -> None:
@@ -560,20 +553,16 @@ def _content_part(part, where: str) -> Part:
         return Part("text", text=part.get("refusal") or "")
     if kind == "input_image" and part.get("image_url"):
         return media_part(part["image_url"])
-    if kind == "input_file" and (part.get("file_data") or part.get("file_url")):
-        if part.get("file_url"):
-            return Part("image", url=part["file_url"], media_type=_FILE_TYPES.get(_extension(part["file_url"]), ""))
+    if kind == "input_file" and part.get("file_url"):
+        return media(type_of(part["file_url"]), url=part["file_url"], file=True)
+    if kind == "input_file" and part.get("file_data"):
         data = part["file_data"]
-        return media_part(data if data.startswith("data:") else
-                          f"data:{_FILE_TYPES.get(_extension(part.get('filename') or ''), 'application/pdf')};base64,{data}",
-                          "application/pdf")
+        if data.startswith("data:"):
+            return media_part(data, "application/pdf", file=True)
+        return media(type_of(part.get("filename") or "", "application/pdf"), data=data, file=True)
     if kind in ("input_image", "input_file"):
         raise ProtocolError(f"{where}: {kind} by file_id needs files stored at OpenAI; send the data or a URL")
     raise ProtocolError(f"{where}: content type {kind!r} cannot be translated for a non-Responses upstream")
-
-
-def _extension(name: str) -> str:
-    return name.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
 def _output_parts(output, i: int) -> list:
@@ -649,15 +638,18 @@ def _decode_tools(body: dict, req: Request) -> None:
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
             raise ProtocolError(f"tool_choice {choice!r} is not one of auto, none, required")
-        req.tool_choice = choice
+        req.tool_choice = ToolChoice(choice)
     elif isinstance(choice, dict):
         kind = choice.get("type")
         if kind == "function":
-            req.tool_choice = {"name": choice.get("name", "")}
+            req.tool_choice = ToolChoice("required", choice.get("name", ""))
         elif kind == "allowed_tools":  # a subset of the tools, as auto or required
             allowed = {t.get("name") for t in choice.get("tools") or [] if t.get("type") == "function"}
             req.tools = [t for t in req.tools if t.name in allowed]
-            req.tool_choice = choice.get("mode") or "auto"
+            mode = choice.get("mode") or "auto"
+            if mode not in ("auto", "required"):
+                raise ProtocolError(f"tool_choice.mode {mode!r} is not one of auto, required")
+            req.tool_choice = ToolChoice(mode)
         else:
             raise ProtocolError(f"tool_choice type {kind!r} {_HOSTED}; it cannot be translated")
 
@@ -666,19 +658,15 @@ def _decode_format(fmt):
     if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
         return None
     if fmt["type"] == "json_schema":
-        return {"type": "json_schema", "name": fmt.get("name") or "response", "schema": fmt.get("schema") or {},
-                "strict": fmt.get("strict")}
+        return chat.json_schema_format(fmt)
     if fmt["type"] == "json_object":
-        return {"type": "json_object"}
+        return ResponseFormat("json_object")
     raise ProtocolError(f"text.format type {fmt['type']!r} is not one of text, json_schema, json_object")
 
 
-def _encode_format(fmt: dict) -> dict:
-    if fmt["type"] == "json_schema":
-        out = {"type": "json_schema", "name": fmt.get("name") or "response", "schema": fmt.get("schema") or {}}
-        if fmt.get("strict") is not None:
-            out["strict"] = fmt["strict"]
-        return out
+def _encode_format(fmt: ResponseFormat) -> dict:
+    if fmt.kind == "json_schema":
+        return {"type": "json_schema", **chat.json_schema_spec(fmt)}
     return {"type": "json_object"}
 
 
@@ -707,14 +695,12 @@ def _encode_message(msg: Message) -> list:
 
 
 def _encode_part(p: Part, role: str) -> dict:
-    if p.kind == "image" and p.media_type and not p.media_type.startswith("image/"):  # a PDF or other file
+    if p.kind == "file":
         if p.url:
             return {"type": "input_file", "file_url": p.url}
-        return {"type": "input_file", "filename": "file." + _EXTENSIONS.get(p.media_type, "bin"),
-                "file_data": f"data:{p.media_type};base64,{p.data}"}
+        return {"type": "input_file", "filename": "file." + extension_of(p.media_type), "file_data": data_url(p)}
     if p.kind == "image":
-        return {"type": "input_image", "image_url": p.url or f"data:{p.media_type or 'image/png'};base64,{p.data}",
-                "detail": "auto"}
+        return {"type": "input_image", "image_url": data_url(p), "detail": "auto"}
     return {"type": "output_text" if role == "assistant" else "input_text", "text": p.text}
 
 
@@ -765,12 +751,11 @@ def _response_object(rid: str, model: str, created: int, output: list, finish, u
             "usage": encode_usage(usage) if usage is not None else None}
 
 
-def _finish(resp: dict, calls: bool) -> str:
-    """A response's status (and incomplete reason) as a unified finish reason."""
-    if resp.get("status") == "incomplete":
-        reason = (resp.get("incomplete_details") or {}).get("reason")
-        return "content_filter" if reason == "content_filter" else "length"
-    return "tool_calls" if calls else "stop"
+def _incomplete(resp: dict) -> str | None:
+    """An incomplete response's reason as a unified finish reason (None when it completed)."""
+    if resp.get("status") != "incomplete":
+        return None
+    return "content_filter" if (resp.get("incomplete_details") or {}).get("reason") == "content_filter" else "length"
 
 
 def _failure(body: dict) -> str:
