@@ -241,6 +241,11 @@ def test_thinking_stays_off_when_a_tool_use_turn_does_not_open_with_its_own_thin
     (Part("file", data="JVBE", media_type="application/pdf"),
      {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}),
     (Part("image", data=PNG), {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}),
+    (Part("file", url="https://x/r.pdf", media_type="application/pdf"),
+     {"type": "document", "source": {"type": "url", "url": "https://x/r.pdf"}}),
+    (Part("file", url="https://x/report"), {"type": "document", "source": {"type": "url", "url": "https://x/report"}}),
+    (Part("file", data="SGk=", media_type="text/plain"),
+     {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Hi"}}),
 ])
 def test_encode_media(part, block):
     body = proto.encode_request(unified(Message("user", [part])), "m")
@@ -251,6 +256,8 @@ def test_encode_refuses_media_anthropic_cannot_take():
     with pytest.raises(ProtocolError) as exc:
         proto.encode_request(unified(Message("user", [Part("file", data="x", media_type="audio/wav")])), "m")
     assert exc.value.status == 400 and "audio/wav" in str(exc.value)
+    with pytest.raises(ProtocolError, match="base64 of UTF-8 text"):
+        proto.encode_request(unified(Message("user", [Part("file", data="/w==", media_type="text/plain")])), "m")
 
 
 @pytest.mark.parametrize("choice,parallel,expected", [

@@ -122,3 +122,19 @@ def test_stream_usage_comes_from_the_usage_object_only(data, expected):
     usage = chat.stream_usage("", data)
     assert ((usage.input, usage.output) if usage else None) == expected
 
+
+
+def test_files_by_bare_base64_are_typed_by_their_name_and_by_file_id_are_a_400():
+    part = decode({"role": "user", "content": [
+        {"type": "file", "file": {"filename": "notes.txt", "file_data": "SGk="}}]}).messages[0].parts[0]
+    assert (part.kind, part.media_type, part.data) == ("file", "text/plain", "SGk=")
+    with pytest.raises(ProtocolError, match="file_id needs files stored at OpenAI"):
+        decode({"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]})
+
+
+def test_a_file_by_url_cannot_go_to_a_chat_provider():
+    req = Request(model="m", messages=[Message("user", [Part("file", url="https://x/r.pdf",
+                                                             media_type="application/pdf")])])
+    with pytest.raises(ProtocolError) as info:
+        chat.encode_request(req, "m")
+    assert info.value.status == 400 and "file by URL" in str(info.value)
