@@ -342,7 +342,7 @@ def test_decode_response_keeps_redacted_thinking_as_its_native_proof():
 
 
 def test_encode_response_blocks_and_usage():
-    resp = Response(id="chatcmpl-1", model="gpt", finish_reason="tool_calls", parts=[
+    resp = Response(id="chatcmpl-1", model="gpt", finish_reason="stop", parts=[
         Part("reasoning", text="r"), Part("text", text="t"),
         Part("tool_call", id="call.1", name="f", arguments='{"a": 1}'), Part("tool_call", id="", name="g",
                                                                           arguments="[1]")],

@@ -186,7 +186,8 @@ class Usage:
 class Response:
     """A complete (non-streamed) generation result.
 
-    finish_reason is one of FinishReason, as is a finish Event's reason (see finish_reason()).
+    finish_reason is one of FinishReason, as is a finish Event's reason; the finish rule
+    (finish_reason()) is applied when the response is built.
     """
 
     id: str
@@ -194,6 +195,9 @@ class Response:
     parts: list
     finish_reason: FinishReason = "stop"
     usage: Usage = field(default_factory=Usage)
+
+    def __post_init__(self):
+        self.finish_reason = finish_reason(self.finish_reason, any(p.kind == "tool_call" for p in self.parts))
 
 
 @dataclass
@@ -309,8 +313,9 @@ def finish_reason(reason: str | None, calls: bool) -> str:
     """The unified finish reason from a decoder's mapping of the provider's (None: unknown).
 
     A turn that made tool calls and otherwise stopped normally finished for its calls:
-    Gemini and Responses never say so, and some Chat providers say `stop`. Every decoder
-    applies this rule; encoders trust the reason they are given.
+    Gemini and Responses never say so, and some Chat providers say `stop`. A Response
+    applies this rule when it is built, each stream decoder to its finish event; encoders
+    trust the reason they are given.
     """
     if calls and reason in (None, "stop"):
         return "tool_calls"
@@ -321,6 +326,17 @@ def set_given(body: dict, key: str, value) -> None:
     """body[key] = value unless value is None: an option the client left unset stays out of the wire body."""
     if value is not None:
         body[key] = value
+
+
+def set_options(body: dict, req: Request, names: dict) -> None:
+    """The request's options the client gave (not None, not an empty list), under their wire names.
+
+    names maps each wire name to the Request field it carries: the protocol's names as data.
+    """
+    for wire, name in names.items():
+        value = getattr(req, name)
+        if value is not None and value != []:
+            body[wire] = value
 
 
 def arguments_object(arguments: str) -> dict:

@@ -321,9 +321,7 @@ def decode_response(body: dict) -> Response:
             parts.append(Part("tool_call", id=block.get("id", ""), name=block.get("name", ""),
                               arguments=json.dumps(block.get("input") or {})))
     return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
-                    finish_reason=finish_reason(_FINISH_IN.get(body.get("stop_reason")),
-                                                any(p.kind == "tool_call" for p in parts)),
-                    usage=usage_of(body))
+                    finish_reason=_FINISH_IN.get(body.get("stop_reason"), "stop"), usage=usage_of(body))
 
 
 class StreamDecoder:

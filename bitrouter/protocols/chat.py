@@ -7,7 +7,7 @@ import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Reasoning, Request, Response, ResponseFormat,
                                  Tool, ToolChoice, Usage, content_items, data_url, extension_of, finish_reason, media,
-                                 media_part, native_proof, proof, reply_model, set_given, sse, type_of)
+                                 media_part, native_proof, proof, reply_model, set_given, set_options, sse, type_of)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "openai"
@@ -234,16 +234,11 @@ def encode_request(req: Request, model_id: str) -> dict:
                                                           "parameters": t.parameters or {"type": "object", "properties": {}}}}
                          for t in req.tools]
     tool_options(body, req, lambda name: {"type": "function", "function": {"name": name}})
-    set_given(body, "max_completion_tokens", req.max_tokens)
-    set_given(body, "temperature", req.temperature)
-    set_given(body, "top_p", req.top_p)
-    if req.stop:
-        body["stop"] = req.stop
+    set_options(body, req, _OPTIONS)
     if req.response_format:
         body["response_format"] = _encode_format(req.response_format)
     if req.reasoning:
         body["reasoning_effort"] = req.reasoning.as_effort()
-    set_given(body, "user", req.user)
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -264,9 +259,7 @@ def decode_response(body: dict) -> Response:
         parts.append(Part("text", text=msg["refusal"]))
     parts += [_tool_call(call) for call in msg.get("tool_calls") or []]
     return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
-                    finish_reason=finish_reason(_FINISH.get(choice.get("finish_reason")),
-                                                any(p.kind == "tool_call" for p in parts)),
-                    usage=usage_of(body))
+                    finish_reason=_FINISH.get(choice.get("finish_reason"), "stop"), usage=usage_of(body))
 
 
 class StreamDecoder:
@@ -339,6 +332,8 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
 _ERROR_CODES = {401: "invalid_api_key", 402: "budget_exceeded", 403: "forbidden",
                 413: "request_too_large", 429: "rate_limit_exceeded"}
 _USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
+_OPTIONS = {"max_completion_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "stop": "stop",
+            "user": "user"}  # wire name -> Request field
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
            "content_filter": "content_filter"}
 

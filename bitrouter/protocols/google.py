@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from bitrouter.protocols import (MEDIA, SEAL_PREFIX, Event, Message, Part, ProtocolError, Reasoning, Request, Response,
                                  ResponseFormat, Tool, ToolChoice, Usage, arguments_object, finish_reason, media,
-                                 native_proof, proof, reply_model, set_given, sse, type_of)
+                                 native_proof, proof, reply_model, set_options, sse, type_of)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "google"
@@ -274,12 +274,7 @@ def encode_request(req: Request, model_id: str) -> dict:
                 calling["allowedFunctionNames"] = [req.tool_choice.name]
             body["toolConfig"] = {"functionCallingConfig": calling}
     config = {}
-    set_given(config, "maxOutputTokens", req.max_tokens)
-    set_given(config, "temperature", req.temperature)
-    set_given(config, "topP", req.top_p)
-    set_given(config, "topK", req.top_k)
-    if req.stop:
-        config["stopSequences"] = req.stop
+    set_options(config, req, _OPTIONS)
     if req.response_format:
         config["responseMimeType"] = "application/json"
         if req.response_format.schema:
@@ -318,8 +313,7 @@ def decode_response(body: dict) -> Response:
     if not body.get("candidates") and (body.get("promptFeedback") or {}).get("blockReason"):
         reason = "SAFETY"
     return Response(id=body.get("responseId", ""), model=body.get("modelVersion", ""), parts=parts,
-                    finish_reason=finish_reason(_FINISH_IN.get(reason), any(p.kind == "tool_call" for p in parts)),
-                    usage=usage_of(body))
+                    finish_reason=_FINISH_IN.get(reason, "stop"), usage=usage_of(body))
 
 
 class StreamDecoder:
@@ -453,6 +447,8 @@ _FINISH_IN = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL":
               "UNEXPECTED_TOOL_CALL": "error", **dict.fromkeys(_FILTERED, "content_filter")}
 _FINISH_OUT = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY",
                "error": "OTHER"}
+_OPTIONS = {"maxOutputTokens": "max_tokens", "temperature": "temperature", "topP": "top_p", "topK": "top_k",
+            "stopSequences": "stop"}  # generationConfig name -> Request field
 _MODE_IN = {"AUTO": "auto", "VALIDATED": "auto", "NONE": "none", "ANY": "required"}
 _MODE_OUT = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _LEVEL_IN = {"MINIMAL": "low", "LOW": "low", "MEDIUM": "medium", "HIGH": "high", "XHIGH": "high"}

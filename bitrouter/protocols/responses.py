@@ -20,7 +20,7 @@ import time
 
 from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Reasoning, Request, Response,
                                  ResponseFormat, Tool, ToolChoice, Usage, content_items, data_url, extension_of,
-                                 finish_reason, media, media_part, native_proof, proof, reply_model, set_given, sse,
+                                 finish_reason, media, media_part, native_proof, proof, reply_model, set_options, sse,
                                  type_of)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 from bitrouter.protocols import chat
@@ -197,19 +197,13 @@ class StreamEncoder:
             return b""
         out = self._close_current() + self._close_calls()
         self.current = len(self.output)
-        if kind == "message":
-            item = _message_item(_new_id("msg"), "", "in_progress")
-            self.output.append(item)
-            return out + self._emit("response.output_item.added", output_index=self.current,
-                                    item={**item, "content": []}) + \
-                self._emit("response.content_part.added", item_id=item["id"], output_index=self.current,
-                           content_index=0, part=dict(item["content"][0]))
-        item = _reasoning_item(_new_id("rs"), "", "")
+        item = _message_item(_new_id("msg"), "", "in_progress") if kind == "message" else \
+            _reasoning_item(_new_id("rs"), "", "")
         self.output.append(item)
-        return out + self._emit("response.output_item.added", output_index=self.current,
-                                item={**item, "summary": []}) + \
-            self._emit("response.reasoning_summary_part.added", item_id=item["id"], output_index=self.current,
-                       summary_index=0, part=dict(item["summary"][0]))
+        parts, part_event, position, _ = _TEXT_ITEMS[kind]
+        return out + self._emit("response.output_item.added", output_index=self.current, item={**item, parts: []}) + \
+            self._emit(part_event + ".added", item_id=item["id"], output_index=self.current, **{position: 0},
+                       part=dict(item[parts][0]))
 
     def _add(self, unified_index: int, call_id: str, name: str) -> bytes:
         index = len(self.output)
@@ -223,19 +217,14 @@ class StreamEncoder:
             return b""
         index, self.current = self.current, None
         item = self.output[index]
-        if item["type"] == "message":
+        message = item["type"] == "message"
+        if message:
             item["status"] = "completed"
-            part = item["content"][0]
-            return (self._emit("response.output_text.done", item_id=item["id"], output_index=index,
-                               content_index=0, text=part["text"], logprobs=[])
-                    + self._emit("response.content_part.done", item_id=item["id"], output_index=index,
-                                 content_index=0, part=part)
-                    + self._emit("response.output_item.done", output_index=index, item=item))
-        part = item["summary"][0]
-        return (self._emit("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
-                           summary_index=0, text=part["text"])
-                + self._emit("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
-                             summary_index=0, part=part)
+        parts, part_event, position, text_event = _TEXT_ITEMS[item["type"]]
+        part = item[parts][0]
+        return (self._emit(text_event + ".done", item_id=item["id"], output_index=index, **{position: 0},
+                           text=part["text"], **({"logprobs": []} if message else {}))
+                + self._emit(part_event + ".done", item_id=item["id"], output_index=index, **{position: 0}, part=part)
                 + self._emit("response.output_item.done", output_index=index, item=item))
 
     def _close_calls(self) -> bytes:
@@ -350,12 +339,9 @@ def encode_request(req: Request, model_id: str) -> dict:
                           "parameters": t.parameters or {"type": "object", "properties": {}}, "strict": False}
                          for t in req.tools]
     chat.tool_options(body, req, lambda name: {"type": "function", "name": name})
-    set_given(body, "max_output_tokens", req.max_tokens)
-    set_given(body, "temperature", req.temperature)
-    set_given(body, "top_p", req.top_p)
+    set_options(body, req, _OPTIONS)
     if req.user:  # at most 64 characters; a longer id (Claude Code's JSON) is sent as its hash
         body["safety_identifier"] = req.user if len(req.user) <= 64 else hashlib.sha256(req.user.encode()).hexdigest()
-    set_given(body, "prompt_cache_key", req.cache_key)
     if req.response_format:
         body["text"] = {"format": _encode_format(req.response_format)}
     if req.reasoning:
@@ -398,8 +384,7 @@ def decode_response(body: dict) -> Response:
         elif kind == "reasoning":
             parts.append(_reasoning_part(item, native=True))
     return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
-                    finish_reason=finish_reason(_incomplete(body), any(p.kind == "tool_call" for p in parts)),
-                    usage=usage_of(body))
+                    finish_reason=_incomplete(body) or "stop", usage=usage_of(body))
 
 
 class StreamDecoder:
@@ -470,8 +455,14 @@ def encode_usage(u: Usage) -> dict:
 
 _TERMINAL_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete",
                    "failed": "response.failed"}
+# The two items whose text streams: (list of parts, part event, its index field, text event).
+_TEXT_ITEMS = {"message": ("content", "response.content_part", "content_index", "response.output_text"),
+               "reasoning": ("summary", "response.reasoning_summary_part", "summary_index",
+                             "response.reasoning_summary_text")}
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 _HOSTED = "runs on OpenAI's servers"
+_OPTIONS = {"max_output_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
+            "prompt_cache_key": "cache_key"}  # wire name -> Request field; no top_k or stop in the API
 _GENERATION_ONLY = ("stream", "store", "include", "max_output_tokens", "temperature", "top_p", "safety_identifier",
                     "prompt_cache_key")
 _WITH_RESPONSE = frozenset(TERMINAL + ("response.created", "response.in_progress", "response.queued"))
