@@ -322,6 +322,16 @@ def finish_reason(reason: str | None, calls: bool) -> str:
     return reason or "stop"
 
 
+def add_system(req: Request, parts: list) -> None:
+    """A client's system (or developer) text: before the first turn it joins the instructions,
+    later it is a system message that keeps its place (Claude Code and Codex send those)."""
+    text = [p for p in parts if p.kind == "text"]
+    if req.messages:
+        req.messages.append(Message("system", text))
+    else:
+        req.system += text
+
+
 def set_given(body: dict, key: str, value) -> None:
     """body[key] = value unless value is None: an option the client left unset stays out of the wire body."""
     if value is not None:

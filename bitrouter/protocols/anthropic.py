@@ -8,7 +8,7 @@ import secrets
 
 from bitrouter import registry
 from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Reasoning, Request, Response,
-                                 ResponseFormat, Tool, ToolChoice, Usage, arguments_object, content_items,
+                                 ResponseFormat, Tool, ToolChoice, Usage, add_system, arguments_object, content_items,
                                  finish_reason, media, native_proof, proof, reply_model, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
@@ -46,11 +46,7 @@ def decode_request(body: dict) -> Request:
         if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
             raise ProtocolError(f"messages[{i}]: an object with role 'user', 'assistant' or 'system' is required")
         if msg["role"] == "system":  # Claude Code's mid-conversation system messages keep their place
-            text = _system_parts(msg.get("content"))
-            if req.messages:
-                req.messages.append(Message("system", text))
-            else:
-                req.system += text
+            add_system(req, _system_parts(msg.get("content")))
             continue
         parts = _blocks(msg.get("content"), f"messages[{i}].content", names)
         if msg["role"] == "assistant":

@@ -6,8 +6,9 @@ import secrets
 import time
 
 from bitrouter.protocols import (Event, Message, Part, ProtocolError, Reasoning, Request, Response, ResponseFormat,
-                                 Tool, ToolChoice, Usage, content_items, data_url, extension_of, finish_reason, media,
-                                 media_part, native_proof, proof, reply_model, set_given, set_options, sse, type_of)
+                                 Tool, ToolChoice, Usage, add_system, content_items, data_url, extension_of,
+                                 finish_reason, media, media_part, native_proof, proof, reply_model, set_given,
+                                 set_options, sse, type_of)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "openai"
@@ -39,12 +40,8 @@ def decode_request(body: dict) -> Request:
         if not isinstance(msg, dict):
             raise ProtocolError(f"messages[{i}] must be an object")
         role = msg.get("role")
-        if role in ("system", "developer"):  # up front: the instructions; later: a system message in place
-            text = [p for p in _content_parts(msg.get("content"), i) if p.kind == "text"]
-            if req.messages:
-                req.messages.append(Message("system", text))
-            else:
-                req.system += text
+        if role in ("system", "developer"):
+            add_system(req, _content_parts(msg.get("content"), i))
         elif role == "user":
             req.messages.append(Message("user", _content_parts(msg.get("content"), i)))
         elif role == "assistant":
@@ -301,7 +298,8 @@ class StreamDecoder:
                 if fn.get("arguments"):
                     out.append(Event("tool_args", index=index, text=fn["arguments"]))
             if choice.get("finish_reason"):
-                out.append(Event("finish", reason=finish_reason(_FINISH.get(choice["finish_reason"]), bool(self.calls))))
+                reason = finish_reason(_FINISH.get(choice["finish_reason"]), bool(self.calls))
+                out.append(Event("finish", reason=reason))
         if chunk.get("usage"):
             out.append(Event("usage", usage=usage_of(chunk)))
         return out

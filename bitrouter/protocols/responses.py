@@ -19,9 +19,9 @@ import secrets
 import time
 
 from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Reasoning, Request, Response,
-                                 ResponseFormat, Tool, ToolChoice, Usage, content_items, data_url, extension_of,
-                                 finish_reason, media, media_part, native_proof, proof, reply_model, set_options, sse,
-                                 type_of)
+                                 ResponseFormat, Tool, ToolChoice, Usage, add_system, content_items, data_url,
+                                 extension_of, finish_reason, media, media_part, native_proof, proof, reply_model,
+                                 set_options, sse, type_of)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 from bitrouter.protocols import chat
 
@@ -487,12 +487,8 @@ def _decode_items(items: list, req: Request) -> None:
         if kind == "message":
             role = item.get("role")
             parts = _content_parts(item.get("content"), i)
-            if role in ("system", "developer"):  # up front: the instructions; later: in place
-                text = [p for p in parts if p.kind == "text"]
-                if req.messages:
-                    req.messages.append(Message("system", text))
-                else:
-                    req.system += text
+            if role in ("system", "developer"):
+                add_system(req, parts)
             elif role == "user":
                 req.messages.append(Message("user", parts))
             elif role == "assistant":
