@@ -42,8 +42,9 @@ def chat(server, model: str, *content) -> requests.Response:
 
 
 def responses(server, model: str, *content) -> requests.Response:
+    text = {"type": "input_text", "text": "read this"}
     return requests.post(server.url + "/v1/responses", json={
-        "model": model, "input": [{"role": "user", "content": [{"type": "input_text", "text": "read this"}, *content]}]})
+        "model": model, "input": [{"role": "user", "content": [text, *content]}]})
 
 
 def messages(server, model: str, *content) -> requests.Response:

@@ -3,7 +3,7 @@
 import pytest
 
 from bitrouter import boundary
-from bitrouter.protocols import (EFFORT_BUDGET, PART_KINDS, Message, Part, Reasoning, Request, ResponseFormat,
+from bitrouter.protocols import (EFFORT_BUDGET, PART_KINDS, Event, Message, Part, Reasoning, Request, ResponseFormat,
                                  ToolChoice, finish_reason, get, media, media_part)
 
 PROTOCOLS = ["openai", "responses", "anthropic", "google"]
@@ -17,6 +17,12 @@ def test_a_part_of_an_unknown_kind_cannot_be_built(kind):
 
 def test_the_part_kinds_are_a_closed_set():
     assert PART_KINDS == {"text", "image", "file", "tool_call", "tool_result", "reasoning"}
+
+
+def test_an_event_of_an_unknown_kind_cannot_be_built():
+    with pytest.raises(ValueError, match="is not one of"):
+        Event("done")
+    assert Event("tool_args", index=1, text="{").kind == "tool_args"
 
 
 @pytest.mark.parametrize("media_type", ["application/pdf", "text/plain", "audio/wav"])

@@ -38,6 +38,7 @@ PartKind = Literal["text", "image", "file", "tool_call", "tool_result", "reasoni
 PART_KINDS = frozenset(typing.get_args(PartKind))
 MEDIA = ("image", "file")  # the part kinds that carry a url or base64 data with a media type
 EventKind = Literal["start", "text", "reasoning", "tool_call", "tool_args", "finish", "usage"]
+EVENT_KINDS = frozenset(typing.get_args(EventKind))
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
 
@@ -219,6 +220,10 @@ class Event:
     model: str = ""
     usage: Usage | None = None
     signature: str = ""
+
+    def __post_init__(self):
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"event kind {self.kind!r} is not one of {', '.join(sorted(EVENT_KINDS))}")
 
 
 class ProtocolError(StatusError):

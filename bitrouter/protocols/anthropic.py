@@ -7,9 +7,9 @@ import re
 import secrets
 
 from bitrouter import registry
-from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Reasoning, Request, Response,
-                                 ResponseFormat, Tool, ToolChoice, Usage, add_system, arguments_object, content_items,
-                                 finish_reason, media, native_proof, proof, reply_model, set_given, sse)
+from bitrouter.protocols import (MEDIA, SEAL_PREFIX, Event, Message, Part, ProtocolError, Reasoning, Request,
+                                 Response, ResponseFormat, Tool, ToolChoice, Usage, add_system, arguments_object,
+                                 content_items, finish_reason, media, native_proof, proof, reply_model, set_given, sse)
 from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
 
 NAME = "anthropic"
@@ -518,7 +518,7 @@ def _encode_messages(messages: list) -> list:
 def _request_block(p: Part) -> dict | None:
     if p.kind == "text":
         return {"type": "text", "text": p.text} if p.text else None
-    if p.kind in ("image", "file"):
+    if p.kind in MEDIA:
         return _media_block(p)
     if p.kind == "tool_call":
         return {"type": "tool_use", "id": _tool_id(p.id), "name": p.name, "input": arguments_object(p.arguments)}

@@ -315,6 +315,18 @@ def tool_options(body: dict, req: Request, named) -> None:
     set_given(body, "parallel_tool_calls", req.parallel_tool_calls)
 
 
+def json_schema_format(spec: dict) -> ResponseFormat:
+    """A JSON-schema output format from OpenAI's {name, schema, strict} (both APIs use it)."""
+    return ResponseFormat("json_schema", spec.get("name") or "response", spec.get("schema") or {}, spec.get("strict"))
+
+
+def json_schema_spec(fmt: ResponseFormat) -> dict:
+    """A JSON-schema output format as OpenAI's {name, schema, strict} (strict only when known)."""
+    spec = {"name": fmt.name or "response", "schema": fmt.schema or {}}
+    set_given(spec, "strict", fmt.strict)
+    return spec
+
+
 def encode_usage(u: Usage) -> dict:
     """Unified Usage -> OpenAI usage object with cached and reasoning details."""
     return {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output,
@@ -438,18 +450,6 @@ def _encode_format(fmt: ResponseFormat) -> dict:
     if fmt.kind == "json_schema":
         return {"type": "json_schema", "json_schema": json_schema_spec(fmt)}
     return {"type": "json_object"}
-
-
-def json_schema_format(spec: dict) -> ResponseFormat:
-    """A JSON-schema output format from OpenAI's {name, schema, strict} (both APIs use it)."""
-    return ResponseFormat("json_schema", spec.get("name") or "response", spec.get("schema") or {}, spec.get("strict"))
-
-
-def json_schema_spec(fmt: ResponseFormat) -> dict:
-    """A JSON-schema output format as OpenAI's {name, schema, strict} (strict only when known)."""
-    spec = {"name": fmt.name or "response", "schema": fmt.schema or {}}
-    set_given(spec, "strict", fmt.strict)
-    return spec
 
 
 def _finish_out(reason) -> str:
