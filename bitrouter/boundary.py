@@ -28,11 +28,6 @@ NAME = re.compile(r"[A-Za-z0-9._:/@+~\[\]-]+")
 HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
-# Keys inside the unified model's dict fields, with the types encoders rely on.
-NESTED = {"Request": {"reasoning": {"effort": str, "budget_tokens": int},
-                      "response_format": {"type": str, "name": str, "schema": dict, "strict": bool}}}
-
-
 class Invalid(StatusError, ValueError):
     """Input that fails a boundary check (a 400); the message says what is wrong with it."""
 
@@ -78,24 +73,26 @@ def check_fields(value, where: str = "request"):
         node, path = stack.pop()
         for name, kind in _field_types(type(node)):
             item = getattr(node, name)
-            if kind is not object and not isinstance(item, kind):
+            if isinstance(kind, frozenset):  # a Literal: one of a closed set of strings
+                if not (isinstance(item, str) and item in kind):
+                    raise Invalid(f"{path}.{name} is not one of {', '.join(sorted(kind))}")
+            elif kind is not object and not isinstance(item, kind):
                 raise Invalid(f"{path}.{name} has the wrong type ({type(item).__name__})")
-            if isinstance(item, list):
+            if dataclasses.is_dataclass(item):  # reasoning, response_format, tool_choice, usage
+                stack.append((item, f"{path}.{name}"))
+            elif isinstance(item, list):
                 for i, child in enumerate(item):
                     if dataclasses.is_dataclass(child):
                         stack.append((child, f"{path}.{name}[{i}]"))
                     elif not isinstance(child, str):
                         raise Invalid(f"{path}.{name}[{i}] has the wrong type ({type(child).__name__})")
-        for name, kind in NESTED.get(type(node).__name__, {}).items():
-            for key, item in (getattr(node, name) or {}).items():
-                if key in kind and item is not None and not isinstance(item, kind[key]):
-                    raise Invalid(f"{path}.{name}.{key} has the wrong type ({type(item).__name__})")
     return value
 
 
 @functools.cache
 def _field_types(cls) -> tuple:
-    """(field name, the type isinstance checks its value against) for a unified-model dataclass.
+    """(field name, the type isinstance checks its value against, or a Literal's values) for a
+    unified-model dataclass.
 
     Resolving the annotations costs far more than checking the values: it is done once per class.
     """
@@ -103,6 +100,8 @@ def _field_types(cls) -> tuple:
     found = []
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
+        if typing.get_origin(kind) is typing.Literal:
+            kind = frozenset(typing.get_args(kind))
         if kind is float or kind == float | None:  # a JSON 1 is a fine temperature
             kind = kind | int
         found.append((field.name, kind))
