@@ -54,8 +54,9 @@ def configured_issuers(cfg) -> set[str]:
 class Gate:
     """Decides who may use the server, which models, and whether their budget allows it."""
 
-    def __init__(self, home, cfg, metrics=None):
+    def __init__(self, home, cfg, db, metrics=None):
         self.home = home
+        self.store = db  # a store.Store, open on cfg.database_url; its owner closes it
         self._cache: dict = {}
         self._apply(cfg)
         self._load_keys(self._keys_signature(), revocations=False)  # the database is not open yet
@@ -64,8 +65,7 @@ class Gate:
             raise Error(f"refusing to serve without authentication on {host}:{port}: no issuer is "
                         f"trusted. Create an account (`{home_mod.command('account', '-g')}`) and use "
                         f"`{home_mod.command('keygen')}` tokens, list auth.trusted_issuers, or set auth.mode: open")
-        self.db = store.open_db(cfg.database_url, shared=True)
-        self.revoked = store.revoked_hashes()
+        self.revoked = db.revoked_hashes()
         self.writer = store.SpendWriter(cfg.database_url)
         self.holds = Holds()
         if metrics is not None:
@@ -152,9 +152,8 @@ class Gate:
             self._cache.clear()
 
     def close(self) -> None:
-        """Write every queued spend row and close the database."""
+        """Write every queued spend row."""
         self.writer.close()
-        self.db.close()
 
     # ------------------------------------------------------------ helpers
 
@@ -180,7 +179,7 @@ class Gate:
         self.trusted = accounts.trusted_issuers(self.home) | self.configured
         if revocations:
             try:
-                self.revoked = store.revoked_hashes()
+                self.revoked = self.store.revoked_hashes()
             except Error as exc:
                 # A revocation is written to the database before anything announces it, so
                 # while the database is down the set read last is still complete.
@@ -212,7 +211,7 @@ class Gate:
         where = {"account": claims.iss} if key[0] == "account" else {"token_hash": claims.token_hash}
         since = time.time() - limit["seconds"] if limit.get("type") == "duration" else None
         try:
-            spent, rounds = store.totals(since=since, **where)
+            spent, rounds = self.store.totals(since=since, **where)
         except Error as exc:
             log.error("cannot read spend totals: %s", exc)
             raise AuthError(503, "cannot check the budget: the database is unavailable") from None

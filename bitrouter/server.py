@@ -81,7 +81,8 @@ class Server:
         self.bound = _bound_settings(cfg)  # fixed for this process: a reload only reports changes
         self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.runtime = Runtime(cfg, self.dynamic, self.health)
-        self.gate = access.Gate(home, cfg, self.metrics)  # AUTH HOOK: refuses an open public listener
+        self.store = store.Store(cfg.database_url, shared=True)  # closed by start's stack, after the gate
+        self.gate = access.Gate(home, cfg, self.store, self.metrics)  # AUTH HOOK: refuses an open public listener
         self.app = build_app(self)
 
     def reload(self, source: str = "request") -> list[str]:
@@ -189,6 +190,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         else:
             claim.publish(url, mode)
         log.info("server started (pid %d, %s) on %s", os.getpid(), mode, url)
+        owned.callback(srv.store.close)
         srv.gate.start(owned)  # AUTH HOOK: logs the auth mode; closes (writes all spend) after the drain
         cluster.Sync(srv).start(owned)  # revocations and dynamic routes shared through the database
         return Running(srv, listener, owned.pop_all())
@@ -982,14 +984,14 @@ def _add_route(srv: Server):
             boundary.check_name(endpoint.model_id, "model_id")
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
-    _shared(lambda: store.save_route(route.name, spec))  # so every instance serves it
+    _shared(lambda: srv.store.save_route(route.name, spec))  # so every instance serves it
     srv.dynamic[route.name] = route
     log.info("dynamic route %s set: %s", route.name, ", ".join(e.label for e in route.endpoints))
     return _json({"status": "ok", "route": describe(route)})
 
 
 def _remove_route(srv: Server, name: str):
-    stored = _shared(lambda: store.delete_route(name))
+    stored = _shared(lambda: srv.store.delete_route(name))
     if srv.dynamic.pop(name, None) is None and not stored:
         raise HttpError(404, f"no dynamic route named {name!r}")
     return _json({"status": "ok", "model": name, "removed": True})

@@ -272,8 +272,8 @@ def usage_command(home, since="30d", by="token") -> None:
     start = None
     if str(since) != "all":
         start = time.time() - parse_duration(since, "period")
-    _open_store(home)
-    rows = store.usage(since=start, by=by)
+    with _open_store(home) as db:
+        rows = db.usage(since=start, by=by)
     period = "all time" if start is None else f"since {_utc(start)} ({since})"
     if not rows:
         print(f"No recorded spend {period}.")
@@ -428,23 +428,21 @@ def _budget(value) -> int | None:
 
 def _save(home, prefix: str, name: str, token: str):
     """Record the token in the database, then write `tokens/<name>.jwt` (0600, no newline)."""
-    from bitrouter import store
     path = home.keys_dir / prefix / "tokens" / f"{name}.jwt"
     if path.exists():
         raise Error(f'a token named "{name}" already exists; remove it first with '
                     f"`{home_mod.command('keys', '--rm', name)}`")
     claims = jwt.get_unverified_claims(token)
-    _open_store(home)
-    store.record_token(token_hash(token), name=name, account=prefix, claims=claims)
+    with _open_store(home) as db:
+        db.record_token(token_hash(token), name=name, account=prefix, claims=claims)
     home_mod.write_private(path, token)
     return path
 
 
 def _revoke(home, token: str, name, prefix: str) -> None:
     """Record the revocation and touch the stamp, so a running server refuses the token at once."""
-    from bitrouter import store
-    _open_store(home)
-    store.revoke(token_hash(token), name=name, account=prefix)
+    with _open_store(home) as db:
+        db.revoke(token_hash(token), name=name, account=prefix)
     home_mod.write_private(revocation_stamp(home), str(time.time_ns()))
 
 
@@ -458,10 +456,10 @@ def _next_name(names: list) -> str:
     return f"token-{max(numbers, default=0) + 1}"
 
 
-def _open_store(home) -> None:
-    """Open the database this home is configured for (--db, env, config, default)."""
+def _open_store(home):
+    """The store of the database this home is configured for (--db, env, config, default)."""
     from bitrouter import config, store
-    store.open_db(config.load(home).database_url)
+    return store.Store(config.load(home).database_url)
 
 
 def _saved_names(folder) -> list[str]:
