@@ -29,7 +29,7 @@ class BitRouter:
 
     def _home(self):
         home = home_mod.resolve(**self._paths)
-        return home_mod.require_existing(home) if self._paths.get("home_dir") else home
+        return home_mod.require_existing(home) if self._paths.get("home_dir") else home_mod.create_if_missing(home)
 
     def status(self, *, json=False):
         """Show the daemon, paths, auth state and each provider; exit 1 when something is wrong.

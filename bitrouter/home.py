@@ -87,7 +87,10 @@ class Home:
 
 def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_dir=None,
             db=None, cwd=None, environ=None) -> Home:
-    """Find the home directory (flag, ./bitrouter.yaml, $BITROUTER_HOME, ~/.bitrouter) and apply overrides."""
+    """Find the home directory (flag, ./bitrouter.yaml, $BITROUTER_HOME, ~/.bitrouter) and apply overrides.
+
+    Only computes paths, it writes nothing: `create_if_missing` scaffolds the default home.
+    """
     environ = os.environ if environ is None else environ
     cwd = Path(cwd or os.getcwd())
     if home_dir:
@@ -98,17 +101,22 @@ def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_d
         root = _absolute(environ["BITROUTER_HOME"], cwd)
     else:
         root = Path(environ.get("HOME") or Path.home()) / ".bitrouter"
-        if not root.exists():
-            try:
-                scaffold(root)
-            except OSError as exc:
-                raise Error(f"cannot create the home directory {root}: {exc.strerror} "
-                            "(use --home-dir or BITROUTER_HOME)") from None
     home = at(root)
     overrides = {"config_file": config_file, "env_file": env_file, "run_dir": run_dir,
                  "logs_dir": logs_dir}
     home = replace(home, **{k: _absolute(v, cwd) for k, v in overrides.items() if v})
     return replace(home, db_url=str(db)) if db else home
+
+
+def create_if_missing(home: Home) -> Home:
+    """Scaffold a home that does not exist yet (the default ~/.bitrouter on first use)."""
+    if not home.root.exists():
+        try:
+            scaffold(home.root)
+        except OSError as exc:
+            raise Error(f"cannot create the home directory {home.root}: {exc.strerror} "
+                        "(use --home-dir or BITROUTER_HOME)") from None
+    return home
 
 
 def require_existing(home: Home) -> Home:
