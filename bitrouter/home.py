@@ -170,15 +170,19 @@ def scaffold(root) -> Home:
 
 
 def write_private(path, text: str) -> None:
-    """Write a secret-bearing file atomically with mode 0600 (its folder gets 0700 if new)."""
+    """Replace a file in one step, private to its owner: 0600 when new, else its owner bits kept.
+
+    Group and other bits are always dropped (the file may hold keys); a new folder gets 0700.
+    """
     path = Path(path)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700)
+    mode = path.stat().st_mode & 0o700 if path.exists() else 0o600
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
-    os.chmod(tmp, 0o600)
+    os.chmod(tmp, mode)  # O_CREAT's mode is narrowed by the umask, and ignored for a stale tmp
     os.replace(tmp, path)
 
 

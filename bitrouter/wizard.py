@@ -559,7 +559,7 @@ def _write(home, plan: Plan, yaml_text: str, env_text: str, backup) -> None:
         shutil.copy2(home.config_file, backup)
     if plan.secrets:
         home_mod.write_private(home.env_file, env_text)
-    _write_atomic(home.config_file, yaml_text)
+    home_mod.write_private(home.config_file, yaml_text)
     print(f"\n✓ Wrote {home.config_file}")
     print(f"✓ Wrote {home.env_file} (mode 0600)" if plan.secrets else f"  {home.env_file} unchanged")
     if backup:
@@ -588,19 +588,6 @@ def _reload_running(home) -> bool:
         print(f"warning: the reload failed ({exc}); run `{home_mod.command('reload')}` once it is fixed",
               file=sys.stderr)
     return True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace a file in one step, keeping its owner bits (0600 when new: it may name keys)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o700 if path.exists() else 0o600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _backup_path(path: Path) -> Path:
