@@ -4,10 +4,9 @@ The same rendering writes docs/providers.md (scripts/providers_doc.py), so the p
 the commands cannot disagree with the registry data.
 """
 
-import difflib
 import json
 
-from bitrouter import Error, config, registry
+from bitrouter import Error, config, did_you_mean, registry
 from bitrouter import home as home_mod
 
 
@@ -33,9 +32,8 @@ def models_command(home, provider=None, as_json: bool = False) -> None:
     if provider is not None:
         provider = str(provider)
         if provider not in cfg.providers:
-            close = difflib.get_close_matches(provider, list(cfg.providers), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise Error(f"unknown provider {provider!r}{hint}; `{home_mod.command('providers')}` lists them")
+            raise Error(f"unknown provider {provider!r}{did_you_mean(provider, cfg.providers)}; "
+                        f"`{home_mod.command('providers')}` lists them")
         names = [provider]
     else:
         names = cfg.configured_providers()

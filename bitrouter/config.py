@@ -1,13 +1,12 @@
 """Configuration: .env + bitrouter.yaml + the built-in registry, resolved and validated."""
 
-import difflib
 import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitrouter import Error, guardrails, registry
+from bitrouter import Error, did_you_mean, guardrails, registry
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 LISTEN_ENV = "BITROUTER_LISTEN"  # `--listen` and the environment win over server.listen
@@ -312,7 +311,7 @@ def _derive(v, name: str, merged: dict, chain: list) -> dict:
     if name in chain:
         v.fail(where, "derives cycle: " + " -> ".join(chain + [name]))
     if parent not in merged:
-        v.fail(where, f"unknown provider {parent!r}{_suggest(parent, merged)}")
+        v.fail(where, f"unknown provider {parent!r}{did_you_mean(parent, merged)}")
     base = _derive(v, parent, merged, chain + [name])
     for key in ("api_protocol", "models", "_protocols"):
         if key in base:
@@ -408,7 +407,7 @@ def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
     v.strings(raw, where, ("provider", "api_key", "api_base"))
     provider = raw.get("provider")
     if provider not in providers:
-        v.fail(where + ".provider", f"unknown provider {provider!r}{_suggest(str(provider), providers)}")
+        v.fail(where + ".provider", f"unknown provider {provider!r}{did_you_mean(provider, providers)}")
     if not raw.get("model_id"):
         v.fail(where + ".model_id", "is required")
     if raw.get("api_base") and not raw.get("api_key"):
@@ -419,12 +418,6 @@ def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
         v.fail(where + ".weight", "must be a positive integer")
     return Endpoint(provider=provider, model_id=str(raw["model_id"]), api_key=raw.get("api_key") or None,
                     api_base=(raw.get("api_base") or "").rstrip("/") or None, weight=weight)
-
-
-def _suggest(word: str, choices) -> str:
-    """` (did you mean 'x'?)` when a close match exists."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class _Validator:
@@ -448,11 +441,11 @@ class _Validator:
         for key in node:
             if key not in allowed:
                 path = f"{where}.{key}" if where else str(key)
-                self.fail(path, f"unknown key{_suggest(str(key), allowed)}")
+                self.fail(path, f"unknown key{did_you_mean(key, allowed)}")
 
     def choice(self, value, where: str, allowed) -> None:
         if value not in allowed:
-            self.fail(where, f"must be one of {', '.join(allowed)}, got {value!r}{_suggest(str(value), allowed)}")
+            self.fail(where, f"must be one of {', '.join(allowed)}, got {value!r}{did_you_mean(value, allowed)}")
 
     def strings(self, node: dict, where: str, names) -> None:
         for key in names:

@@ -6,11 +6,10 @@ METAVAR means the option takes a value. fire runs the command; this module makes
 is only handed arguments the signature takes, and that `--help` reads like a man page.
 """
 
-import difflib
 import inspect
 import re
 
-from bitrouter import Error
+from bitrouter import Error, did_you_mean
 
 GLOBAL_OPTIONS = (
     ("--home-dir DIR", "the home directory (default: ./ if it has bitrouter.yaml, $BITROUTER_HOME, ~/.bitrouter)"),
@@ -86,7 +85,7 @@ def parse(cls, argv: list) -> dict:
         key = short.get(flag[1:]) if re.fullmatch(r"-[A-Za-z]", flag) else flag[2:].replace("-", "_")
         if key not in options:
             known = ["--" + o.replace("_", "-") for o in options] + [f"-{s}" for s in short]
-            raise UsageError(f"{name}: unknown option {flag}{_did_you_mean(flag, known)}"
+            raise UsageError(f"{name}: unknown option {flag}{did_you_mean(flag, known, cutoff=0.7)}"
                              f"; see `{_help_hint(name)}`")
         if _is_switch(options[key], doc):
             found[key] = True if not eq else value
@@ -168,7 +167,7 @@ def _command(cls, name: str):
         from bitrouter import home
         if name.startswith("-"):
             raise UsageError(f"unknown option {name}; see `{home.command('--help')}`")
-        raise UsageError(f"unknown command {name!r}{_did_you_mean(name, names)}; "
+        raise UsageError(f"unknown command {name!r}{did_you_mean(name, names, cutoff=0.7)}; "
                          f"see `{home.command('--help')}` for the list")
     return getattr(cls, name)
 
@@ -207,11 +206,6 @@ def _table(rows) -> list:
         out.append(f"  {left:<{width}}{lines[0]}".rstrip())
         out += [" " * (width + 2) + line for line in lines[1:]]
     return out
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _help_hint(name: str) -> str:

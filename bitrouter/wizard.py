@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bitrouter import Error, config, registry
+from bitrouter import Error, config, did_you_mean, registry
 from bitrouter import home as home_mod
 
 # The custom-provider kinds: the label shown, and the built-in parent written as `derives`.
@@ -350,14 +350,14 @@ def _plan_from_answers(home, given: dict, tree: dict) -> Plan:
     """Turn flags / answers into a Plan; keys are read from the environment, never from files."""
     unknown = [k for k in given if k not in ANSWER_KEYS]
     if unknown:
-        raise Error(f"unknown answer {unknown[0]!r}{_did_you_mean(unknown[0], ANSWER_KEYS)}; "
+        raise Error(f"unknown answer {unknown[0]!r}{did_you_mean(unknown[0], ANSWER_KEYS)}; "
                     f"expected {', '.join(ANSWER_KEYS)}")
     plan = Plan()
     names = _as_list(given.get("providers"))
     table = registry.providers()
     for name in names:
         if name not in table:
-            raise Error(f"unknown provider {name!r}{_did_you_mean(name, table)}")
+            raise Error(f"unknown provider {name!r}{did_you_mean(name, table)}")
     key_env = given.get("api_key_env")
     if isinstance(key_env, str):
         if len(names) != 1:
@@ -388,7 +388,7 @@ def _plan_from_answers(home, given: dict, tree: dict) -> Plan:
             catalog = _catalog(provider)
             if catalog and model not in catalog:
                 plan.notes.append(f"{model} is not in {provider}'s model list"
-                                  f"{_did_you_mean(model, catalog)}")
+                                  f"{did_you_mean(model, catalog)}")
     if given.get("listen") is not None:
         plan.listen = str(given["listen"]).strip()
         problem = _listen_problem(plan.listen)
@@ -906,11 +906,6 @@ def _similar(model: str, catalog: list) -> list:
     """A few ids that start with the text or look like it."""
     starts = [c for c in catalog if c.startswith(model)]
     return (starts or difflib.get_close_matches(model, catalog, n=3))[:3]
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _endpoint_label(entry) -> str:
