@@ -3,7 +3,7 @@
 import resource
 import socket
 
-from bitrouter import Error, config, daemon
+from bitrouter import Error, client, config, daemon
 from bitrouter import home as home_mod
 
 FD_WANTED = 4096  # open files a busy server needs: two sockets per streamed request, plus pools
@@ -77,7 +77,7 @@ def _daemon_check(current) -> tuple:
         return "ok", "daemon", f"not running (`{home_mod.command('start')}` starts it)"
     if current.url is None:
         return "warn", "daemon", "starting"
-    healthy, detail = daemon._health(current.url)
+    healthy, detail = client.health(current.url)
     return ("ok" if healthy else "fail"), "daemon", f"pid {current.pid} on {current.url}: {detail}"
 
 
@@ -97,13 +97,13 @@ def _token_checks(home, cfg, current):
     yield "ok", "account", f"{account.prefix} signs tokens"
     if current and current.url:
         try:
-            status, body = daemon._http("GET", current.url + "/admin/metrics?recent=0", 3.0,
-                                        daemon.admin_headers(home))
-        except OSError as exc:
+            with client.Client(current.url, home) as admin:
+                reply = admin.get("/admin/metrics?recent=0", 3.0)
+        except client.Unreachable as exc:
             yield "fail", "token", f"the server did not answer: {exc}"
             return
-        if status == 200:
+        if reply.status == 200:
             yield "ok", "token", "the running server accepts this account's tokens"
         else:
             yield "fail", "token", (f"the running server refuses this account's tokens "
-                                    f"({daemon._message(status, body)}); `{home_mod.command('reload')}`")
+                                    f"({reply.message}); `{home_mod.command('reload')}`")

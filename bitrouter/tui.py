@@ -188,34 +188,32 @@ class _Remote:
     """A server in another process, over GET /admin/metrics and GET /admin/events."""
 
     def __init__(self, home, url: str):
-        import requests
-        self.home = home
+        from bitrouter import client
         self.url = url
-        self.http = requests.Session()
+        self.admin = client.Client(url, home)
         self._stop = threading.Event()
 
     @classmethod
     def find(cls, home, url: str):
         """The server at url if it is a BitRouter; None when nothing (or something else) answers."""
-        import requests
+        from bitrouter import client
         remote = cls(home, url)
         try:
-            resp = remote._get_metrics()
-        except requests.RequestException:
-            resp = None
-        if resp is not None and resp.status_code in (401, 403):
-            raise Error(f"the server at {url} refused the dashboard (HTTP {resp.status_code}): "
-                        f"{_error_text(resp)}")
-        if resp is None or resp.status_code != 200 or "providers" not in _json_or_empty(resp):
-            remote.http.close()
+            reply = remote._get_metrics()
+        except client.Unreachable:
+            reply = None
+        if reply is not None and reply.status in (401, 403):
+            raise Error(f"the server at {url} refused the dashboard (HTTP {reply.status}): {reply.message}")
+        if reply is None or reply.status != 200 or "providers" not in reply.body:
+            remote.admin.close()
             return None
         return remote
 
     def snapshot(self) -> dict:
-        resp = self._get_metrics()
-        if resp.status_code != 200:
-            raise Error(f"HTTP {resp.status_code}: {_error_text(resp)}")
-        return resp.json()
+        reply = self._get_metrics()
+        if reply.status != 200:
+            raise Error(f"HTTP {reply.status}: {reply.message}")
+        return reply.body
 
     def label(self, snap: dict) -> str:
         return f"attached to pid {snap.get('pid', '?')}"
@@ -227,52 +225,43 @@ class _Remote:
         return inbox
 
     def reload(self) -> tuple[str, str]:
-        import requests
+        from bitrouter import client
         try:
-            resp = self.http.post(self.url + "/admin/reload", headers=self._headers(), timeout=30)
-        except requests.RequestException as exc:
+            reply = self.admin.post("/admin/reload", timeout=30)
+        except client.Unreachable as exc:
             return f"reload failed: {_cause(exc)}", "error"
-        if resp.status_code in (404, 405):
+        if reply.status in (404, 405):
             return f"this server has no POST /admin/reload; use `{home_mod.command('reload')}`", "warn"
-        if resp.status_code != 200:
-            return f"reload failed (HTTP {resp.status_code}): {_cause(_error_text(resp))}", "error"
-        notes = _json_or_empty(resp).get("notes") or []
+        if reply.status != 200:
+            return f"reload failed (HTTP {reply.status}): {_cause(reply.message)}", "error"
+        notes = reply.body.get("notes") or []
         return "; ".join(["configuration reloaded", *notes]), "warn" if notes else "good"
 
     def close(self, inbox) -> None:
         self._stop.set()
         inbox.close()
-        self.http.close()
+        self.admin.close()
 
     def _follow(self, inbox) -> None:
         """Read the event stream into the inbox, reconnecting while the server is away."""
-        import requests
-
+        from bitrouter import client
         from bitrouter.protocols import sse
         while not self._stop.is_set():
             try:
-                with requests.get(self.url + "/admin/events", headers=self._headers(), stream=True,
-                                  timeout=(3, 120)) as resp:
-                    resp.raise_for_status()
+                with self.admin.stream("/admin/events") as chunks:
                     inbox.push({"type": "connected"})
                     parser = sse.Parser()
-                    for chunk in resp.iter_content(chunk_size=None):
+                    for chunk in chunks:
                         if self._stop.is_set():
                             return
                         for event, _ in parser.feed(chunk):
                             inbox.push({"type": event or "message"})
-            except requests.RequestException as exc:
+            except client.Unreachable as exc:
                 inbox.push({"type": "disconnected", "error": f"unreachable: {_cause(exc)}"})
             self._stop.wait(2.0)
 
     def _get_metrics(self):
-        return self.http.get(self.url + "/admin/metrics", params={"recent": RECENT},
-                             headers=self._headers(), timeout=3)
-
-    def _headers(self) -> dict:
-        """A short-lived admin token from this home's active account, when it has one."""
-        from bitrouter import daemon
-        return daemon.admin_headers(self.home)
+        return self.admin.get(f"/admin/metrics?recent={RECENT}", timeout=3)
 
 
 # ---------------------------------------------------------------- the loop
@@ -680,28 +669,10 @@ def _server_url(home) -> str:
 
 
 def _cause(exc) -> str:
-    """A failure in a few words: no urllib3 pool repr, no configuration path in front."""
+    """A failure in a few words: no configuration path in front, a hint when the server is gone."""
     import re
-
-    import requests
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection refused (has the server stopped?)" if "refused" in str(exc) else "connection lost"
+    text = str(exc)
+    if text == "connection refused":
+        return "connection refused (has the server stopped?)"
     # "configuration not reloaded (...): /home/x/bitrouter.yaml: models.x: ..." -> "models.x: ..."
-    return re.sub(r"^(.*?: )?\S+\.ya?ml: ", "", str(exc))
-
-
-def _json_or_empty(resp) -> dict:
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _error_text(resp) -> str:
-    try:
-        return resp.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return resp.text[:200]
+    return re.sub(r"^(.*?: )?\S+\.ya?ml: ", "", text)
