@@ -163,13 +163,6 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
-def mask(secret: str) -> str:
-    """Show just enough of a secret to recognise it: `sk-a...wxyz`."""
-    if not secret:
-        return ""
-    return secret[:4] + "..." + secret[-4:] if len(secret) > 12 else "***"
-
-
 def mask_url(url: str) -> str:
     """Hide the password in a database URL."""
     # Greedy up to the last `@` before the path: an unencoded `@` may sit in the password.

@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bitrouter import Error, boundary, client, config
+from bitrouter import Error, boundary, client, config, guardrails
 from bitrouter import home as home_mod
 from bitrouter.home import private_file, private_folder
 
@@ -162,7 +162,7 @@ def status_report(home) -> dict:
         auth={"mode": cfg.auth["mode"], "tokens_required": bool(required), "active_account": account,
               "trusted_issuers": trusted},
         providers=[{"name": name, "protocol": p.api_protocol, "api_base": p.api_base,
-                    "key": config.mask(p.api_key), "key_from": _key_source(p, env)}
+                    "key": boundary.mask(p.api_key), "key_from": _key_source(p, env)}
                    for name, p in sorted(cfg.providers.items())
                    if p.configured and p.api_protocol != "mock"],
         models=sorted(cfg.models), unset=[f"${{{v}}}" for v in cfg.unset_vars])
@@ -483,7 +483,7 @@ class _Redact(logging.Filter):
         if rt is not self._runtime:  # recomputed once per reload, not per line
             self._runtime, self._keys = rt, rt.secrets
         message = record.getMessage()
-        clean = _SECRET.sub("[redacted]", boundary.redact(message, self._keys))
+        clean = _SECRET.sub(guardrails.REDACTED, boundary.redact(message, self._keys))
         if clean != message:
             record.msg, record.args = clean, None
         return True

@@ -3,7 +3,7 @@
 import resource
 import socket
 
-from bitrouter import Error, client, config, daemon
+from bitrouter import Error, boundary, client, config, daemon
 from bitrouter import home as home_mod
 
 FD_WANTED = 4096  # open files a busy server needs: two sockets per streamed request, plus pools
@@ -49,7 +49,7 @@ def checks(home, offline: bool):
 
 def _key_check(provider, offline: bool) -> tuple:
     what = f"key {provider.name}"
-    masked = config.mask(provider.api_key)
+    masked = boundary.mask(provider.api_key)
     if offline:
         return "ok", what, f"{masked} set (not checked: --offline)"
     from bitrouter import wizard

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bitrouter import Error, config, did_you_mean, registry
+from bitrouter import Error, boundary, config, did_you_mean, registry
 from bitrouter import home as home_mod
 
 # The custom-provider kinds: the label shown, and the built-in parent written as `derives`.
@@ -84,6 +84,7 @@ def verify_key(provider) -> tuple:
     """Ask a resolved provider for its model list: (True/False/None, message, model ids)."""
     import requests
 
+    from bitrouter.protocols import error_message
     from bitrouter.server import AUTH_HEADERS
     spec = MODEL_LIST.get(provider.api_protocol)
     if spec is None:
@@ -100,7 +101,7 @@ def verify_key(provider) -> tuple:
         return None, f"could not connect to {url}", []
     except requests.RequestException as exc:
         return None, f"could not reach {url}: {type(exc).__name__}", []
-    detail = _hide(_error_detail(resp), provider.api_key)
+    detail = boundary.redact(error_message(resp.status_code, resp.content)[:200], [provider.api_key])
     if resp.status_code in (401, 403):
         return False, f"key rejected (HTTP {resp.status_code}{': ' + detail if detail else ''})", []
     if not resp.ok:
@@ -132,7 +133,7 @@ def _interactive(home, ask) -> bool:
         print("\nAPI keys found in your environment:")
         for name in detected:
             var = _key_var(name)
-            print(f"  ✓ {_label(name)}  {var} = {config.mask(os.environ[var])}")
+            print(f"  ✓ {_label(name)}  {var} = {boundary.mask(os.environ[var])}")
     chosen = _choose_providers(ask, detected, configured)
     for name in chosen:
         _builtin_key(ask, home, plan, session, name)
@@ -196,15 +197,15 @@ def _builtin_key(ask, home, plan: Plan, session: _Session, name: str) -> None:
     if in_env and _secret_problem(in_env):
         print(f"  note: {var} in your environment cannot be stored: {_secret_problem(in_env)}")
         in_env = None
-    if in_env and ask.confirm(f"Use {var} from your environment ({config.mask(in_env)})?", default=True):
+    if in_env and ask.confirm(f"Use {var} from your environment ({boundary.mask(in_env)})?", default=True):
         plan.secrets[var] = in_env
-        session.sources[name] = f"{config.mask(in_env)} from your environment"
+        session.sources[name] = f"{boundary.mask(in_env)} from your environment"
         session.keyed.append(name)
         return
     if in_file and not in_env and ask.confirm(
-            f"Keep the {_label(name)} key already in {home.env_file.name} ({config.mask(in_file)})?",
+            f"Keep the {_label(name)} key already in {home.env_file.name} ({boundary.mask(in_file)})?",
             default=True):
-        session.sources[name] = f"{config.mask(in_file)}, kept"
+        session.sources[name] = f"{boundary.mask(in_file)}, kept"
         session.keyed.append(name)
         return
     secret = ask.password(f"{_label(name)} API key ({var}; Enter skips)")
@@ -235,7 +236,7 @@ def _store_key(plan: Plan, session: _Session, name: str, var: str, secret: str) 
         session.sources[name] = f"not set yet: add {var} to the env file"
         return
     plan.secrets[var] = secret
-    session.sources[name] = config.mask(secret)
+    session.sources[name] = boundary.mask(secret)
     if name not in session.keyed:
         session.keyed.append(name)
     if os.environ.get(var) and os.environ[var] != secret:
@@ -440,7 +441,7 @@ def _scripted_source(name: str, fields: dict, plan: Plan, home) -> str:
     if not var:
         return "no key needed"
     if var in plan.secrets:
-        return f"{config.mask(plan.secrets[var])} from {var} in your environment"
+        return f"{boundary.mask(plan.secrets[var])} from {var} in your environment"
     return f"{var} in {home.env_file.name}" if _env_file_values(home).get(var) else "not set"
 
 
@@ -937,19 +938,3 @@ def _as_list(value, split=True) -> list:
     if isinstance(value, (list, tuple)):
         return [v.strip() if isinstance(v, str) else v for v in value]
     return [value]
-
-
-def _error_detail(resp) -> str:
-    """The upstream's error message, short."""
-    try:
-        body = resp.json()
-        err = body.get("error", body) if isinstance(body, dict) else body
-        message = err.get("message") if isinstance(err, dict) else err
-        return str(message)[:200] if message else ""
-    except ValueError:
-        return resp.text.strip()[:200]
-
-
-def _hide(text: str, secret: str) -> str:
-    """Mask a key wherever an upstream echoed it back."""
-    return text.replace(secret, config.mask(secret)) if secret else text
