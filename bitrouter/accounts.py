@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -118,8 +117,12 @@ def trusted_issuers(home) -> set[str]:
     return {a.caip10 for a in list_accounts(home) if a.caip10}
 
 
-def command(home, generate_key=False, listing=False, select=None) -> None:
-    """`bitrouter account`: generate, then list, then set; listing is the default."""
+def command(home, generate_key=False, listing=False, select=None, on_first_account=None) -> None:
+    """`bitrouter account`: generate, then list, then set; listing is the default.
+
+    `on_first_account(home)` runs once the home's first trusted account exists: the CLI
+    passes daemon.warn_open_server, as a server running open now wants tokens.
+    """
     if generate_key:
         was_trusted = bool(trusted_issuers(home))
         account = generate(home)
@@ -128,8 +131,8 @@ def command(home, generate_key=False, listing=False, select=None) -> None:
         print(f"  prefix:  {account.prefix}")
         print(f"  path:    {account.path}")
         print("  active:  yes")
-        if not was_trusted:
-            _warn_open_server(home)
+        if not was_trusted and on_first_account is not None:
+            on_first_account(home)
         print(f"Next: mint a token for your clients with `{home_mod.command('keygen', '--exp', '30d')}` "
               "and send it as Authorization: Bearer <token> (or x-api-key)")
     elif listing or select is None:
@@ -137,22 +140,6 @@ def command(home, generate_key=False, listing=False, select=None) -> None:
     else:
         account = set_active(home, select)
         print(f"Active account set to: {account.prefix}")
-
-
-def _warn_open_server(home) -> None:
-    """The first account makes an open server (auth.mode auto) require tokens: say so."""
-    from bitrouter import config, daemon
-    current = daemon.running(home)
-    if current is None or current.url is None:
-        return
-    try:
-        cfg = config.load(home)
-    except config.ConfigError:
-        return
-    if cfg.auth["mode"] == "auto" and not cfg.auth["trusted_issuers"]:
-        print(f"warning: the server running on {current.url} (pid {current.pid}) served without a token "
-              "until now; from its next request on it refuses every client that sends no token of "
-              "this account", file=sys.stderr)
 
 
 def pick(names: list[str], ident, missing: str, ambiguous: str) -> str:

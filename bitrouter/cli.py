@@ -116,8 +116,9 @@ class BitRouter:
           list: list the accounts (the default).
           set (INDEX|PREFIX): make another account the active one.
         """
-        from bitrouter import accounts
-        accounts.command(self._home(), generate_key=generate_key, listing=list, select=set)
+        from bitrouter import accounts, daemon
+        accounts.command(self._home(), generate_key=generate_key, listing=list, select=set,
+                         on_first_account=daemon.warn_open_server)
 
     def keygen(self, *, exp=None, models=None, name=None, scope="api", budget=None,
                budget_scope=None, budget_range=None, chain="solana"):
@@ -274,8 +275,7 @@ def main(argv=None) -> None:
     commands = BitRouter(agent_args, **paths)
     try:
         if not rest:
-            from bitrouter import tui
-            tui.run_default(commands._home())
+            run_default(commands._home())
         else:
             fire.Fire(commands, command=helptext.normalized(BitRouter, rest), name="bitrouter")
     except bitrouter.Error as exc:
@@ -287,6 +287,34 @@ def main(argv=None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def run_default(home) -> None:
+    """`bitrouter`: first-run setup if needed, then the server and the dashboard in one process."""
+    from bitrouter import server, tui, wizard
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("bitrouter: no terminal for the dashboard; serving without it", file=sys.stderr)
+        server.serve(home)
+        return
+    if wizard.needs_setup(home):
+        wizard.init(home)  # a cancelled setup leads to the dashboard's empty state
+    try:
+        running = server.start(home, mode="dashboard")
+    except bitrouter.Error:
+        url = tui.server_url(home)
+        remote = tui.Remote.find(home, url)
+        if remote is None:
+            raise
+        tui.dashboard(remote, note=f"{url} is taken by a running BitRouter: showing its dashboard "
+                                   "(q leaves that server running)")
+        return
+    try:
+        tui.dashboard(tui.Local(running.srv))
+    finally:
+        busy = running.busy
+        if busy:
+            print(f"bitrouter: letting {busy} running request(s) finish (Ctrl-C to stop now)", flush=True)
+        running.stop()
 
 
 def split_global_flags(argv: list) -> tuple[dict, list]:

@@ -127,6 +127,21 @@ def running(home) -> Daemon | None:
     return _read(home.pid_file) or Daemon(pid=None)  # locked but not written yet: starting
 
 
+def warn_open_server(home) -> None:
+    """The first account makes an open server (auth.mode auto) require tokens: say so."""
+    current = running(home)
+    if current is None or current.url is None:
+        return
+    try:
+        cfg = config.load(home)
+    except config.ConfigError:
+        return
+    if cfg.auth["mode"] == "auto" and not cfg.auth["trusted_issuers"]:
+        print(f"warning: the server running on {current.url} (pid {current.pid}) served without a token "
+              "until now; from its next request on it refuses every client that sends no token of "
+              "this account", file=sys.stderr)
+
+
 def status_command(home, as_json: bool = False) -> bool:
     """`bitrouter status`: print the report (text or JSON); False when it found a problem."""
     report = status_report(home)

@@ -1328,9 +1328,13 @@ class _InFlight:
 
 
 def main() -> None:
-    """`python -m bitrouter.server [global options]`: serve this home in the foreground."""
-    from bitrouter import cli
-    cli.main(["serve"] + __import__("sys").argv[1:])
+    """`python -m bitrouter.server [global options]`: serve this home in the foreground.
+
+    It becomes `python -m bitrouter serve` (same process id): flags, errors and hints are the
+    CLI's, and the server module never imports the CLI that sits above it.
+    """
+    import sys
+    os.execv(sys.executable, [sys.executable, "-m", "bitrouter", "serve", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -70,40 +70,12 @@ class View:
         return self.paused if self.paused is not None else log_rows(snap)
 
 
-def run_default(home) -> None:
-    """`bitrouter`: first-run setup if needed, then the server and the dashboard in one process."""
-    from bitrouter import server, wizard
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        print("bitrouter: no terminal for the dashboard; serving without it", file=sys.stderr)
-        server.serve(home)
-        return
-    if wizard.needs_setup(home):
-        wizard.init(home)  # a cancelled setup leads to the dashboard's empty state
-    try:
-        running = server.start(home, mode="dashboard")
-    except Error:
-        url = _server_url(home)
-        remote = _Remote.find(home, url)
-        if remote is None:
-            raise
-        dashboard(remote, note=f"{url} is taken by a running BitRouter: showing its dashboard "
-                               "(q leaves that server running)")
-        return
-    try:
-        dashboard(_Local(running.srv))
-    finally:
-        busy = running.busy
-        if busy:
-            print(f"bitrouter: letting {busy} running request(s) finish (Ctrl-C to stop now)", flush=True)
-        running.stop()
-
-
 def attach(home, url=None) -> None:
     """`bitrouter tui`: the dashboard of a server that is already running (this home's, or url)."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise Error("bitrouter tui needs a terminal")
-    url = (url or _server_url(home)).rstrip("/")
-    remote = _Remote.find(home, url)
+    url = (url or server_url(home)).rstrip("/")
+    remote = Remote.find(home, url)
     if remote is None:
         raise Error(f"no BitRouter server answers at {url}; start one with `{home_mod.command('start')}` "
                     f"(or run `{home_mod.command()}` for the server and the dashboard together)")
@@ -153,10 +125,19 @@ def log_rows(snap: dict) -> list[dict]:
     return sorted(snap.get("running", []) + snap.get("recent", []), key=lambda r: -r["id"])
 
 
+def server_url(home) -> str:
+    """Where this home's server answers: its pid file's URL, else the configured address."""
+    from bitrouter import config, daemon
+    current = daemon.running(home)
+    if current and current.url:
+        return current.url
+    return daemon.connect_url(*config.load(home).host_port)
+
+
 # ---------------------------------------------------------------- data sources
 
 
-class _Local:
+class Local:
     """The server running in this process: snapshots are function calls, events in memory."""
 
     def __init__(self, srv):
@@ -184,7 +165,7 @@ class _Local:
         self.srv.metrics.unsubscribe(inbox)
 
 
-class _Remote:
+class Remote:
     """A server in another process, over GET /admin/metrics and GET /admin/events."""
 
     def __init__(self, home, url: str):
@@ -657,15 +638,6 @@ def _usd(micro: int) -> str:
         return f"${micro / 1e6:,.2f}"
     # Below a cent of a cent four decimals would read $0.0000 beside a real $0: show the digits.
     return "$" + f"{micro / 1e6:.{4 if micro >= 100 else 6}f}".rstrip("0")
-
-
-def _server_url(home) -> str:
-    """Where this home's server answers: its pid file's URL, else the configured address."""
-    from bitrouter import config, daemon
-    current = daemon.running(home)
-    if current and current.url:
-        return current.url
-    return daemon.connect_url(*config.load(home).host_port)
 
 
 def _cause(exc) -> str:
