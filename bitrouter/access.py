@@ -11,8 +11,7 @@ import os
 import time
 from dataclasses import replace
 
-from bitrouter import Error, accounts, config, store, tokens
-from bitrouter import home as home_mod
+from bitrouter import Error, accounts, config, hints, store, tokens
 from bitrouter.tokens import AuthError
 
 log = logging.getLogger("bitrouter")
@@ -63,8 +62,8 @@ class Gate:
         host, port = cfg.host_port
         if self.mode == "auto" and not self.trusted and not self.loopback:
             raise Error(f"refusing to serve without authentication on {host}:{port}: no issuer is "
-                        f"trusted. Create an account (`{home_mod.command('account', '-g')}`) and use "
-                        f"`{home_mod.command('keygen')}` tokens, list auth.trusted_issuers, or set auth.mode: open")
+                        f"trusted. Create an account (`{hints.command('account', '-g')}`) and use "
+                        f"`{hints.command('keygen')}` tokens, list auth.trusted_issuers, or set auth.mode: open")
         self.revoked = db.revoked_hashes()
         self.writer = store.SpendWriter(cfg.database_url)
         self.holds = Holds()

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bitrouter import Error
-from bitrouter import home as home_mod
+from bitrouter import Error, hints
+from bitrouter.home import write_private
 
 SOLANA_CHAIN = "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"  # Solana mainnet, CAIP-2
 PREFIX_LEN = 16
@@ -23,7 +23,7 @@ B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 def no_active() -> str:
     """The error for a command that needs an account when none is active."""
-    return f"No active account. Run `{home_mod.command('account', '-g')}` to generate one."
+    return f"No active account. Run `{hints.command('account', '-g')}` to generate one."
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ def generate(home) -> Account:
     (folder / "tokens").mkdir(mode=0o700)
     os.chmod(folder / "tokens", 0o700)
     body = {"algorithm": "web3", "seed": base64.urlsafe_b64encode(seed).decode().rstrip("=")}
-    home_mod.write_private(folder / "master.json", json.dumps(body, indent=2))
-    home_mod.write_private(keys_dir / "active", prefix)
+    write_private(folder / "master.json", json.dumps(body, indent=2))
+    write_private(keys_dir / "active", prefix)
     return Account(prefix=prefix, path=folder, pubkey=pubkey, active=True)
 
 
@@ -96,11 +96,11 @@ def set_active(home, ident) -> Account:
     """Make an account active, chosen by exact name, index or unique prefix."""
     accounts = list_accounts(home)
     if not accounts:
-        raise Error(f"No accounts found. Run `{home_mod.command('account', '-g')}` first.")
+        raise Error(f"No accounts found. Run `{hints.command('account', '-g')}` first.")
     names = [a.prefix for a in accounts]
     chosen = pick(names, ident, missing='No account matching prefix "{id}"',
                   ambiguous='Ambiguous prefix "{id}" — matches {n} accounts. Use a longer prefix.')
-    home_mod.write_private(home.keys_dir / "active", chosen)
+    write_private(home.keys_dir / "active", chosen)
     return replace(accounts[names.index(chosen)], active=True)
 
 
@@ -133,7 +133,7 @@ def command(home, generate_key=False, listing=False, select=None, on_first_accou
         print("  active:  yes")
         if not was_trusted and on_first_account is not None:
             on_first_account(home)
-        print(f"Next: mint a token for your clients with `{home_mod.command('keygen', '--exp', '30d')}` "
+        print(f"Next: mint a token for your clients with `{hints.command('keygen', '--exp', '30d')}` "
               "and send it as Authorization: Bearer <token> (or x-api-key)")
     elif listing or select is None:
         print(_listing(list_accounts(home)))
@@ -253,7 +253,7 @@ def _load_seed_key(folder: Path):
 def _listing(accounts: list[Account]) -> str:
     """The `account --list` text: index, prefix, active marker and the Solana identity."""
     if not accounts:
-        return f"No accounts found. Run `{home_mod.command('account', '-g')}` to generate one."
+        return f"No accounts found. Run `{hints.command('account', '-g')}` to generate one."
     lines = []
     for index, account in enumerate(accounts):
         lines.append(f"  [{index}] {account.prefix}{' *' if account.active else ''}")

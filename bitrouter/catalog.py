@@ -6,8 +6,7 @@ the commands cannot disagree with the registry data.
 
 import json
 
-from bitrouter import Error, config, did_you_mean, registry
-from bitrouter import home as home_mod
+from bitrouter import Error, config, did_you_mean, hints, registry
 
 
 def providers_command(home, as_json: bool = False) -> None:
@@ -23,7 +22,7 @@ def providers_command(home, as_json: bool = False) -> None:
     print(_table(table))
     configured = sum(1 for r in rows if r["configured"] and r["protocol"] != "mock")
     print(f"\n{len(rows)} providers, {configured} with a key. "
-          f"`{home_mod.command('models', 'PROVIDER')}` lists one provider's models.")
+          f"`{hints.command('models', 'PROVIDER')}` lists one provider's models.")
 
 
 def models_command(home, provider=None, as_json: bool = False) -> None:
@@ -33,13 +32,13 @@ def models_command(home, provider=None, as_json: bool = False) -> None:
         provider = str(provider)
         if provider not in cfg.providers:
             raise Error(f"unknown provider {provider!r}{did_you_mean(provider, cfg.providers)}; "
-                        f"`{home_mod.command('providers')}` lists them")
+                        f"`{hints.command('providers')}` lists them")
         names = [provider]
     else:
         names = cfg.configured_providers()
         if not names:
-            raise Error(f"no provider has a key yet; `{home_mod.command('models', 'PROVIDER')}` lists any "
-                        f"provider's catalog, `{home_mod.command('init')}` sets keys")
+            raise Error(f"no provider has a key yet; `{hints.command('models', 'PROVIDER')}` lists any "
+                        f"provider's catalog, `{hints.command('init')}` sets keys")
     rows = [{"model": f"{name}:{mid}", **_model_facts(info)}
             for name in names for mid, info in sorted(cfg.providers[name].models.items())]
     if as_json:

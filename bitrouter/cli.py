@@ -10,8 +10,8 @@ import os
 import sys
 
 import bitrouter
-from bitrouter import helptext
-from bitrouter import home as home_mod
+from bitrouter import helptext, hints
+from bitrouter.home import create_if_missing, given_options, require_existing, resolve
 
 GLOBAL_FLAGS = ("--home-dir", "--config-file", "--env-file", "--run-dir", "--logs-dir", "--db")
 
@@ -28,8 +28,8 @@ class BitRouter:
         self._agent_args = list(agent_args)
 
     def _home(self):
-        home = home_mod.resolve(**self._paths)
-        return home_mod.require_existing(home) if self._paths.get("home_dir") else home_mod.create_if_missing(home)
+        home = resolve(**self._paths)
+        return require_existing(home) if self._paths.get("home_dir") else create_if_missing(home)
 
     def status(self, *, json=False):
         """Show the daemon, paths, auth state and each provider; exit 1 when something is wrong.
@@ -244,7 +244,7 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         paths, rest = split_global_flags(argv)
-        home_mod.remember_invocation(sys.argv[0], paths)
+        hints.remember_invocation(sys.argv[0], given_options(paths))
         if rest in (["--version"], ["-V"]):
             print(f"bitrouter {bitrouter.__version__}")
             return

@@ -21,8 +21,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bitrouter import Error, boundary, client, config, guardrails
-from bitrouter import home as home_mod
+from bitrouter import Error, boundary, client, config, guardrails, hints
 from bitrouter.home import private_file, private_folder
 
 log = logging.getLogger("bitrouter")
@@ -208,7 +207,7 @@ def status_text(report: dict) -> str:
             state = f"tokens required (auth.mode {auth['mode']}, {auth['trusted_issuers']} trusted issuer(s))"
         else:
             state = (f"open: no token needed (auth.mode {auth['mode']}"
-                     + ("" if auth["mode"] == "open" else "; `" + home_mod.command("account", "-g")
+                     + ("" if auth["mode"] == "open" else "; `" + hints.command("account", "-g")
                         + "` makes tokens required") + ")")
         lines += [("database", report["database"]), ("listen", report["listen"]), ("auth", state),
                   ("providers", ", ".join(p["name"] for p in report["providers"]) or "(none configured)")]
@@ -231,8 +230,8 @@ def logs(home, follow: bool = False, lines=40) -> None:
         raise Error(f"--lines must be a whole number, got {lines!r}")
     path = home.log_file
     if not path.exists() and not follow:
-        raise Error(f"no server log yet at {path}; `{home_mod.command('start')}` or "
-                    f"`{home_mod.command('serve')}` writes one")
+        raise Error(f"no server log yet at {path}; `{hints.command('start')}` or "
+                    f"`{hints.command('serve')}` writes one")
     position = 0
     if path.exists():
         with open(path, "rb") as f:
@@ -261,18 +260,18 @@ def _route(admin, action: str, name, endpoints, strategy: str) -> None:
             chain = " > ".join(f"{e['provider']}:{e['model_id']}" for e in r["endpoints"])
             print(f"{r['model']:<{width}}  {r['source']:<7}  {r['strategy']:<12}  {chain}")
         if not routes:
-            print("no routes: add one with `" + home_mod.command("route", "add", "NAME", "PROVIDER:MODEL") + "`")
+            print("no routes: add one with `" + hints.command("route", "add", "NAME", "PROVIDER:MODEL") + "`")
     elif action == "add":
         if not name or not endpoints:
             raise Error("route add needs a name and at least one endpoint: "
-                        + home_mod.command("route", "add", "NAME", "PROVIDER:MODEL", "[PROVIDER:MODEL...]"))
+                        + hints.command("route", "add", "NAME", "PROVIDER:MODEL", "[PROVIDER:MODEL...]"))
         spec = {"model": str(name), "strategy": str(strategy), "endpoints": [str(e) for e in endpoints]}
         body = _check(admin.post("/admin/routes", spec))
         chain = " > ".join(f"{e['provider']}:{e['model_id']}" for e in body["route"]["endpoints"])
         print(f"route {name} -> {chain} ({strategy}); stored in the database, so it survives restarts")
     elif action == "rm":
         if not name:
-            raise Error("route rm needs the route's name: " + home_mod.command("route", "rm", "NAME"))
+            raise Error("route rm needs the route's name: " + hints.command("route", "rm", "NAME"))
         from urllib.parse import quote
         _check(admin.delete(f"/admin/routes/{quote(str(name), safe='')}"))
         print(f"route {name} removed")

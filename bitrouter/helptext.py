@@ -9,7 +9,7 @@ is only handed arguments the signature takes, and that `--help` reads like a man
 import inspect
 import re
 
-from bitrouter import Error, did_you_mean
+from bitrouter import Error, did_you_mean, hints
 
 GLOBAL_OPTIONS = (
     ("--home-dir DIR", "the home directory (default: ./ if it has bitrouter.yaml, $BITROUTER_HOME, ~/.bitrouter)"),
@@ -38,15 +38,14 @@ def wants_help(argv: list) -> bool:
 
 def render(cls, argv: list) -> str:
     """The help text of the command named in argv, or the overview when there is none."""
-    from bitrouter import home
     words = [a for a in argv if not a.startswith("-")]
     if not words:
-        return _overview(cls, home.program())
+        return _overview(cls, hints.program())
     name = words[0]
     fn = _command(cls, name)
     doc = _Doc(fn)
     params = _params(fn)
-    prog = f"{home.program()} {name}"
+    prog = f"{hints.program()} {name}"
     usage = doc.usage or [prog + "".join(f" {_positional(p)}" for p in params["positional"])
                           + (" [options]" if params["options"] else "")]
     out = ["usage: " + usage[0]] + ["       " + line for line in usage[1:]] + ["", doc.summary]
@@ -164,11 +163,10 @@ def _commands(cls) -> list:
 def _command(cls, name: str):
     names = _commands(cls)
     if name not in names:
-        from bitrouter import home
         if name.startswith("-"):
-            raise UsageError(f"unknown option {name}; see `{home.command('--help')}`")
+            raise UsageError(f"unknown option {name}; see `{hints.command('--help')}`")
         raise UsageError(f"unknown command {name!r}{did_you_mean(name, names, cutoff=0.7)}; "
-                         f"see `{home.command('--help')}` for the list")
+                         f"see `{hints.command('--help')}` for the list")
     return getattr(cls, name)
 
 
@@ -209,5 +207,4 @@ def _table(rows) -> list:
 
 
 def _help_hint(name: str) -> str:
-    from bitrouter import home
-    return home.command(name, "--help")
+    return hints.command(name, "--help")

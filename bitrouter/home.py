@@ -1,9 +1,7 @@
-"""Where BitRouter keeps its files: home resolution, path overrides and scaffolding."""
+"""Where BitRouter keeps its files: home resolution, path overrides, scaffolding and private files."""
 
 import os
 import shlex
-import shutil
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,8 +38,6 @@ ENV_TEMPLATE = """\
 
 GITIGNORE_TEMPLATE = "logs/\nrun/\n.env\n.keys/\n"
 
-_invocation = ["bitrouter"]  # how hints spell a command: the CLI replaces it with how it was run
-_program_words = ["bitrouter"]  # the same without the global options
 
 
 @dataclass(frozen=True)
@@ -119,36 +115,24 @@ def create_if_missing(home: Home) -> Home:
     return home
 
 
-def require_existing(home: Home) -> Home:
-    """An explicit --home-dir must exist, for every command alike: a typo never makes a stray home."""
-    if not home.root.is_dir():
-        what = "is not a directory" if home.root.exists() else "does not exist"
-        raise Error(f"--home-dir {home.root} {what}; create it first (mkdir -p {shlex.quote(str(home.root))})")
-    return home
-
-
-def remember_invocation(argv0: str, paths: dict) -> None:
-    """Record how the user ran BitRouter, so every printed hint can be run exactly as printed."""
+def given_options(paths: dict) -> list:
+    """The global options a hint must repeat: those --home-dir does not imply, a database password masked."""
     from bitrouter.config import mask_url
     layout = at(_absolute(paths["home_dir"], Path.cwd())) if paths.get("home_dir") else None
     given = []
     for key, value in paths.items():
         if layout and key != "home_dir" and getattr(layout, key, None) == _absolute(value, Path.cwd()):
             continue  # what --home-dir implies anyway (a daemon's command line spells it all out)
-        # A database password never appears in a hint.
         given += ["--" + key.replace("_", "-"), mask_url(str(value)) if key == "db" else str(value)]
-    _program_words[:] = _program(argv0)
-    _invocation[:] = [*_program_words, *given]
+    return given
 
 
-def command(*args) -> str:
-    """A runnable command line for a hint: `bitrouter keygen`, spelt the way BitRouter was started."""
-    return " ".join(shlex.quote(str(a)) for a in [*_invocation, *args])
-
-
-def program() -> str:
-    """How the user started BitRouter, without the global options (for usage lines)."""
-    return " ".join(shlex.quote(w) for w in _program_words)
+def require_existing(home: Home) -> Home:
+    """An explicit --home-dir must exist, for every command alike: a typo never makes a stray home."""
+    if not home.root.is_dir():
+        what = "is not a directory" if home.root.exists() else "does not exist"
+        raise Error(f"--home-dir {home.root} {what}; create it first (mkdir -p {shlex.quote(str(home.root))})")
+    return home
 
 
 def at(root) -> Home:
@@ -216,23 +200,6 @@ def _write_new(path: Path, text: str, mode: int) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(path, mode)
-
-
-def _program(argv0: str) -> list:
-    """`bitrouter` when that name on PATH is this installation, else a path that runs it."""
-    script = Path(sys.executable).with_name("bitrouter")
-    if Path(argv0).name == "bitrouter":
-        script = Path(argv0)
-    on_path = shutil.which("bitrouter")
-    if on_path and script.exists() and os.path.realpath(on_path) == os.path.realpath(script):
-        return ["bitrouter"]
-    if script.exists():
-        try:
-            shown = script.absolute().relative_to(Path.cwd())
-            return ["./" + str(shown) if len(shown.parts) == 1 else str(shown)]
-        except ValueError:
-            return [str(script.absolute())]
-    return [sys.executable, "-m", "bitrouter"]
 
 
 def _absolute(path, cwd: Path) -> Path:

@@ -26,7 +26,7 @@ from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
 from bitrouter import Error, StatusError, access, boundary, cluster, config, daemon, guardrails, protocols, store, workers
-from bitrouter import home as home_mod
+from bitrouter import hints
 from bitrouter.boundary import redact
 from bitrouter.metrics import Metrics, Record, cost_micro_usd, dashboard
 from bitrouter.protocols import ProtocolError, Usage, sse
@@ -103,7 +103,7 @@ class Server:
         for key, value in _bound_settings(cfg).items():
             if value != self.bound[key]:
                 notes.append(f"{key} changed to {value}; the server keeps {self.bound[key]} "
-                             f"until `{home_mod.command('restart')}`")
+                             f"until `{hints.command('restart')}`")
         for name, route in list(self.dynamic.items()):
             gone = sorted({e.provider for e in route.endpoints if e.provider not in cfg.providers})
             if gone:  # its endpoints could no longer be called

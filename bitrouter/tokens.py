@@ -21,8 +21,8 @@ from jose.exceptions import JOSEError, JWTClaimsError
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from bitrouter import Error, accounts
-from bitrouter import home as home_mod
+from bitrouter import Error, accounts, hints
+from bitrouter.home import write_private
 
 ALG = "SOL_EDDSA"
 SCOPES = ("api", "admin")
@@ -213,7 +213,7 @@ def keygen_command(home, exp=None, models=None, name=None, scope="api", budget=N
     name = name if name is not None else _next_name(_saved_names(folder))
     path = _save(home, account.prefix, name, token)
     print(token)
-    print(f"Saved as {name!r} in {path}; revoke it with `{home_mod.command('keys', '--rm', name)}`",
+    print(f"Saved as {name!r} in {path}; revoke it with `{hints.command('keys', '--rm', name)}`",
           file=sys.stderr)
     if exp is None:
         print("warning: this token never expires; mint tokens with --exp (e.g. --exp 30d) "
@@ -431,11 +431,11 @@ def _save(home, prefix: str, name: str, token: str):
     path = home.keys_dir / prefix / "tokens" / f"{name}.jwt"
     if path.exists():
         raise Error(f'a token named "{name}" already exists; remove it first with '
-                    f"`{home_mod.command('keys', '--rm', name)}`")
+                    f"`{hints.command('keys', '--rm', name)}`")
     claims = jwt.get_unverified_claims(token)
     with _open_store(home) as db:
         db.record_token(token_hash(token), name=name, account=prefix, claims=claims)
-    home_mod.write_private(path, token)
+    write_private(path, token)
     return path
 
 
@@ -443,7 +443,7 @@ def _revoke(home, token: str, name, prefix: str) -> None:
     """Record the revocation and touch the stamp, so a running server refuses the token at once."""
     with _open_store(home) as db:
         db.revoke(token_hash(token), name=name, account=prefix)
-    home_mod.write_private(revocation_stamp(home), str(time.time_ns()))
+    write_private(revocation_stamp(home), str(time.time_ns()))
 
 
 def _looks_like_token(ident) -> bool:
@@ -481,7 +481,7 @@ def _listing(prefix: str, folder, names: list[str]) -> str:
     """The `keys --list` text: index and name, then scope, chain, expiry and models."""
     if not names:
         return (f"No saved tokens for account {prefix}.\n"
-                f"Run `{home_mod.command('keygen', '--exp', '30d')}` to create one.")
+                f"Run `{hints.command('keygen', '--exp', '30d')}` to create one.")
     lines = []
     for index, name in enumerate(names):
         lines.append(f"  [{index}] {name}")

@@ -16,8 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bitrouter import Error
-from bitrouter import home as home_mod
+from bitrouter import Error, hints
 
 REFRESH_MIN = 0.25  # seconds between snapshots while events arrive: at most 4 redraws a second
 REFRESH_IDLE = 2.0  # cooldowns end without events, so re-read now and then
@@ -77,8 +76,8 @@ def attach(home, url=None) -> None:
     url = (url or server_url(home)).rstrip("/")
     remote = Remote.find(home, url)
     if remote is None:
-        raise Error(f"no BitRouter server answers at {url}; start one with `{home_mod.command('start')}` "
-                    f"(or run `{home_mod.command()}` for the server and the dashboard together)")
+        raise Error(f"no BitRouter server answers at {url}; start one with `{hints.command('start')}` "
+                    f"(or run `{hints.command()}` for the server and the dashboard together)")
     dashboard(remote)
 
 
@@ -212,7 +211,7 @@ class Remote:
         except client.Unreachable as exc:
             return f"reload failed: {_cause(exc)}", "error"
         if reply.status in (404, 405):
-            return f"this server has no POST /admin/reload; use `{home_mod.command('reload')}`", "warn"
+            return f"this server has no POST /admin/reload; use `{hints.command('reload')}`", "warn"
         if reply.status != 200:
             return f"reload failed (HTTP {reply.status}): {_cause(reply.message)}", "error"
         notes = reply.body.get("notes") or []
@@ -473,7 +472,7 @@ def _providers(providers: list, width: int, rows: int) -> list:
         style = {"ok": "", "failing": "error", "cooling down": "warn", "no key": "dim"}.get(p["state"], "")
         lines.append((style, _fit(text, width)))
     if not providers:
-        lines.append(("dim", _fit(f"(none yet: run `{home_mod.command('init')}`)", width)))
+        lines.append(("dim", _fit(f"(none yet: run `{hints.command('init')}`)", width)))
     return _more(lines, len(providers), rows, width)
 
 

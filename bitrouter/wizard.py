@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bitrouter import Error, boundary, config, did_you_mean, registry
-from bitrouter import home as home_mod
+from bitrouter import Error, boundary, config, did_you_mean, hints, registry
+from bitrouter.home import CONFIG_TEMPLATE, ENV_TEMPLATE, write_private
 
 # The custom-provider kinds: the label shown, and the built-in parent written as `derives`.
 COMPATIBLE = (
@@ -70,7 +70,7 @@ def init(home, provider=None, api_key_env=None, default=None, listen=None, answe
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise Error(f"bitrouter init needs an interactive terminal; edit {home.config_file} and "
                     f"{home.env_file} instead, or pass --provider NAME[,NAME] "
-                    f"(see `{home_mod.command('init', '--help')}`)")
+                    f"(see `{hints.command('init', '--help')}`)")
     return _on_terminal(lambda ask: _interactive(home, ask))
 
 
@@ -140,7 +140,7 @@ def _interactive(home, ask) -> bool:
     while ask.confirm("Add a custom OpenAI-, Anthropic- or Gemini-compatible provider?", default=False):
         _custom_provider(ask, plan, session, tree)
     if not plan.providers and not configured:
-        print(f"\nNo providers chosen; nothing was written. Run `{home_mod.command('init')}` again any time.")
+        print(f"\nNo providers chosen; nothing was written. Run `{hints.command('init')}` again any time.")
         return False
     _verify_step(ask, home, plan, session)
     _default_step(ask, plan, session, tree, configured)
@@ -266,7 +266,7 @@ def _verify_step(ask, home, plan: Plan, session: _Session) -> None:
                 break
             if ok is None:  # the provider was not reached: a new key cannot help
                 print(f"    (the key was not checked; fix the base URL or the network, then run "
-                      f"`{home_mod.command('doctor')}`)")
+                      f"`{hints.command('doctor')}`)")
                 break
             if not ask.confirm(f"Enter the {name} key again?", default=True):
                 break
@@ -495,7 +495,7 @@ def _prepare(home, plan: Plan) -> tuple:
     except config.ConfigError as exc:
         raise Error(f"the merged configuration would be invalid, nothing was written: {exc}") from None
     old = home.config_file.read_text(encoding="utf-8") if home.config_file.exists() else ""
-    keep = bool(old.strip()) and old != home_mod.CONFIG_TEMPLATE and old != yaml_text
+    keep = bool(old.strip()) and old != CONFIG_TEMPLATE and old != yaml_text
     backup = _backup_path(home.config_file) if keep else None
     return yaml_text, env_text, backup
 
@@ -506,7 +506,7 @@ def _resolve(home, yaml_text: str, env_text: str, environ) -> config.Config:
         trial = dataclasses.replace(home, config_file=Path(tmp) / home.config_file.name,
                                     env_file=Path(tmp) / ".env")
         trial.config_file.write_text(yaml_text, encoding="utf-8")
-        home_mod.write_private(trial.env_file, env_text)
+        write_private(trial.env_file, env_text)
         try:
             return config.load(trial, environ)
         except config.ConfigError as exc:
@@ -543,7 +543,7 @@ def _merged_yaml(home, plan: Plan) -> str:
 def _merged_env(home, plan: Plan) -> str:
     """The .env text with this plan's keys set in place; other lines and comments are kept."""
     path = Path(home.env_file)
-    text = path.read_text(encoding="utf-8") if path.exists() else home_mod.ENV_TEMPLATE
+    text = path.read_text(encoding="utf-8") if path.exists() else ENV_TEMPLATE
     lines, done = text.splitlines(), set()
     for i, line in enumerate(lines):
         m = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
@@ -559,8 +559,8 @@ def _write(home, plan: Plan, yaml_text: str, env_text: str, backup) -> None:
     if backup:
         shutil.copy2(home.config_file, backup)
     if plan.secrets:
-        home_mod.write_private(home.env_file, env_text)
-    home_mod.write_private(home.config_file, yaml_text)
+        write_private(home.env_file, env_text)
+    write_private(home.config_file, yaml_text)
     print(f"\n✓ Wrote {home.config_file}")
     print(f"✓ Wrote {home.env_file} (mode 0600)" if plan.secrets else f"  {home.env_file} unchanged")
     if backup:
@@ -570,8 +570,8 @@ def _write(home, plan: Plan, yaml_text: str, env_text: str, backup) -> None:
     host = f"[{host}]" if ":" in host else host
     model = "default" if "default" in cfg.models else f"{next(iter(plan.providers), 'openai')}:MODEL_ID"
     if not _reload_running(home):
-        print(f"\nStart the server:  {home_mod.command('serve')}   (foreground)   or   "
-              f"{home_mod.command('start')}   (background)")
+        print(f"\nStart the server:  {hints.command('serve')}   (foreground)   or   "
+              f"{hints.command('start')}   (background)")
     print(f"Try it:  curl http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
           f"           -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
 
@@ -586,7 +586,7 @@ def _reload_running(home) -> bool:
     try:
         daemon.reload(home)
     except Error as exc:
-        print(f"warning: the reload failed ({exc}); run `{home_mod.command('reload')}` once it is fixed",
+        print(f"warning: the reload failed ({exc}); run `{hints.command('reload')}` once it is fixed",
               file=sys.stderr)
     return True
 
