@@ -1,7 +1,8 @@
 """Local signing accounts: Ed25519 seeds under `<home>/.keys`, one folder per account.
 
-Layout and formats follow the original BitRouter so existing homes keep working:
-`.keys/<prefix>/master.json` holds the seed, `.keys/active` names the active prefix, and
+Layout and formats are those of the Rust BitRouter (bitrouter/bitrouter, which this project
+re-creates), so its existing homes keep working:
+`.keys/<prefix>/master.json` holds the key's 32-byte seed, `.keys/active` names the active prefix, and
 the prefix is the first 16 characters of the base58 public key.
 """
 

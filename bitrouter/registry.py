@@ -24,7 +24,8 @@ MOCK = {
                         "pricing": {"input": 0, "output": 0}}},
 }
 
-# The seed's four come first wherever providers are listed for a person to choose from.
+# The four providers most people start with come first wherever providers are listed for a
+# person to choose from (the wizard, `bitrouter providers`).
 FEATURED = ("openai", "anthropic", "google", "openrouter")
 
 

@@ -1,7 +1,8 @@
 """BitRouter tokens: SOL_EDDSA JWTs minted by a local account and checked by the server.
 
-The format is the original BitRouter's, byte for byte: header `{"alg":"SOL_EDDSA","typ":"JWT"}`,
-compact claims in a fixed order, Ed25519 (pynacl) over `b64url(header).b64url(payload)`.
+The format is the Rust BitRouter's (bitrouter/bitrouter), byte for byte, so a token works
+with both: header `{"alg":"SOL_EDDSA","typ":"JWT"}`, compact claims in a fixed order,
+Ed25519 (pynacl) over `b64url(header).b64url(payload)`.
 python-jose does the JWS work through a key class registered for SOL_EDDSA.
 """
 
@@ -75,8 +76,8 @@ def mint(signing_key, scope="api", exp=None, models=None, budget=None, budget_sc
     except ValueError as exc:
         raise Error(f"cannot mint this token: {exc}") from None
     # jose.jwt.encode would serialise the claims with ensure_ascii, escaping non-ASCII model
-    # names that the original writes as UTF-8; so the payload bytes are made here and
-    # jose.jws builds the header (sorted keys: alg, typ, as the original), encodes and signs.
+    # names that the Rust BitRouter writes as UTF-8; so the payload bytes are made here and
+    # jose.jws builds the header (sorted keys: alg, typ, as the Rust BitRouter has them), encodes and signs.
     payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return jws.sign(payload, SolEdDSAKey(signing_key, ALG), algorithm=ALG)
 
