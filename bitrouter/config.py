@@ -366,28 +366,38 @@ def _resolve_models(v, user, providers: dict, routing: dict) -> dict:
         where = f"models.{name}"
         spec = v.mapping(spec, where)
         v.keys(spec, where, ALIAS_KEYS)
-        strategy = spec.get("strategy", "priority")
-        v.choice(strategy, where + ".strategy", STRATEGIES)
-        raw = spec.get("endpoints")
-        if not isinstance(raw, list) or not raw:
-            v.fail(where + ".endpoints", "must be a non-empty list")
-        endpoints = [_endpoint(v, f"{where}.endpoints[{i}]", e, providers) for i, e in enumerate(raw)]
+        strategy, endpoints = _route_parts(v, where, spec, providers, _endpoint)
         tuning = {k: v.number(spec.get(k, routing[k]), f"{where}.{k}") for k in ROUTING_DEFAULTS}
         tuning["cooldown_failures"] = int(tuning["cooldown_failures"])
         aliases[str(name)] = Alias(name=str(name), strategy=strategy, endpoints=endpoints, **tuning)
     return aliases
 
 
-def route_endpoint(raw, providers: dict, where: str) -> Endpoint:
-    """One endpoint of a dynamic route (`/admin/routes`), checked as `models:` checks them.
+def route_parts(spec: dict, providers: dict) -> tuple[str, list]:
+    """A dynamic route's (`/admin/routes`) strategy and endpoints, checked as `models:` checks an alias.
 
-    Its own api_key or api_base is refused rather than dropped: a dynamic route is stored
-    in the database, and keys belong in bitrouter.yaml and .env.
+    An endpoint's own api_key or api_base is refused rather than dropped: a dynamic route is
+    stored in the database, and keys belong in bitrouter.yaml and .env.
     """
+    return _route_parts(_Validator(None), "", spec, providers, _stored_endpoint)
+
+
+def _route_parts(v, where: str, spec: dict, providers: dict, endpoint) -> tuple[str, list]:
+    """An alias's (or dynamic route's) strategy and its non-empty list of endpoints."""
+    at = f"{where}." if where else ""
+    strategy = spec.get("strategy", "priority")
+    v.choice(strategy, at + "strategy", STRATEGIES)
+    raw = spec.get("endpoints")
+    if not isinstance(raw, list) or not raw:
+        v.fail(at + "endpoints", "must be a non-empty list")
+    return strategy, [endpoint(v, f"{at}endpoints[{i}]", e, providers) for i, e in enumerate(raw)]
+
+
+def _stored_endpoint(v, where: str, raw, providers: dict) -> Endpoint:
+    """A dynamic route's endpoint: an alias endpoint without a key or base of its own."""
     if isinstance(raw, dict) and (raw.get("api_key") or raw.get("api_base")):
-        raise ConfigError(f"{where}: api_key and api_base belong in bitrouter.yaml; a dynamic route "
-                          "uses its provider's own")
-    return _endpoint(_Validator(None), where, raw, providers)
+        v.fail(where, "api_key and api_base belong in bitrouter.yaml; a dynamic route uses its provider's own")
+    return _endpoint(v, where, raw, providers)
 
 
 def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
