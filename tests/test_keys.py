@@ -221,3 +221,19 @@ def test_usage_reports_spend_per_token_and_model(home, account):
     assert re.fullmatch(r"  mock:echo\s+1\s+0\s+0\s+0\.000001", everything[-2])
     assert fails(home, "usage", "--by", "day") == 'invalid --by "day" — use token, model, account'
     assert fails(home, "usage", "--since", "yesterday") == 'invalid period format: "yesterday" (try "5m", "1h", "30d")'
+
+
+def test_usage_of_two_homes_in_one_process_keeps_each_to_its_database(tmp_path, capsys):
+    """As in a notebook: module functions take a home, and no database is bound process-wide."""
+    first, second = home_mod.at(tmp_path / "a"), home_mod.at(tmp_path / "b")
+    for h in (first, second):
+        h.root.mkdir()
+    writer = store.SpendWriter(first.default_db_url)
+    writer.log({"token_hash": "f" * 64, "upstream": "mock:echo", "cost_micro_usd": 25})
+    writer.close()
+    tokens.usage_command(first)
+    assert "mock:echo" in capsys.readouterr().out
+    tokens.usage_command(second)
+    assert capsys.readouterr().out.startswith("No recorded spend since ")
+    tokens.usage_command(first)
+    assert "mock:echo" in capsys.readouterr().out
