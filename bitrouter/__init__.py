@@ -18,10 +18,10 @@ class StatusError(Exception):
     """The base of every error on the request path: it knows how to answer the client.
 
     The server turns any of them into one error body in the client's own protocol
-    (server._error); anything else that escapes is a bug, logged and answered as a 500.
+    (proxy.classify -> proxy.error_reply); anything else that escapes is a bug, logged and answered as a 500.
 
         StatusError                    reply() -> (status, message, headers)
-        +-- server.HttpError           BitRouter's own refusals: 401/403/402 (access), 408, 413, 422
+        +-- proxy.HttpError            BitRouter's own refusals: 401/403/402 (access), 408, 413, 422
         +-- boundary.Invalid           400: a body, header or name outside the boundary's limits
         +-- protocols.ProtocolError    400: a request its protocol cannot read or express;
         |                              502: an upstream stream that says it failed

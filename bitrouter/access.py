@@ -70,8 +70,8 @@ class Gate:
         if metrics is not None:
             metrics.listeners.append(self.record)
 
-    def start(self, stack) -> None:
-        """Say how the server authenticates (logging is set up by now); close with `stack`."""
+    def announce(self) -> None:
+        """Say how the server authenticates (once logging is set up)."""
         host, port = self.cfg.host_port
         if not self.required:
             reason = "auth.mode open" if self.mode == "open" else "no trusted issuers yet; loopback only"
@@ -81,7 +81,6 @@ class Gate:
             log.warning("auth.mode is on but no issuer is trusted: every request will be refused")
         else:
             log.info("authentication is on: %d trusted issuer(s)", len(self.trusted))
-        stack.callback(self.close)
 
     def authenticate(self, cfg, token, scope: str):
         """The token's Claims (None when the server runs open); AuthError 401/403 otherwise."""

@@ -15,6 +15,7 @@ import re
 import typing
 
 from bitrouter import StatusError
+from bitrouter.guardrails import SHORT_SECRET, secret_pattern
 
 MAX_DEPTH = 64  # JSON nesting accepted from clients and upstreams (real requests use under 20)
 MAX_NAME = 256  # characters in a model or route name
@@ -150,13 +151,8 @@ def redact(text, secrets):
 
 @functools.lru_cache(maxsize=256)
 def _token_pattern(secret: str, binary: bool):
-    """A short key standing alone: not inside a longer run of key characters."""
-    edge = r"A-Za-z0-9_\-"
-    pattern = rf"(?<![{edge}]){re.escape(secret)}(?![{edge}])"
+    pattern = secret_pattern(secret)
     return re.compile(pattern.encode() if binary else pattern)
-
-
-SHORT_SECRET = 8  # characters: a shorter key is masked as a whole token only
 
 
 def secrets_of(cfg) -> list:

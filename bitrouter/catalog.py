@@ -20,7 +20,7 @@ def providers_command(home, as_json: bool = False) -> None:
     table += [(r["name"], r["protocol"], r["key_variable"] or "-", str(r["models"]),
                "set" if r["configured"] else "-") for r in rows]
     print(_table(table))
-    configured = sum(1 for r in rows if r["configured"] and r["protocol"] != "mock")
+    configured = sum(1 for r in rows if r["configured"] and r["key_variable"])
     print(f"\n{len(rows)} providers, {configured} with a key. "
           f"`{hints.command('models', 'PROVIDER')}` lists one provider's models.")
 
@@ -64,14 +64,14 @@ def markdown() -> str:
            "| provider | protocol | key variable | base URL | models |", "|---|---|---|---|---|"]
     for name in registry.names():
         p = data[name]
-        var = "" if p["api_protocol"] == "mock" else f"`{p['env_prefix']}_API_KEY`"
+        var = f"`{p['env_prefix']}_API_KEY`" if registry.needs_key(p["api_base"]) else ""
         out.append(f"| [{name}](#{_anchor(name)}) | {p['api_protocol']} | {var} | {p['api_base']} | "
                    f"{len(p.get('models', {}))} |")
     for name in registry.names():
         p = data[name]
         out += ["", f"## {name}", "", f"{p.get('display_name', name)}. Protocol `{p['api_protocol']}`, "
-                f"base URL `{p['api_base']}`" + ("" if p["api_protocol"] == "mock"
-                                                 else f", key `{p['env_prefix']}_API_KEY`") + ".", ""]
+                f"base URL `{p['api_base']}`" + (f", key `{p['env_prefix']}_API_KEY`"
+                                                 if registry.needs_key(p["api_base"]) else "") + ".", ""]
         models = p.get("models", {})
         if not models:
             out.append(f"No catalog: use any model id the provider serves as `{name}:MODEL_ID`.")
@@ -89,7 +89,7 @@ def markdown() -> str:
 
 def _provider_row(name: str, p) -> dict:
     return {"name": name, "protocol": p.api_protocol, "api_base": p.api_base,
-            "key_variable": f"{p.env_prefix}_API_KEY" if p.env_prefix and p.api_protocol != "mock" else "",
+            "key_variable": f"{p.env_prefix}_API_KEY" if p.env_prefix and p.needs_key else "",
             "models": len(p.models), "configured": p.configured}
 
 

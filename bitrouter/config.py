@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitrouter import Error, did_you_mean, guardrails, registry
+from bitrouter import Error, did_you_mean, guardrails, protocols, registry
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 LISTEN_ENV = "BITROUTER_LISTEN"  # `--listen` and the environment win over server.listen
@@ -56,7 +56,12 @@ class Provider:
     @property
     def configured(self) -> bool:
         """A provider is usable once it has a key (the mock never needs one)."""
-        return bool(self.api_key) or self.api_protocol == "mock"
+        return bool(self.api_key) or not self.needs_key
+
+    @property
+    def needs_key(self) -> bool:
+        """Every network provider needs a key; the in-process mock does not."""
+        return registry.needs_key(self.api_base)
 
 
 @dataclass
@@ -116,7 +121,7 @@ class Config:
 
     def configured_providers(self) -> list[str]:
         """Names of providers that have a key (sorted), the keyless mock excluded."""
-        return sorted(n for n, p in self.providers.items() if p.configured and p.api_protocol != "mock")
+        return sorted(n for n, p in self.providers.items() if p.configured and p.needs_key)
 
 
 def load(home, environ=None) -> Config:
@@ -144,7 +149,7 @@ def detect_providers(environ=None) -> list[str]:
     """Built-in providers whose `<PREFIX>_API_KEY` is set in the environment, sorted."""
     environ = os.environ if environ is None else environ
     return sorted(name for name, p in registry.providers().items()
-                  if p["api_protocol"] != "mock" and environ.get(p["env_prefix"] + "_API_KEY"))
+                  if registry.needs_key(p["api_base"]) and environ.get(p["env_prefix"] + "_API_KEY"))
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -278,7 +283,7 @@ def _resolve_providers(v, user, env: dict) -> dict:
             if "api_base" not in fields and "_protocols" in entry:
                 entry["api_base"] = entry["_protocols"].get(fields["api_protocol"], entry["api_base"])
             if "auth" not in fields:
-                entry["auth"] = registry.PROTOCOL_AUTH.get(fields["api_protocol"])
+                entry["auth"] = _protocol_auth(fields["api_protocol"])
         entry.update({k: val for k, val in fields.items() if val is not None})
     resolved = {}
     for name in user:
@@ -311,12 +316,17 @@ def _derive(v, name: str, merged: dict, chain: list) -> dict:
             entry.setdefault(key, base[key])
     if "auth" not in entry:  # the parent's auth style only fits the parent's protocol
         same = entry.get("api_protocol") == base.get("api_protocol")
-        entry["auth"] = base.get("auth") if same else registry.PROTOCOL_AUTH.get(entry.get("api_protocol"))
+        entry["auth"] = base.get("auth") if same else _protocol_auth(entry.get("api_protocol"))
     if "api_base" not in entry:
         protocol = entry.get("api_protocol")
         entry["api_base"] = base.get("_protocols", {}).get(protocol) or base.get("api_base")
     del entry["derives"]
     return entry
+
+
+def _protocol_auth(name) -> str | None:
+    """How a protocol's own API takes its key, for providers that do not say otherwise."""
+    return protocols.get(name).auth if name in protocols.names() else None
 
 
 def _own_prefix(v, name: str, merged: dict) -> str:
@@ -338,7 +348,7 @@ def _finish_provider(v, name: str, entry: dict, env: dict) -> Provider:
     protocol = entry.get("api_protocol")
     if not protocol:
         v.fail(where, "api_protocol is required for a new provider (or use derives)")
-    v.choice(protocol, where + ".api_protocol", registry.PROTOCOLS)
+    v.choice(protocol, where + ".api_protocol", protocols.names())
     base = entry.get("api_base")
     prefix = entry.get("env_prefix") or ""
     key = entry.get("api_key") or ""
@@ -350,7 +360,7 @@ def _finish_provider(v, name: str, entry: dict, env: dict) -> Provider:
     if not isinstance(base, str) or not re.match(r"^(https?|mock)://[^\s/]+", base):
         v.fail(where + ".api_base", f"not an http(s) URL: {base!r}")
     auth = entry.get("auth") or "bearer"
-    v.choice(auth, where + ".auth", registry.AUTH_STYLES)
+    v.choice(auth, where + ".auth", list(protocols.AUTH_STYLES))
     headers = v.mapping(entry.get("default_headers"), where + ".default_headers")
     models = v.mapping(entry.get("models"), where + ".models")
     return Provider(name=name, api_protocol=protocol, api_base=base.rstrip("/"), api_key=str(key),

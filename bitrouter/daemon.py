@@ -178,7 +178,7 @@ def status_report(home) -> dict:
         providers=[{"name": name, "protocol": p.api_protocol, "api_base": p.api_base,
                     "key": boundary.mask(p.api_key), "key_from": _key_source(p, env)}
                    for name, p in sorted(cfg.providers.items())
-                   if p.configured and p.api_protocol != "mock"],
+                   if p.configured and p.needs_key],
         models=sorted(cfg.models), unset=[f"${{{v}}}" for v in cfg.unset_vars])
     for var in cfg.unset_vars:
         report["problems"].append(f"${{{var}}} is used in {home.config_file} but is not set "

@@ -88,25 +88,29 @@ BLOCK_MESSAGE_DEFAULTS = {"include_details": True, "include_help_link": True}
 LOOP_DEFAULTS = {"enabled": True, "warn_after": 5, "stop_after": 0, "max_session_requests": 0,
                  "max_session_spend_usd": 0}
 
-# Where each protocol carries conversation text, as dotted key paths from the body: request
-# bodies, non-streamed replies, and stream frames. Everything below them is walked, except the
-# OPAQUE keys: base64 payloads, signatures and identifiers that must reach the other side intact,
-# and Anthropic's signed `thinking` (a changed thinking block is refused when it is sent back).
-FIELDS = {
-    "openai": {"request": ("messages",), "reply": ("choices",), "stream": ("choices",)},
-    "responses": {"request": ("input", "instructions"), "reply": ("output",),
-                  "stream": ("delta", "text", "arguments", "item", "part", "response.output")},
-    "anthropic": {"request": ("system", "messages"), "reply": ("content",),
-                  "stream": ("delta", "content_block")},
-    "google": {"request": ("contents", "systemInstruction", "system_instruction"),
-               "reply": ("candidates",), "stream": ("candidates",)},
-}
+# Each protocol declares where it carries conversation text (Protocol.text_fields, dotted key
+# paths from the body). Everything below them is walked, except the OPAQUE keys: base64
+# payloads, signatures and identifiers that must reach the other side intact, and Anthropic's
+# signed `thinking` (a changed thinking block is refused when it is sent back).
 OPAQUE = frozenset(("data", "file_data", "signature", "thoughtSignature", "thought_signature",
                     "encrypted_content", "url", "image_url", "file_url", "fileUri", "file_uri", "file_id",
                     "id", "call_id", "tool_use_id", "tool_call_id", "item_id", "type", "role", "name",
                     "mimeType", "mime_type", "media_type", "status", "cache_control", "finish_reason",
                     "finishReason", "stop_reason", "logprobs", "annotations", "thinking"))
 STREAM_INDEXES = ("index", "output_index", "content_index", "summary_index")  # which block a delta extends
+
+
+SHORT_SECRET = 8  # characters: a shorter key is found (and masked) as a whole token only
+
+
+def secret_pattern(secret: str) -> str:
+    """The regular expression a key is found by: anywhere, or (shorter than SHORT_SECRET) only
+    standing alone, not inside a longer run of key characters (a key `k` is still never
+    shown, but the k in every other word stays)."""
+    if len(secret) >= SHORT_SECRET:
+        return re.escape(secret)
+    edge = r"A-Za-z0-9_\-"
+    return rf"(?<![{edge}]){re.escape(secret)}(?![{edge}])"
 
 
 class GuardrailError(Exception):
@@ -204,10 +208,10 @@ class Policy:
             raise GuardrailError(self.block_message(direction, where, blocked))
         return text
 
-    def walk(self, body: dict, protocol: str, part: str, direction: str, hits: list) -> bool:
-        """Scan (and redact in place) every conversation string of a protocol's body; True if any changed."""
+    def walk(self, body: dict, fields: tuple, direction: str, hits: list) -> bool:
+        """Scan (and redact in place) every conversation string under `fields`; True if any changed."""
         changed = False
-        for container, key, where in strings(body, FIELDS[protocol][part]):
+        for container, key, where in strings(body, fields):
             value = container[key]
             new = self.scan(value, direction, where, hits)
             if new != value:
@@ -223,9 +227,10 @@ class Policy:
             text += f". For more information, see {HELP_LINK}"
         return text
 
-    def stream_guard(self, protocol: str, error_frame, report) -> "StreamGuard | None":
-        """A guard for one downgoing stream in `protocol`, or None when no rule looks at streams."""
-        return StreamGuard(self, protocol, error_frame, report) if self.rules[DOWNGOING] else None
+    def stream_guard(self, fields: tuple, error_frame, report) -> "StreamGuard | None":
+        """A guard for one downgoing SSE stream whose frames carry text under `fields`, or None when
+        no rule looks at streams (or the protocol names no stream fields: it is not SSE)."""
+        return StreamGuard(self, fields, error_frame, report) if self.rules[DOWNGOING] and fields else None
 
 
 def compile_policy(raw, fail, secrets=()) -> Policy:
@@ -255,7 +260,7 @@ def compile_policy(raw, fail, secrets=()) -> Policy:
     for direction in rules:
         if own:
             rules[direction].append(Rule(OWN_KEYS, "BitRouter's own keys",
-                                         [("", regex.compile(regex.escape(key))) for key in own], "redact"))
+                                         [("", regex.compile(secret_pattern(key))) for key in own], "redact"))
         if not cfg["enabled"]:
             continue
         for name, (description, native, patterns) in BUILTIN.items():
@@ -421,9 +426,9 @@ class StreamGuard:
     and ends the stream with the protocol's in-band error.
     """
 
-    def __init__(self, policy: Policy, protocol: str, error_frame, report):
+    def __init__(self, policy: Policy, fields: tuple, error_frame, report):
         self.policy = policy
-        self.fields = FIELDS[protocol]["stream"]
+        self.fields = fields
         self.error_frame = error_frame  # (status, message) -> bytes
         self.report = report  # (hits) -> None
         self.rules = policy.rules[DOWNGOING]

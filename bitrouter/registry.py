@@ -6,27 +6,27 @@ from pathlib import Path
 
 DATA_FILE = Path(__file__).with_name("providers.json")
 
-PROTOCOLS = ("openai", "responses", "anthropic", "google", "mock")
-AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key")
-# How each protocol's own API expects its key, for providers that do not say otherwise.
-PROTOCOL_AUTH = {"openai": "bearer", "responses": "bearer", "anthropic": "x-api-key",
-                 "google": "x-goog-api-key", "mock": "bearer"}
+LOCAL_BASE = "mock://local"  # served in process (protocols/mock.py): no network, no key
 
-# The mock provider is code, not a network service: it needs no key and no base URL.
+# The mock provider is code, not a network service: a Chat Completions API in this process.
 MOCK = {
     "display_name": "Mock (echo, no network)",
-    "api_protocol": "mock",
-    "api_base": "mock://local",
-    "protocols": {"mock": "mock://local"},
+    "api_protocol": "openai",
+    "api_base": LOCAL_BASE,
+    "protocols": {"openai": LOCAL_BASE},
     "env_prefix": "BITROUTER_MOCK",
     "auth": "bearer",
     "models": {"echo": {"context": 1000000, "max_output": 1000000, "modalities": ["text", "image"],
                         "pricing": {"input": 0, "output": 0}}},
 }
 
-# The four providers most people start with come first wherever providers are listed for a
-# person to choose from (the wizard, `bitrouter providers`).
+# The four best-known providers come first wherever providers are listed for a person to choose from.
 FEATURED = ("openai", "anthropic", "google", "openrouter")
+
+
+def needs_key(api_base: str) -> bool:
+    """Whether a provider at this base URL needs a key: every one but the in-process mock."""
+    return not api_base.startswith("mock://")
 
 
 def providers() -> dict:

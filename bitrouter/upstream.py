@@ -54,14 +54,22 @@ class Pools:
         self.set_timeouts(connect_timeout, read_timeout)
         self.maxsize = maxsize
         self._pools = {}
+        self._transports = {}  # URL scheme -> an in-process transport (see mount)
 
     def set_timeouts(self, connect_timeout: float, read_timeout: float) -> None:
         """Timeouts for every call from now on (a reload changes them; pools are kept)."""
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
 
+    def mount(self, scheme: str, transport) -> None:
+        """Send calls to `scheme://` URLs to `transport.send(url, headers, body)` instead of a socket;
+        it returns a urllib3 response (the built-in mock provider is one)."""
+        self._transports[scheme] = transport
+
     def send(self, url: str, headers: dict, body: bytes) -> "Reply":
         """POST body and return once the status line and headers arrive (the body is read later)."""
         parts = urlsplit(url)
+        if parts.scheme in self._transports:
+            return Reply(self._transports[parts.scheme].send(url, headers, body))
         pool = self._pool(parts.scheme, parts.hostname, parts.port)
         path = parts.path + ("?" + parts.query if parts.query else "")
         try:

@@ -16,25 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bitrouter import Error, boundary, config, did_you_mean, hints, registry
+from bitrouter import Error, boundary, config, did_you_mean, hints, protocols, registry
 from bitrouter.home import CONFIG_TEMPLATE, ENV_TEMPLATE, write_private
 
-# The custom-provider kinds: the label shown, and the built-in parent written as `derives`.
-COMPATIBLE = (
-    ("OpenAI-compatible (chat completions)", "openai"),
-    ("Anthropic-compatible (messages)", "anthropic"),
-    ("Gemini-compatible (generateContent)", "google"),
-)
-
-# How to ask each upstream protocol for its model list: path under api_base, the JSON key
-# holding the list, the key naming each entry, and any header the call needs besides auth.
-MODEL_LIST = {
-    "openai": {"path": "/models", "list": "data", "id": "id", "headers": {}},
-    "responses": {"path": "/models", "list": "data", "id": "id", "headers": {}},
-    "anthropic": {"path": "/v1/models", "list": "data", "id": "id",
-                  "headers": {"anthropic-version": "2023-06-01"}},
-    "google": {"path": "/v1beta/models", "list": "models", "id": "name", "headers": {}},
-}
+# The custom-provider kinds: the built-in parent written as `derives`, each the namesake of
+# the protocol it speaks (whose title is the label shown).
+COMPATIBLE = tuple((protocols.get(name).title, name) for name in ("openai", "anthropic", "google"))
 
 VERIFY_TIMEOUT = (3.05, 8.0)  # connect, read: a model list is cheap, a hang is not worth waiting for
 
@@ -84,15 +71,14 @@ def verify_key(provider) -> tuple:
     """Ask a resolved provider for its model list: (True/False/None, message, model ids)."""
     import requests
 
-    from bitrouter.protocols import error_message
-    from bitrouter.server import AUTH_HEADERS
-    spec = MODEL_LIST.get(provider.api_protocol)
-    if spec is None:
+    wire = protocols.get(provider.api_protocol)
+    if not wire.models_path:
         return None, f"no key check for the {provider.api_protocol} protocol", []
     if not provider.api_key:
         return False, "no key set", []
-    url = provider.api_base + spec["path"]
-    headers = {**provider.default_headers, **spec["headers"], **AUTH_HEADERS[provider.auth](provider.api_key)}
+    url = provider.api_base + wire.models_path
+    headers = {**provider.default_headers, **wire.fixed_headers,
+               **protocols.AUTH_STYLES[provider.auth](provider.api_key)}
     try:
         resp = requests.get(url, headers=headers, timeout=VERIFY_TIMEOUT)
     except requests.Timeout:
@@ -101,14 +87,14 @@ def verify_key(provider) -> tuple:
         return None, f"could not connect to {url}", []
     except requests.RequestException as exc:
         return None, f"could not reach {url}: {type(exc).__name__}", []
-    detail = boundary.redact(error_message(resp.status_code, resp.content)[:200], [provider.api_key])
+    detail = boundary.redact(protocols.error_message(resp.status_code, resp.content)[:200], [provider.api_key])
     if resp.status_code in (401, 403):
         return False, f"key rejected (HTTP {resp.status_code}{': ' + detail if detail else ''})", []
     if not resp.ok:
         return None, f"unexpected HTTP {resp.status_code} from {url}{': ' + detail if detail else ''}", []
     try:
-        entries = resp.json().get(spec["list"]) or []
-        models = [str(e[spec["id"]]).removeprefix("models/") for e in entries if isinstance(e, dict)]
+        entries = resp.json().get(wire.models_list_key) or []
+        models = [str(e[wire.models_id_key]).removeprefix("models/") for e in entries if isinstance(e, dict)]
     except (ValueError, AttributeError, KeyError):
         models = []
     return True, f"key accepted ({len(models)} model{'' if len(models) == 1 else 's'} listed)", models
@@ -880,7 +866,7 @@ def _label(name: str, detected=(), configured=()) -> str:
 
 def _needs_key(name: str) -> bool:
     """Every network provider needs a key; the in-process mock does not."""
-    return registry.providers().get(name, {}).get("api_protocol") != "mock"
+    return registry.needs_key(registry.providers().get(name, {}).get("api_base", ""))
 
 
 def _key_var(name: str) -> str:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench  # noqa: E402  (patches gevent on import, as this script needs too)
 
-from bitrouter import guardrails  # noqa: E402
+from bitrouter import guardrails, protocols  # noqa: E402
 
 TARGET_MS = 0.1
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def _walk_ms(policy, prompt: str, rounds: int = 500) -> float:
     for _ in range(rounds):
         policy.memo.clear()
         started = time.perf_counter()
-        policy.walk(body, "openai", "request", guardrails.UPGOING, [])
+        policy.walk(body, protocols.get("openai").text_fields["request"], guardrails.UPGOING, [])
         times.append((time.perf_counter() - started) * 1000)
     return bench.pct(sorted(times), 50)
 
@@ -75,7 +75,7 @@ def _history_ms(rounds: int = 30) -> dict:
         for times in (first, again):
             body = json.loads(raw)  # fresh string objects, as every request has
             started = time.perf_counter()
-            policy.walk(body, "anthropic", "request", guardrails.UPGOING, [])
+            policy.walk(body, protocols.get("anthropic").text_fields["request"], guardrails.UPGOING, [])
             times.append((time.perf_counter() - started) * 1000)
     return {"history_kb": len(raw) // 1024, "history_first_p50_ms": bench.pct(sorted(first), 50),
             "history_resent_p50_ms": bench.pct(sorted(again), 50)}
@@ -84,7 +84,8 @@ def _history_ms(rounds: int = 30) -> dict:
 def _stream_us(frames: int = 2000) -> float:
     """Microseconds per text frame through a StreamGuard with the default downgoing rules."""
     policy = guardrails.compile_policy({}, _fail, ["sk-bench-own-provider-key-0001"])
-    guard = policy.stream_guard("openai", lambda status, message: b"", lambda hits: None)
+    fields = protocols.get("openai").text_fields["stream"]
+    guard = policy.stream_guard(fields, lambda status, message: b"", lambda hits: None)
     frame = b'data: {"choices":[{"index":0,"delta":{"content":"word "}}]}\n\n'
     started = time.perf_counter()
     for _ in range(frames):

@@ -57,7 +57,7 @@ def run_cli(home: Path, *args, env=None, input=None, timeout=30) -> subprocess.C
 class ServerProcess:
     """A `bitrouter serve` subprocess on a free loopback port, with a given config."""
 
-    def __init__(self, home: Path, cfg: dict, env=None, args=()):
+    def __init__(self, home: Path, cfg: dict, env=None, args=(), command=None):
         self.home = home
         self.port = free_port()
         cfg = dict(cfg)
@@ -67,7 +67,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env or clean_env(home)
         self.log = open(home / "server.out", "w")
-        self.proc = subprocess.Popen([BITROUTER, "--home-dir", str(home), *args, "serve"],
+        self.proc = subprocess.Popen(command or [BITROUTER, "--home-dir", str(home), *args, "serve"],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         wait_until(self._healthy, 20, what="server health")
 

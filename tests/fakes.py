@@ -25,6 +25,7 @@ class Reply:
     frame_delay: float = 0.0  # between frames
     disconnect_after: int | None = None  # drop the connection after this many frames
     gate: threading.Event | None = None  # frames after the first wait for this event
+    stream_type: str = "text/event-stream"  # the content-type frames go with
 
 
 @dataclass
@@ -98,7 +99,7 @@ class FakeUpstream:
             handler.end_headers()
             handler.wfile.write(data)
             return
-        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("content-type", reply.stream_type)
         handler.send_header("connection", "close")
         handler.end_headers()
         handler.close_connection = True

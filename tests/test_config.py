@@ -438,7 +438,7 @@ ERRORS = [
     ("providers: {acme: {api_base: 'https://a.example'}}\n",
      "providers.acme: api_protocol is required for a new provider (or use derives)"),
     ("providers: {acme: {api_protocol: opneai, api_base: 'https://a.example'}}\n",
-     "providers.acme.api_protocol: must be one of openai, responses, anthropic, google, mock, got 'opneai' "
+     "providers.acme.api_protocol: must be one of openai, responses, anthropic, google, got 'opneai' "
      "(did you mean 'openai'?)"),
     ("providers: {acme: {api_protocol: openai}}\n", "providers.acme: api_base is required"),
     ("providers: {acme: {api_protocol: openai, api_base: 'api.acme.example'}}\n",

@@ -166,12 +166,122 @@ class ProtocolError(StatusError):
     status = 400
 
 
-MODULES = {"openai": "chat"}  # api_protocol names whose module is named for its API instead
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route a protocol's clients call.
+
+    kind says what it serves: generate | count | models (the list) | model (one entry) |
+    unserved (a 404 naming what is served: a method the protocol has but BitRouter does not).
+    stream is fixed by the path (Gemini's streamGenerateContent) or None: the body says.
+    """
+
+    method: str
+    path: str  # a bottle route; its wildcards reach the protocol as path arguments
+    kind: str
+    stream: bool | None = None
 
 
-def get(name: str):
-    """The module implementing one wire protocol (`api_protocol: openai` is Chat Completions, chat.py)."""
-    return importlib.import_module(f"bitrouter.protocols.{MODULES.get(name, name)}")
+@dataclass(frozen=True, eq=False)
+class Protocol:
+    """One wire protocol, declared by its module as `PROTOCOL`: everything the rest of BitRouter
+    knows about it. Routes, error shapes by path, auth headers and the wizard's key check are
+    derived from these declarations; a new protocol is one module that declares one of these
+    (tests/ndjson_protocol.py shows a small one) and is registered with `register`.
+
+    Inbound (clients -> BitRouter): model_of(body, path_model) (a route's `<model>` wildcard) and
+    wants_stream(body) read a request;
+    decode_request -> Request; encode_response(Response, model, request) -> dict;
+    StreamEncoder(model, request) with .event(Event) -> bytes, .finish_stream() and
+    .error(status, message) (the in-band end of a broken stream); error_body(status, message);
+    usage_of / stream_usage / is_final read replies relayed untouched; passthrough_body,
+    drop_sealed and relay_frame are the only changes a same-protocol relay makes;
+    count_request / count_reply serve count routes, model_list / model_entry model routes.
+
+    Upstream (BitRouter -> providers): request_url(base, model_id, stream), encode_request,
+    decode_response, StreamDecoder with .feed(event, data) -> events, error_message(status,
+    body); count_url / count_body / counted when the provider has its own token counter.
+
+    framing parses and writes the stream format (`sse`: Parser(max_frame).frames(chunk) ->
+    [(raw, event, data)], frame(data, event), CONTENT_TYPE); keepalive is a frame the
+    protocol's clients ignore, added to quiet encoded streams (b"" for none).
+    """
+
+    name: str
+    title: str  # what people choose from (the wizard)
+    routes: tuple
+    auth: str  # how the protocol's own API takes its key: an AUTH_STYLES name
+    framing: object
+    model_of: object
+    wants_stream: object
+    decode_request: object
+    encode_response: object
+    StreamEncoder: object
+    stream_error: object
+    error_body: object
+    usage_of: object
+    stream_usage: object
+    is_final: object
+    passthrough_body: object
+    drop_sealed: object
+    relay_frame: object
+    request_url: object
+    encode_request: object
+    decode_response: object
+    StreamDecoder: object
+    error_message: object
+    count_request: object = None
+    count_reply: object = None
+    count_url: object = None
+    count_body: object = None
+    counted: object = None
+    model_list: object = None
+    model_entry: object = None
+    models_path: str = ""  # where its API lists models (the wizard's key check), under api_base
+    models_list_key: str = "data"  # ... the JSON key holding that list, and the key naming each entry
+    models_id_key: str = "id"
+    model_field: str = "model"  # where a reply names its model: the client's name is put back
+    keepalive: bytes = b""
+    # Where conversation text travels (dotted key paths) in "request" bodies, "reply" bodies and
+    # "stream" frames: what the guardrails scan; no "stream" entry, no guarded streams.
+    text_fields: dict = field(default_factory=dict)
+    tool_call_marks: tuple = ()  # byte strings counting tool calls in a raw request body
+    fixed_headers: dict = field(default_factory=dict)
+    forward_headers: tuple = ()  # client headers a same-protocol relay passes on
+    client_prefixes: tuple = ()  # paths only its clients call, besides its routes: errors there take its shape
+
+
+# How a provider takes its key, by the name `auth:` gives in the configuration.
+AUTH_STYLES = {
+    "bearer": lambda key: {"authorization": f"Bearer {key}"},
+    "x-api-key": lambda key: {"x-api-key": key},
+    "x-goog-api-key": lambda key: {"x-goog-api-key": key},
+}
+
+# api_protocol name -> module; `openai` is Chat Completions, the module named for its API.
+_MODULES = {"openai": "chat", "responses": "responses", "anthropic": "anthropic", "google": "google"}
+_REGISTERED = {}
+
+
+def get(name: str) -> Protocol:
+    """The declared protocol an api_protocol name stands for; KeyError for an unknown one."""
+    if name not in _REGISTERED:
+        _REGISTERED[name] = importlib.import_module(f"bitrouter.protocols.{_MODULES[name]}").PROTOCOL
+    return _REGISTERED[name]
+
+
+def names() -> list[str]:
+    """Every api_protocol name, the built-in four first."""
+    return [*_MODULES, *(n for n in _REGISTERED if n not in _MODULES)]
+
+
+def every() -> list[Protocol]:
+    """Every protocol, the built-in four first."""
+    return [get(name) for name in names()]
+
+
+def register(protocol: Protocol) -> None:
+    """Add a protocol (servers built afterwards serve its routes and may call it upstream)."""
+    _REGISTERED[protocol.name] = protocol
 
 
 def error_message(status: int, body: bytes) -> str:

@@ -6,17 +6,13 @@ import re
 import secrets
 
 from bitrouter import registry
-from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 SEAL_PREFIX, arguments_object, content_items, native_proof, proof,
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Request, Response,
+                                 Route, Tool, Usage, arguments_object, content_items, native_proof, proof,
                                  reply_model, set_given, sse)
-from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
+from bitrouter.protocols import error_message  # the upstream error reader, shared: {"error": {...}}
 
 NAME = "anthropic"
-FIXED_HEADERS = {"anthropic-version": "2023-06-01"}
-TOOL_CALL_MARKS = (b'"tool_use"',)  # in a request body: once per tool_use block (at least)
 MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
-FORWARD_HEADERS = ("anthropic-version", "anthropic-beta")
-KEEPALIVE = sse.frame({"type": "ping"}, "ping")
 DEFAULT_MAX_TOKENS = 4096  # when neither the client nor the catalog says how long an answer may be
 
 # ---------------------------------------------------------------- inbound
@@ -31,7 +27,7 @@ def model_of(body: dict, path_model: str | None = None) -> str:
     return body["model"]
 
 
-def wants_stream(body: dict, action: str | None = None) -> bool:
+def wants_stream(body: dict) -> bool:
     """Whether the client asked for an SSE stream."""
     return bool(body.get("stream"))
 
@@ -174,6 +170,10 @@ class StreamEncoder:
             return b""
         self.block = None
         return sse.frame({"type": "content_block_stop", "index": self.index}, "content_block_stop")
+
+    def error(self, status: int, message: str) -> bytes:
+        """End a broken stream with the protocol's in-band error (no stream state to close)."""
+        return stream_error(status, message)
 
 
 def stream_error(status: int, message: str) -> bytes:
@@ -641,3 +641,22 @@ def _catalog_max_output() -> dict:
                 table.setdefault(model_id, info["max_output"])
     return table
 
+
+PROTOCOL = Protocol(
+    name=NAME, title="Anthropic-compatible (messages)", auth="x-api-key", framing=sse,
+    routes=(Route("POST", "/v1/messages", "generate"), Route("POST", "/v1/messages/count_tokens", "count")),
+    model_of=model_of, wants_stream=wants_stream, decode_request=decode_request,
+    encode_response=encode_response, StreamEncoder=StreamEncoder, stream_error=stream_error,
+    error_body=error_body, usage_of=usage_of, stream_usage=stream_usage, is_final=is_final,
+    passthrough_body=passthrough_body, drop_sealed=drop_sealed, relay_frame=relay_frame,
+    count_request=count_request, count_reply=count_reply,
+    request_url=request_url, encode_request=encode_request, decode_response=decode_response,
+    StreamDecoder=StreamDecoder, error_message=error_message,
+    count_url=count_url, count_body=count_body, counted=counted,
+    models_path="/v1/models", model_field=MODEL_FIELD,
+    keepalive=sse.frame({"type": "ping"}, "ping"),
+    text_fields={"request": ("system", "messages"), "reply": ("content",), "stream": ("delta", "content_block")},
+    tool_call_marks=(b'"tool_use"',),  # once per tool_use block (at least)
+    fixed_headers={"anthropic-version": "2023-06-01"},
+    forward_headers=("anthropic-version", "anthropic-beta"),  # Claude Code's betas go along
+)

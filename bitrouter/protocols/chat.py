@@ -5,16 +5,13 @@ import re
 import secrets
 import time
 
-from bitrouter.protocols import (Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, content_items,
-                                 effort_for_budget, media_part, native_proof, proof, reply_model, set_given, sse)
-from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
+from bitrouter.protocols import (Event, Message, Part, Protocol, ProtocolError, Request, Response, Route, Tool,
+                                 Usage, content_items, effort_for_budget, media_part, native_proof, proof,
+                                 reply_model, set_given, sse)
+from bitrouter.protocols import error_message  # the upstream error reader, shared: {"error": {...}}
 
 NAME = "openai"
-FIXED_HEADERS = {}
-TOOL_CALL_MARKS = (b'"tool_calls"', b'"function_call"')  # in a request body: once per assistant turn with calls
 MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
-FORWARD_HEADERS = ()
-KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added
 
 # ---------------------------------------------------------------- inbound
 
@@ -25,7 +22,7 @@ def model_of(body: dict, path_model: str | None = None) -> str:
     return _require(body, "model", str)
 
 
-def wants_stream(body: dict, action: str | None = None) -> bool:
+def wants_stream(body: dict) -> bool:
     """Whether the client asked for an SSE stream."""
     return bool(body.get("stream"))
 
@@ -152,6 +149,10 @@ class StreamEncoder:
         return sse.frame({**self._base(), "choices": [{"index": 0, "delta": delta,
                                                         "finish_reason": finish}]})
 
+    def error(self, status: int, message: str) -> bytes:
+        """End a broken stream with the protocol's in-band error (no stream state to close)."""
+        return stream_error(status, message)
+
 
 def stream_error(status: int, message: str) -> bytes:
     """The in-band error that ends a broken stream."""
@@ -211,6 +212,13 @@ def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
     return out
 
 
+def model_list(models: list) -> dict:
+    """`GET /v1/models` reply (OpenAI's list format) for the served (model name, owner) pairs."""
+    now = int(time.time())
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": now, "owned_by": owner}
+                                       for name, owner in models]}
+
+
 # ---------------------------------------------------------------- upstream
 
 
@@ -219,7 +227,6 @@ def request_url(api_base: str, model_id: str, stream: bool) -> str:
     return api_base + "/chat/completions"
 
 
-count_url = None  # Chat Completions has no token counter: counts are estimated
 
 
 def encode_request(req: Request, model_id: str) -> dict:
@@ -443,3 +450,18 @@ def _finish(reason, parts) -> str:
 def _chat_id(upstream_id: str) -> str:
     return upstream_id if upstream_id.startswith("chatcmpl") else "chatcmpl-" + secrets.token_hex(12)
 
+
+PROTOCOL = Protocol(
+    name=NAME, title="OpenAI-compatible (chat completions)", auth="bearer", framing=sse,
+    routes=(Route("POST", "/v1/chat/completions", "generate"), Route("GET", "/v1/models", "models")),
+    model_of=model_of, wants_stream=wants_stream, decode_request=decode_request,
+    encode_response=encode_response, StreamEncoder=StreamEncoder, stream_error=stream_error,
+    error_body=error_body, usage_of=usage_of, stream_usage=stream_usage, is_final=is_final,
+    passthrough_body=passthrough_body, drop_sealed=drop_sealed, relay_frame=relay_frame,
+    model_list=model_list,
+    request_url=request_url, encode_request=encode_request, decode_response=decode_response,
+    StreamDecoder=StreamDecoder, error_message=error_message,
+    models_path="/models", model_field=MODEL_FIELD,
+    text_fields={"request": ("messages",), "reply": ("choices",), "stream": ("choices",)},
+    tool_call_marks=(b'"tool_calls"', b'"function_call"'),  # once per assistant turn with calls
+)

@@ -11,17 +11,13 @@ import re
 import secrets
 from urllib.parse import quote
 
-from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 arguments_object, native_proof, proof, reply_model, set_given,
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Request, Response,
+                                 Route, Tool, Usage, arguments_object, native_proof, proof, reply_model, set_given,
                                  sse)
-from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
+from bitrouter.protocols import error_message  # the upstream error reader, shared: {"error": {...}}
 
 NAME = "google"
-FIXED_HEADERS = {}
-TOOL_CALL_MARKS = (b'"functionCall"',)  # in a request body: once per call part
 MODEL_FIELD = "modelVersion"  # where a reply names its model: the client's name is put back
-FORWARD_HEADERS = ()
-KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # what goes into models/{id}:generateContent
 ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
 # Google's documented placeholder for function calls that came from another model and so
@@ -41,9 +37,9 @@ def model_of(body: dict, path_model: str | None = None) -> str:
     return path_model
 
 
-def wants_stream(body: dict, action: str | None = None) -> bool:
-    """Gemini streams by method (`:streamGenerateContent`), not by a body field."""
-    return action == "streamGenerateContent"
+def wants_stream(body: dict) -> bool:
+    """Gemini streams by method (`:streamGenerateContent`, the route says), never by a body field."""
+    return False
 
 
 def decode_request(body: dict) -> Request:
@@ -163,6 +159,10 @@ class StreamEncoder:
         return sse.frame({"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}],
                           "modelVersion": self.model, "responseId": self.id})
 
+    def error(self, status: int, message: str) -> bytes:
+        """End a broken stream with the protocol's in-band error (no stream state to close)."""
+        return stream_error(status, message)
+
 
 def stream_error(status: int, message: str) -> bytes:
     """The final frame of a broken stream: Google's error object (the SDK raises on it)."""
@@ -231,9 +231,9 @@ def passthrough_body(body: dict, model_id: str, stream: bool) -> dict:
     return body
 
 
-def model_list(ids: list) -> dict:
-    """`GET /v1beta/models` reply for the given model names."""
-    return {"models": [model_entry(i) for i in ids]}
+def model_list(models: list) -> dict:
+    """`GET /v1beta/models` reply for the served (model name, owner) pairs."""
+    return {"models": [model_entry(name) for name, _owner in models]}
 
 
 def model_entry(model_id: str) -> dict:
@@ -665,3 +665,29 @@ _EXT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gi
 def _response_id() -> str:
     return secrets.token_urlsafe(16)
 
+
+PROTOCOL = Protocol(
+    name=NAME, title="Gemini-compatible (generateContent)", auth="x-goog-api-key", framing=sse,
+    # The model and the method travel in the path (`models/{model}:{method}`), under /v1beta
+    # and, for clients whose base URL ends in /v1, under /v1 too.
+    routes=tuple(Route("POST", f"{root}/models/<model:re:.+><:re::{method}>", kind, stream)
+                 for root in ("/v1beta", "/v1")
+                 for method, kind, stream in (("generateContent", "generate", False),
+                                              ("streamGenerateContent", "generate", True),
+                                              ("countTokens", "count", None)))
+    + tuple(Route("POST", f"{root}/models/<model:path>", "unserved") for root in ("/v1beta", "/v1"))
+    + (Route("GET", "/v1beta/models", "models"), Route("GET", "/v1beta/models/<model:path>", "model")),
+    client_prefixes=("/v1beta/",),
+    model_of=model_of, wants_stream=wants_stream, decode_request=decode_request,
+    encode_response=encode_response, StreamEncoder=StreamEncoder, stream_error=stream_error,
+    error_body=error_body, usage_of=usage_of, stream_usage=stream_usage, is_final=is_final,
+    passthrough_body=passthrough_body, drop_sealed=drop_sealed, relay_frame=relay_frame,
+    count_request=count_request, count_reply=count_reply, model_list=model_list, model_entry=model_entry,
+    request_url=request_url, encode_request=encode_request, decode_response=decode_response,
+    StreamDecoder=StreamDecoder, error_message=error_message,
+    count_url=count_url, count_body=count_body, counted=counted,
+    models_path="/v1beta/models", models_list_key="models", models_id_key="name", model_field=MODEL_FIELD,
+    text_fields={"request": ("contents", "systemInstruction", "system_instruction"), "reply": ("candidates",),
+                 "stream": ("candidates",)},
+    tool_call_marks=(b'"functionCall"',),  # once per call part
+)

@@ -18,18 +18,14 @@ import json
 import secrets
 import time
 
-from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, ProtocolError, Request, Response, Tool, Usage,
-                                 content_items, effort_for_budget, media_part, native_proof, proof, reply_model,
-                                 set_given, sse)
-from bitrouter.protocols import error_message  # noqa: F401 - the upstream surface's reader, shared: {"error": {...}}
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Request, Response,
+                                 Route, Tool, Usage, content_items, effort_for_budget, media_part, native_proof,
+                                 proof, reply_model, set_given, sse)
+from bitrouter.protocols import error_message  # the upstream error reader, shared: {"error": {...}}
 from bitrouter.protocols import chat
 
 NAME = "responses"
-FIXED_HEADERS = {}
-TOOL_CALL_MARKS = (b'"function_call"', b'"custom_tool_call"')  # once per call item (outputs don't match)
 MODEL_FIELD = "model"  # where a reply names its model: the client's name is put back
-FORWARD_HEADERS = ()
-KEEPALIVE = b""  # the protocol has no keep-alive event of its own, so none is added
 
 # Events after which a Responses stream is over, whatever its outcome.
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -51,7 +47,7 @@ def model_of(body: dict, path_model: str | None = None) -> str:
     return model
 
 
-def wants_stream(body: dict, action: str | None = None) -> bool:
+def wants_stream(body: dict) -> bool:
     """Whether the client asked for an SSE stream."""
     return bool(body.get("stream"))
 
@@ -782,3 +778,21 @@ def _failure(body: dict) -> str:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+PROTOCOL = Protocol(
+    name=NAME, title="OpenAI Responses (Codex)", auth="bearer", framing=sse,
+    routes=(Route("POST", "/v1/responses", "generate"), Route("POST", "/v1/responses/input_tokens", "count")),
+    model_of=model_of, wants_stream=wants_stream, decode_request=decode_request,
+    encode_response=encode_response, StreamEncoder=StreamEncoder, stream_error=stream_error,
+    error_body=error_body, usage_of=usage_of, stream_usage=stream_usage, is_final=is_final,
+    passthrough_body=passthrough_body, drop_sealed=drop_sealed, relay_frame=relay_frame,
+    count_request=count_request, count_reply=count_reply,
+    request_url=request_url, encode_request=encode_request, decode_response=decode_response,
+    StreamDecoder=StreamDecoder, error_message=error_message,
+    count_url=count_url, count_body=count_body, counted=counted,
+    models_path="/models", model_field=MODEL_FIELD,
+    text_fields={"request": ("input", "instructions"), "reply": ("output",),
+                 "stream": ("delta", "text", "arguments", "item", "part", "response.output")},
+    tool_call_marks=(b'"function_call"', b'"custom_tool_call"'),  # once per call item (outputs don't match)
+)

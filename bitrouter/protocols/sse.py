@@ -2,6 +2,8 @@
 
 import json
 
+CONTENT_TYPE = "text/event-stream"
+
 
 class FrameTooLarge(ValueError):
     """An SSE frame (or a line without an end) grew past the parser's limit."""
