@@ -15,7 +15,6 @@ import re
 import typing
 
 from bitrouter import StatusError
-from bitrouter.config import mask
 from bitrouter.guardrails import SHORT_SECRET, secret_pattern
 
 MAX_DEPTH = 64  # JSON nesting accepted from clients and upstreams (real requests use under 20)
@@ -120,6 +119,16 @@ def check_headers(environ: dict) -> None:
             raise Invalid(f"header {name!r} has a control character or a non-ASCII byte")
 
 
+def mask(secret: str) -> str:
+    """Show just enough of a secret to recognise it: `sk-a...wxyz`; `***` for one of 12 characters or fewer.
+
+    The one masked form of a key: `status`, `doctor`, the wizard and `redact` all show this.
+    """
+    if not secret:
+        return ""
+    return secret[:4] + "..." + secret[-4:] if len(secret) > 12 else "***"
+
+
 def redact(text, secrets):
     """text (str or bytes) with every secret in `secrets` replaced by its masked form.
 
@@ -130,7 +139,7 @@ def redact(text, secrets):
     for secret in secrets:
         needle = secret.encode() if binary else secret
         if needle in text:
-            masked = mask(secret)  # the one masked form, as `status` and the wizard show keys
+            masked = mask(secret)
             masked = masked.encode() if binary else masked
             if len(secret) >= SHORT_SECRET:
                 text = text.replace(needle, masked)

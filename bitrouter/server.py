@@ -23,8 +23,7 @@ import time
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, app, boundary, cluster, config, daemon, guardrails, proxy, workers
-from bitrouter import home as home_mod
+from bitrouter import Error, access, app, boundary, cluster, config, daemon, guardrails, hints, proxy, store, workers
 from bitrouter.metrics import Metrics
 from bitrouter.protocols import mock
 from bitrouter.router import Health, Router
@@ -69,7 +68,8 @@ class Server:
         self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.pools.mount(mock.SCHEME, mock.Transport())  # the built-in provider answers in process
         self.runtime = Runtime(cfg, self.dynamic, self.health)
-        self.gate = access.Gate(home, cfg, self.metrics)  # refuses an open public listener
+        self.store = store.Store(cfg.database_url, shared=True)  # tokens, revocations, routes, spend totals
+        self.gate = access.Gate(home, cfg, self.store, self.metrics)  # refuses an open public listener
         self.app = app.build_app(self)
         self.closed = False
 
@@ -87,6 +87,7 @@ class Server:
         self.metrics.close()
         self.pools.close()
         self.gate.close()
+        self.store.close()
 
     def reload(self, source: str = "request") -> list[str]:
         """Rebuild the runtime from disk (.env, config, registry) and swap it in; returns notes.
@@ -106,7 +107,7 @@ class Server:
         for key, value in _bound_settings(cfg).items():
             if value != self.bound[key]:
                 notes.append(f"{key} changed to {value}; the server keeps {self.bound[key]} "
-                             f"until `{home_mod.command('restart')}`")
+                             f"until `{hints.command('restart')}`")
         for name, route in list(self.dynamic.items()):
             gone = sorted({e.provider for e in route.endpoints if e.provider not in cfg.providers})
             if gone:  # its endpoints could no longer be called
@@ -430,9 +431,13 @@ class _InFlight:
 
 
 def main() -> None:
-    """`python -m bitrouter.server [global options]`: serve this home in the foreground."""
-    from bitrouter import cli
-    cli.main(["serve"] + __import__("sys").argv[1:])
+    """`python -m bitrouter.server [global options]`: serve this home in the foreground.
+
+    It becomes `python -m bitrouter serve` (same process id): flags, errors and hints are the
+    CLI's, and the server module never imports the CLI that sits above it.
+    """
+    import sys
+    os.execv(sys.executable, [sys.executable, "-m", "bitrouter", "serve", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
