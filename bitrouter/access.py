@@ -3,7 +3,7 @@
 One Gate lives as long as the server. It verifies tokens once and caches the result by the
 token's hash; any change to `<home>/.keys` (a new account, a revocation stamp) or a reloaded
 configuration clears that cache before the next request is checked. Finished requests go
-to the spend log through the Gate's metrics listener.
+to the spend log through `Gate.record` (the Server lists it among the metrics listeners).
 """
 
 import logging
@@ -53,9 +53,10 @@ def configured_issuers(cfg) -> set[str]:
 class Gate:
     """Decides who may use the server, which models, and whether their budget allows it."""
 
-    def __init__(self, home, cfg, db, metrics=None):
+    def __init__(self, home, cfg, db):
         self.home = home
         self.store = db  # a store.Store, open on cfg.database_url; its owner closes it
+        self._keys_path = os.fspath(home.keys_dir)  # stat()ed per request: resolved once
         self._cache: dict = {}
         self._apply(cfg)
         self._load_keys(self._keys_signature(), revocations=False)  # the database is not open yet
@@ -67,8 +68,6 @@ class Gate:
         self.revoked = db.revoked_hashes()
         self.writer = store.SpendWriter(cfg.database_url)
         self.holds = Holds()
-        if metrics is not None:
-            metrics.listeners.append(self.record)
 
     def announce(self) -> None:
         """Say how the server authenticates (once logging is set up)."""
@@ -191,7 +190,7 @@ class Gate:
     def _keys_signature(self):
         """(mtime_ns, inode) of `.keys`; renames inside it (accounts, revocation stamps) change it."""
         try:
-            st = os.stat(self.home.keys_dir)
+            st = os.stat(self._keys_path)
         except FileNotFoundError:
             return None
         return st.st_mtime_ns, st.st_ino

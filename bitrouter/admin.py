@@ -13,7 +13,6 @@ import time
 
 from bitrouter import Error, boundary, config, workers
 from bitrouter.boundary import redact
-from bitrouter.metrics import dashboard
 from bitrouter.protocols import sse
 from bitrouter.proxy import HttpError, Incoming, Reply, authenticate, parse_json
 from bitrouter.router import describe, dynamic_route
@@ -77,7 +76,7 @@ def reload(srv, incoming: Incoming) -> Reply:
 def metrics(srv, incoming: Incoming) -> Reply:
     """`GET /admin/metrics[?recent=N]`: the dashboard's snapshot (docs/tui.md)."""
     authenticate(srv, incoming, "admin")
-    return _json(workers.combined(srv, dashboard(srv, _count_param(incoming, "recent", 100))))
+    return _json(workers.combined(srv, srv.dashboard(_count_param(incoming, "recent", 100))))
 
 
 def events(srv, incoming: Incoming) -> Reply:

@@ -45,7 +45,7 @@ def load_json(data: bytes, what: str = "request body"):
         raise
     except ValueError as exc:
         raise Invalid(f"{what} is not valid JSON: {exc}") from None
-    if _depth(value) > MAX_DEPTH:
+    if _openings(data) > MAX_DEPTH and _depth(value) > MAX_DEPTH:  # fewer brackets cannot nest deeper
         raise Invalid(f"{what} is nested deeper than {MAX_DEPTH} levels")
     return value
 
@@ -113,6 +113,8 @@ def check_headers(environ: dict) -> None:
     Such a value is never forwarded upstream, and never reaches code that decodes headers.
     """
     for key, value in environ.items():
+        if value.__class__ is str and value.isascii() and value.isprintable():
+            continue  # the usual value, decided without a regex (isprintable leaves out \t: the regex decides)
         if (key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) \
                 and not HEADER_VALUE.fullmatch(value):
             name = key.removeprefix("HTTP_").replace("_", "-").lower()
@@ -173,6 +175,13 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise Invalid(f"number {text[:40]} is out of range")
     return value
+
+
+def _openings(data) -> int:
+    """How many `{` and `[` a JSON text has (strings included): a bound on its nesting depth."""
+    if isinstance(data, str):
+        return data.count("{") + data.count("[")
+    return data.count(b"{") + data.count(b"[")
 
 
 def _depth(value) -> int:

@@ -32,7 +32,7 @@ RELOAD_TIMEOUT = 30.0
 NEAR_CAPACITY = 0.8  # `status` warns when this share of the server's connection capacity is open
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 WORKER_FORMAT = "%(levelname)s %(message)s"  # a `--workers` supervisor adds the time as it logs the line
-FLUSH_DELAY = 0.2  # seconds an INFO line may wait in the log's buffer
+FLUSH_DELAY = 0.2  # seconds a request line may wait in the log's buffer
 
 
 @dataclass
@@ -344,8 +344,11 @@ def detached(home) -> bool:
 
 
 @contextmanager
-def server_log(home, srv, echo: bool = True):
-    """While serving, log to <logs>/bitrouter.log, and to stderr too when echo (the foreground)."""
+def server_log(home, srv, echo: bool = True, requests: "RequestLog | None" = None):
+    """While serving, log to <logs>/bitrouter.log, and to stderr too when echo (the foreground).
+
+    With `requests`, its request lines go to the same places, in order with the other lines.
+    """
     fmt = LOG_FORMAT
     if srv.mode == "worker":  # its supervisor writes the lines (with their time) into the log file
         handlers, fmt = [logging.StreamHandler(sys.stderr)], WORKER_FORMAT
@@ -361,33 +364,113 @@ def server_log(home, srv, echo: bool = True):
     logger.propagate = False
     for handler in handlers:
         handler.setFormatter(logging.Formatter(fmt))
+        if requests is not None:  # a line logged now follows the request lines still buffered
+            handler.addFilter(requests.flush_filter)
         handler.addFilter(_Redact(srv))
         logger.addHandler(handler)
-    srv.metrics.listeners.append(log_request)
+    if requests is not None:
+        requests.open(handlers, timed=fmt == LOG_FORMAT)
     try:
         yield
     finally:
-        srv.metrics.listeners.remove(log_request)
+        if requests is not None:
+            requests.close()  # every request line is written before the handlers close
         for handler in handlers:
             logger.removeHandler(handler)
             handler.close()
         logger.level, logger.propagate = previous
 
 
-def log_request(record) -> None:
-    """One log line per finished request (a Metrics listener)."""
-    line = (f"request {record.protocol} model={_field(record.model)} upstream={_field(record.upstream or '-')} "
-            f"status={record.status} latency={record.latency_ms:.0f}ms "
-            f"tokens={record.usage.input}/{record.usage.output} stream={'yes' if record.stream else 'no'} "
-            f"attempts={record.attempts}")
-    if record.account:
-        line += f" account={_field(record.account)}"
-    if record.error:
-        line += f" error={json.dumps(record.error[:300])}"
-    log.info(line, extra=_REQUEST_LINE)
+class RequestLog:
+    """One log line per finished request (a Metrics listener), without `logging`'s per-record work.
+
+    Each line is formatted and redacted once and buffered; the buffer goes to the log's
+    handlers within FLUSH_DELAY (one write and flush each), before any other log line, and
+    when the log closes. Until server_log() opens it, lines are dropped (as an unconfigured
+    logger drops INFO lines).
+    """
+
+    def __init__(self, srv):
+        self.srv = srv
+        self.flush_filter = _FlushFirst(self)
+        self._handlers = []
+        self._timed = True
+        self._lines = []
+        self._timer = None
+        self._second = None  # the last second a time stamp was made for, and that stamp
+        self._stamp = ""
+        self._runtime = None
+        self._secrets = []
+
+    def open(self, handlers, timed: bool) -> None:
+        """Write to these logging handlers from now on (timed: each line starts with its time)."""
+        self._handlers, self._timed = list(handlers), timed
+
+    def write(self, record) -> None:
+        """Buffer the log line of a finished request."""
+        if not self._handlers:
+            return
+        line = (f"request {record.protocol} model={_field(record.model)} upstream={_field(record.upstream or '-')} "
+                f"status={record.status} latency={record.latency_ms:.0f}ms "
+                f"tokens={record.usage.input}/{record.usage.output} stream={'yes' if record.stream else 'no'} "
+                f"attempts={record.attempts}")
+        if record.account:
+            line += f" account={_field(record.account)}"
+        if record.error:
+            line += f" error={json.dumps(record.error[:300])}"
+        rt = self.srv.runtime
+        if rt is not self._runtime:  # recomputed once per reload, not per line
+            self._runtime, self._secrets = rt, rt.secrets
+        line = _scrub(line, self._secrets)
+        if self._timed:
+            now = time.time()
+            second = int(now)
+            if second != self._second:
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            line = f"{self._stamp},{int((now - second) * 1000):03d} INFO {line}\n"
+        else:
+            line = f"INFO {line}\n"
+        self._lines.append(line)
+        if self._timer is None:
+            self._timer = threading.Timer(FLUSH_DELAY, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def flush(self) -> None:
+        """Write the buffered lines to every handler now."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        text = "".join(lines)
+        for handler in self._handlers:
+            with handler.lock:
+                if isinstance(handler, _RotatingLog):
+                    handler.write_lines(text, lines)
+                else:
+                    handler.stream.write(text)
+                handler.flush()
+
+    def close(self) -> None:
+        """Write what is buffered and stop writing."""
+        self.flush()
+        self._handlers = []
 
 
-_REQUEST_LINE = {"request_line": True}  # the log flushes these within FLUSH_DELAY, not one by one
+class _FlushFirst(logging.Filter):
+    """Writes a RequestLog's buffered lines before a handler emits any other line (keeps order)."""
+
+    def __init__(self, requests: RequestLog):
+        super().__init__()
+        self.requests = requests
+
+    def filter(self, record) -> bool:
+        if self.requests._lines:
+            self.requests.flush()
+        return True
 
 
 def connect_url(host: str, port: int) -> str:
@@ -399,18 +482,15 @@ def connect_url(host: str, port: int) -> str:
 class _RotatingLog(RotatingFileHandler):
     """Size-rotated log whose limits follow reloads; a daemon's stdout/stderr follow it too.
 
-    A request line (one per request) is flushed within FLUSH_DELAY instead of at once, and
-    the size check counts what was written instead of calling stat: a busy server writes
-    its log in a few large writes a second. Every other line is flushed at once, and closing
-    the handler (the server stopping) flushes everything.
+    The size check counts what was written instead of calling stat per line; each flush
+    re-reads the size, since stray output to a daemon's stdout/stderr lands in the file too.
+    Request lines come in batches through write_text (RequestLog).
     """
 
     def __init__(self, path, srv, follows_stdio: bool):
         self.srv = srv
         self.follows_stdio = follows_stdio
-        self._emitting = False
-        self._flush_timer = None
-        self._size = self._next = 0  # bytes in the file; the line being written
+        self._size = 0  # bytes in the file
         super().__init__(path, encoding="utf-8")
         self._limits()
 
@@ -422,41 +502,28 @@ class _RotatingLog(RotatingFileHandler):
         self._size = os.fstat(stream.fileno()).st_size
         return stream
 
-    def emit(self, record) -> None:
-        self._emitting = getattr(record, "request_line", False)
-        self._next = 0
-        try:
-            super().emit(record)  # shouldRollover, perhaps doRollover (a new file), the write
-        finally:
-            self._emitting = False
-        self._size += self._next
+    def write_lines(self, text: str, lines: list) -> None:
+        """Write ready lines, text being their join (the caller holds the lock, then flushes).
+
+        In one write when they fit in the file; else one by one, rotating where the next would not.
+        """
+        if not self._rollover_needed(_size(text)):
+            self.stream.write(text)
+            return
+        for line in lines:
+            if self._rollover_needed(_size(line)):
+                self.doRollover()
+            self.stream.write(line)
+            self._size += _size(line)
 
     def flush(self) -> None:
-        """Flush now, or (inside a request line's emit) within FLUSH_DELAY."""
-        if not self._emitting:
-            super().flush()
-        elif self._flush_timer is None:
-            self._flush_timer = threading.Timer(FLUSH_DELAY, self._flush_later)
-            self._flush_timer.daemon = True
-            self._flush_timer.start()
-
-    def close(self) -> None:
-        timer, self._flush_timer = self._flush_timer, None
-        if timer is not None:
-            timer.cancel()
-        super().close()  # flushes
+        """Flush (after every line logged the usual way, and every batch of request lines)."""
+        super().flush()
+        if self.stream is not None:
+            self._size = os.fstat(self.stream.fileno()).st_size
 
     def shouldRollover(self, record) -> bool:
-        self._limits()
-        if self.stream is None:
-            self.stream = self._open()
-        if not self.maxBytes or not self._regular:
-            return False
-        line = self.format(record)
-        # Counted, not asked for (a text stream's tell() flushes); stray output to a daemon's
-        # stdout/stderr lands in the file too, so every flush re-reads the size.
-        self._next = (len(line) if line.isascii() else len(line.encode("utf-8"))) + 1
-        return self._size + self._next >= self.maxBytes
+        return self._rollover_needed(_size(self.format(record)) + 1)
 
     def doRollover(self) -> None:
         super().doRollover()
@@ -464,12 +531,14 @@ class _RotatingLog(RotatingFileHandler):
             for fd in (1, 2):
                 os.dup2(self.stream.fileno(), fd)
 
-    def _flush_later(self) -> None:
-        with self.lock:
-            self._flush_timer = None
-            if self.stream is not None:
-                self.stream.flush()
-                self._size = os.fstat(self.stream.fileno()).st_size
+    def _rollover_needed(self, size: int) -> bool:
+        """Whether size more bytes would take the file past its limit (counted, not asked for)."""
+        self._limits()
+        if self.stream is None:
+            self.stream = self._open()
+        if not self.maxBytes or not self._regular:
+            return False
+        return self._size + size >= self.maxBytes
 
     def _limits(self) -> None:
         limits = self.srv.runtime.cfg.logging
@@ -481,6 +550,16 @@ class _RotatingLog(RotatingFileHandler):
 # Credentials that are not in the configuration: bearer headers, JWTs, common key shapes.
 _SECRET = re.compile(r"(?i)\bbearer\s+[\w.~+/=-]+|\bsk-[\w-]{8,}|\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"
                      r"|\bAIza[\w-]{20,}")
+
+
+def _size(text: str) -> int:
+    """Bytes of text in the log's UTF-8."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _scrub(message: str, keys) -> str:
+    """A log line with the configured keys masked and other credential shapes redacted."""
+    return _SECRET.sub(guardrails.REDACTED, boundary.redact(message, keys))
 
 
 class _Redact(logging.Filter):
@@ -497,7 +576,7 @@ class _Redact(logging.Filter):
         if rt is not self._runtime:  # recomputed once per reload, not per line
             self._runtime, self._keys = rt, rt.secrets
         message = record.getMessage()
-        clean = _SECRET.sub(guardrails.REDACTED, boundary.redact(message, self._keys))
+        clean = _scrub(message, self._keys)
         if clean != message:
             record.msg, record.args = clean, None
         return True

@@ -125,6 +125,14 @@ class Rule:
     description: str
     patterns: list  # [(hint, compiled regex)]; hint "" when there is none
     action: str
+    # Per pattern, the literal every match (and every partial match) starts with, as
+    # (text, ignore case), or None when it has none: a stream skips a pattern whose literal
+    # is neither in the text nor begun at its end (StreamGuard._release).
+    leads: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.leads:
+            self.leads = [lead(pattern.pattern) for _, pattern in self.patterns]
 
 
 @dataclass
@@ -260,7 +268,8 @@ def compile_policy(raw, fail, secrets=()) -> Policy:
     for direction in rules:
         if own:
             rules[direction].append(Rule(OWN_KEYS, "BitRouter's own keys",
-                                         [("", regex.compile(secret_pattern(key))) for key in own], "redact"))
+                                         [("", regex.compile(secret_pattern(key))) for key in own], "redact",
+                                         [(key, False) for key in own]))  # a match starts with the key itself
         if not cfg["enabled"]:
             continue
         for name, (description, native, patterns) in BUILTIN.items():
@@ -287,19 +296,76 @@ def strings(body: dict, paths) -> list:
     return found
 
 
-def walk_json(node, key, where: str):
-    """(container, key, where) for every string under node[key], skipping OPAQUE keys."""
-    value = node[key]
-    if isinstance(value, str):
-        if value:
-            yield node, key, where
-    elif isinstance(value, dict):
-        for name in value:
-            if name not in OPAQUE:
-                yield from walk_json(value, name, f"{where}.{name}")
-    elif isinstance(value, list):
-        for i in range(len(value)):
-            yield from walk_json(value, i, f"{where}[{i}]")
+def walk_json(node, key, where: str) -> list:
+    """(container, key, where) for every string under node[key], in document order, skipping OPAQUE keys."""
+    found, todo = [], [(node, key, where)]
+    while todo:  # a stack, not recursion: cheaper per node, and any depth
+        node, key, where = todo.pop()
+        value = node[key]
+        if isinstance(value, str):
+            if value:
+                found.append((node, key, where))
+        elif isinstance(value, dict):
+            todo += [(value, name, f"{where}.{name}") for name in reversed(value) if name not in OPAQUE]
+        elif isinstance(value, list):
+            todo += [(value, i, f"{where}[{i}]") for i in range(len(value) - 1, -1, -1)]
+    return found
+
+
+def lead(source: str) -> tuple[str, bool] | None:
+    """The literal text every match of a regex starts with, and whether case is ignored; None if unsure.
+
+    Understood: an optional leading (?i) and \\b, then plain characters or escaped punctuation;
+    a quantifier that may drop the last of them drops it; any top-level alternation means None.
+    """
+    if _top_level_alternation(source) or regex.search(r"\(\?[a-zA-Z]*[a-zA-Z]", source[4:] if source.startswith("(?i)") else source):
+        return None  # alternatives, or flags that change what a literal means (only a leading (?i) is understood)
+    m = _LEAD.match(source)
+    if not m or not m.group(2):
+        return None
+    literal = regex.sub(r"\\(.)", r"\1", m.group(2))
+    if source[m.end():m.end() + 1] in ("?", "*", "{"):
+        literal = literal[:-1]
+    if not literal:
+        return None
+    fold = bool(m.group(1))  # casefold() folds at least everything (?i) matches to these letters
+    return (literal.casefold() if fold else literal), fold
+
+
+_LEAD = regex.compile(r"(\(\?i\))?(?:\\b)?((?:[A-Za-z0-9 _:>/=@-]|\\[-()+.\[\]{}|*?^$/])+)")
+
+
+def _top_level_alternation(source: str) -> bool:
+    """Whether a regex has a | outside every group and character class."""
+    depth, i, in_class = 0, 0, False
+    while i < len(source):
+        c = source[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
+
+
+def _begins_at_end(text: str, literal: str) -> bool:
+    """Whether text ends with a beginning of literal (a match that the next frame may complete)."""
+    tail = text[1 - len(literal):] if len(literal) > 1 else ""  # where the cut-off beginning would be
+    at = tail.find(literal[0])
+    while at != -1:
+        if literal.startswith(tail[at:]):
+            return True
+        at = tail.find(literal[0], at + 1)
+    return False
 
 
 def span(match) -> tuple[int, int]:
@@ -431,7 +497,9 @@ class StreamGuard:
         self.fields = fields
         self.error_frame = error_frame  # (status, message) -> bytes
         self.report = report  # (hits) -> None
-        self.rules = policy.rules[DOWNGOING]
+        # (rule, pattern, leading literal or None, ignore case) for every downgoing pattern
+        self.scans = [(rule, pattern, *(first or (None, False)))
+                      for rule in policy.rules[DOWNGOING] for (_, pattern), first in zip(rule.patterns, rule.leads)]
         self.buffer = b""
         self.held = []  # frames of the open block (and pings that arrived after them)
         self.block_key = None
@@ -495,15 +563,30 @@ class StreamGuard:
         hold_from, found = len(joined), {}
         base = len(self.context)
         scanned = self.context + joined
-        for rule in self.rules:  # no hints here: a partial match may not contain its hint yet
-            for _, pattern in rule.patterns:
-                for m in pattern.finditer(scanned, base, partial=not final):
-                    start, end = span(m)
-                    start, end = max(start, base) - base, end - base
-                    if not final and (m.partial or end == len(joined)):
-                        hold_from = min(hold_from, start)  # may still grow into a match: wait for more
-                    else:
-                        found.setdefault(rule, []).append((start, end))
+        folded = None
+        for rule, pattern, literal, fold in self.scans:  # no hints: a partial match may lack its hint yet
+            if literal is not None:
+                if fold and folded is None:
+                    folded = joined.casefold()
+                text = folded if fold else joined
+                if literal not in text and (len(literal) == 1 or literal[0] not in text[1 - len(literal):]
+                                            or not _begins_at_end(text, literal)):
+                    continue  # no match nor partial match can be in this text
+            for m in pattern.finditer(scanned, base, partial=not final):
+                start, end = span(m)
+                start, end = max(start, base) - base, end - base
+                if not final and (m.partial or end == len(joined)):
+                    hold_from = min(hold_from, start)  # may still grow into a match: wait for more
+                else:
+                    found.setdefault(rule, []).append((start, end))
+        if not found and hold_from == len(joined):  # the usual frame: nothing found, nothing to wait for
+            out = b"".join(frame.raw for frame in self.held)
+            self.held = []
+            if final:
+                self.block_key, self.context = None, ""
+            else:
+                self.context = (self.context + joined)[-64:]
+            return out
         cut = self._cut(hold_from, found)
         hits, spans, blocked = [], [], []
         for rule, matches in found.items():
@@ -549,9 +632,13 @@ class _Frame:
 
     def __init__(self, raw: bytes, fields):
         self.raw, self.event, self.data, self.strings, self.key = raw, "", None, [], None
-        lines = raw.decode("utf-8", "replace").splitlines()
-        self.event = next((line[6:].strip() for line in lines if line.startswith("event:")), "")
-        data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
+        text = raw.decode("utf-8", "replace")
+        if text.startswith("data:") and "\r" not in text and text.count("\n") == 2:  # the usual frame: one data line
+            data = [text[5:-2].removeprefix(" ")]
+        else:
+            lines = text.splitlines()
+            self.event = next((line[6:].strip() for line in lines if line.startswith("event:")), "")
+            data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
         try:
             self.data = json.loads("\n".join(data)) if data else None
         except ValueError:
@@ -613,6 +700,9 @@ def _merged(spans: list) -> list:
 
 def _frame_end(buffer: bytes) -> tuple[int, int]:
     """Where the first complete SSE frame ends (position, separator length), or (-1, 0)."""
+    if b"\r" not in buffer:
+        at = buffer.find(b"\n\n")
+        return (at, 2) if at >= 0 else (-1, 0)
     best = (-1, 0)
     for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
         at = buffer.find(sep)

@@ -1,10 +1,13 @@
 """In-memory request metrics: the live request log, totals, per-endpoint stats and live events.
 
-Finished Records go to every listener (the spend writer); started/routed/finished events
-go to subscribers (the dashboard, `/admin/events`) through bounded inboxes, so a slow
-reader loses events instead of ever holding up a request.
+Finished Records go to every listener (the Server lists them: guardrail sessions, the spend
+writer, the request log); events go to subscribers (the dashboard, `/admin/events`) through
+bounded inboxes, so a slow reader loses events instead of ever holding up a request. A
+request is one `finished` event (a stream also announces itself with `started` when its
+upstream answers); with no subscriber nothing is built for them.
 """
 
+import bisect
 import math
 import os
 import threading
@@ -96,9 +99,13 @@ class Metrics:
         self.subscribers = []
         self.endpoints = {}  # provider:model_id -> EndpointStats
         self.totals = dict.fromkeys(TOTAL_KEYS, 0)
-        self.counters = {}  # name -> {labels (sorted pairs) -> value}; exported by GET /metrics
-        self.latency = {}  # labels -> [count per bucket..., +Inf count, sum of seconds]
-        self.today = {"date": _date(self.started), **self.totals}
+        self.counters = {}  # name -> {labels (sorted pairs) -> value}: Metrics.count's, for GET /metrics
+        # (route, endpoint, protocol, status) -> [requests, input tokens, output tokens, micro-USD,
+        # count per latency bucket..., +Inf count, sum of seconds]: every finished request, in one place
+        self.series = {}
+        self.today = {}
+        self._tomorrow = 0.0  # when `today` starts afresh (local midnight)
+        self._new_day(self.started)
         self.closed = False
         self.guardrails = {}  # (pattern, direction, action) -> hits since start
         self._samples = samples
@@ -110,24 +117,26 @@ class Metrics:
         self._next_id += 1
         record = Record(id=self._next_id, started=self.clock(), protocol=protocol, model=model, stream=stream)
         self.running[record.id] = record
-        self._publish("started", record)
         return record
 
     def routed(self, record: Record) -> None:
-        """Announce that a running request found its upstream (streams show it while running)."""
-        self._publish("routed", record)
+        """An endpoint answered: a stream is running from now on, so subscribers hear of it."""
+        if record.stream and self.subscribers:
+            self._publish("started", record)
 
     def finish(self, record: Record) -> None:
         """Close a record: count it and hand it to the listeners and subscribers."""
         self.running.pop(record.id, None)
         self.recent.append(record)
         failed = record.status >= 400
-        counts = {"requests": 1, "errors": int(failed), "input_tokens": record.usage.input,
-                  "output_tokens": record.usage.output, "cost_micro_usd": record.cost_micro_usd}
-        for totals in (self.totals, self._today()):
-            for key, value in counts.items():
-                totals[key] += value
-        self._count_for_export(record)
+        usage = record.usage
+        for totals in (self.totals, self.today if record.started < self._tomorrow else self._new_day()):
+            totals["requests"] += 1
+            totals["errors"] += failed
+            totals["input_tokens"] += usage.input
+            totals["output_tokens"] += usage.output
+            totals["cost_micro_usd"] += record.cost_micro_usd
+        self._count_series(record, usage)
         if record.upstream:
             stats = self.endpoints.get(record.upstream)
             if stats is None:
@@ -135,7 +144,8 @@ class Metrics:
             stats.add(record.latency_ms, failed)
         for listener in self.listeners:
             listener(record)
-        self._publish("finished", record)
+        if self.subscribers:
+            self._publish("finished", record)
 
     def guardrail(self, record: Record, hits: list) -> None:
         """Count guardrail hits (never the matched text) and announce them as a `guardrail` event."""
@@ -143,7 +153,8 @@ class Metrics:
             key = (hit.pattern, hit.direction, hit.action)
             self.guardrails[key] = self.guardrails.get(key, 0) + hit.count
             self.count("guardrail_hits", hit.count, pattern=hit.pattern, direction=hit.direction, action=hit.action)
-        self._publish("guardrail", record, hits=[hit.as_dict() for hit in hits])
+        if self.subscribers:
+            self._publish("guardrail", record, hits=[hit.as_dict() for hit in hits])
 
     def count(self, name: str, value: float = 1, **labels) -> None:
         """Add to a named counter (tokens, cost, guardrail hits...); GET /metrics exports every one."""
@@ -183,37 +194,62 @@ class Metrics:
                 "guardrails": [{"pattern": p, "direction": d, "action": a, "hits": n}
                                for (p, d, a), n in sorted(self.guardrails.items())]}
 
-    def _count_for_export(self, record: Record) -> None:
-        """The per route, endpoint and status series of one finished request."""
-        where = {"route": record.route, "endpoint": record.upstream}
-        self.count("requests", protocol=record.protocol, status=str(record.status), **where)
-        if record.usage.input or record.usage.output:
-            self.count("tokens", record.usage.input, kind="input", **where)
-            self.count("tokens", record.usage.output, kind="output", **where)
-        if record.cost_micro_usd:
-            self.count("cost_micro_usd", record.cost_micro_usd, **where)
-        key = tuple(sorted({**where, "status": str(record.status)}.items()))
-        if key not in self.latency and len(self.latency) >= MAX_SERIES:
-            key = tuple((k, "other" if k in where else v) for k, v in key)
-        counts = self.latency.get(key)
-        if counts is None:
-            counts = self.latency[key] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+    def exported(self) -> tuple[dict, dict]:
+        """(counters, latency) for GET /metrics: {name: {sorted label pairs: value}} and
+        {sorted label pairs: [count per bucket..., +Inf count, sum of seconds]}."""
+        counters = {name: dict(series) for name, series in self.counters.items()}
+        requests, tokens, cost, latency = {}, {}, {}, {}
+        for (route, endpoint, protocol, status), row in self.series.items():
+            requests[(("endpoint", endpoint), ("protocol", protocol), ("route", route), ("status", status))] = row[0]
+            if row[1] or row[2]:
+                for kind, value in (("input", row[1]), ("output", row[2])):
+                    key = (("endpoint", endpoint), ("kind", kind), ("route", route))
+                    tokens[key] = tokens.get(key, 0) + value
+            if row[3]:
+                key = (("endpoint", endpoint), ("route", route))
+                cost[key] = cost.get(key, 0) + row[3]
+            key = (("endpoint", endpoint), ("route", route), ("status", status))
+            counts = latency.get(key)
+            latency[key] = row[4:] if counts is None else [a + b for a, b in zip(counts, row[4:])]
+        for name, series in (("requests", requests), ("tokens", tokens), ("cost_micro_usd", cost)):
+            if series:
+                counters[name] = series
+        return counters, latency
+
+    def _count_series(self, record: Record, usage: Usage) -> None:
+        """Count a finished request into its (route, endpoint, protocol, status) row."""
+        key = (record.route, record.upstream, record.protocol, str(record.status))
+        row = self.series.get(key)
+        if row is None:
+            if len(self.series) >= MAX_SERIES:  # arbitrary model names must not grow it without end
+                key = ("other", "other", record.protocol, key[3])
+            row = self.series.get(key)
+            if row is None:
+                row = self.series[key] = [0, 0, 0, 0] + [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
         seconds = record.latency_ms / 1000
-        counts[_bucket(seconds)] += 1
-        counts[-1] += seconds
+        row[0] += 1
+        row[1] += usage.input
+        row[2] += usage.output
+        row[3] += record.cost_micro_usd
+        row[4 + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        row[-1] += seconds
 
     def _today(self) -> dict:
         """Today's totals (local date), starting afresh after midnight."""
-        date = _date(self.clock())
-        if self.today["date"] != date:
-            self.today = {"date": date, **dict.fromkeys(TOTAL_KEYS, 0)}
+        return self.today if self.clock() < self._tomorrow else self._new_day()
+
+    def _new_day(self, now: float | None = None) -> dict:
+        """Start today's totals afresh and note when tomorrow begins."""
+        now = self.clock() if now is None else now
+        day = time.localtime(now)
+        self.today = {"date": time.strftime("%Y-%m-%d", day), **dict.fromkeys(TOTAL_KEYS, 0)}
+        self._tomorrow = time.mktime((day.tm_year, day.tm_mon, day.tm_mday + 1, 0, 0, 0, 0, 0, -1))
         return self.today
 
     def _publish(self, kind: str, record: Record, **extra) -> None:
-        if not self.subscribers:
-            return
+        """One event, built once for every subscriber: a copy, so later changes stay out."""
         self._seq += 1
-        event = {"type": kind, "seq": self._seq, "request": record.as_dict(), **extra}  # a copy: later changes stay out
+        event = {"type": kind, "seq": self._seq, "request": record.as_dict(), **extra}
         for sub in self.subscribers:
             sub.push(event)
 
@@ -233,23 +269,27 @@ class EndpointStats:
         self.latencies.append(latency_ms)
 
 
-def dashboard(srv, recent: int = 100) -> dict:
-    """The `/admin/metrics` snapshot of a running Server (docs/tui.md documents the shape)."""
-    rt = srv.runtime
+def dashboard(metrics: Metrics, rt, health, *, mode: str, port: int | None, started: float,
+              auth_required: bool, connections=None, recent: int = 100) -> dict:
+    """The `/admin/metrics` snapshot (docs/tui.md documents the shape).
+
+    rt is the serving Runtime (configuration, router, providers, secrets), health the router's
+    Health; port is the bound one (None: the configured), connections the listener's counts.
+    """
     now = time.time()
     secrets = rt.secrets
-    data = srv.metrics.snapshot(recent)
+    data = metrics.snapshot(recent)
     for record in data["running"] + data["recent"]:
         record["error"] = redact(record["error"], secrets)
-    host, port = rt.cfg.host_port
+    host, configured_port = rt.cfg.host_port
     routes = rt.router.listing()
     return {"version": bitrouter.__version__, "pid": os.getpid(), "time": now,
-            "listen": f"http://{_url_host(host)}:{srv.port or port}",
-            "mode": srv.mode, "auth_mode": rt.cfg.auth["mode"], "auth_required": srv.gate.required,
-            "started": srv.started, "uptime_seconds": round(now - srv.started, 1),
-            "connections": {"open": srv.connections.connections, "capacity": srv.connections.capacity}
-            if getattr(srv, "connections", None) else None,
-            "providers": providers(rt, routes, srv.health, srv.metrics.endpoints, secrets),
+            "listen": f"http://{_url_host(host)}:{port or configured_port}",
+            "mode": mode, "auth_mode": rt.cfg.auth["mode"], "auth_required": auth_required,
+            "started": started, "uptime_seconds": round(now - started, 1),
+            "connections": {"open": connections.connections, "capacity": connections.capacity}
+            if connections is not None else None,
+            "providers": providers(rt, routes, health, metrics.endpoints, secrets),
             "routes": routes, **data}
 
 
@@ -324,14 +364,6 @@ def _endpoint_row(label: str, health, stats: dict, now: float, secrets) -> dict:
             "p50_ms": percentile(s.latencies, 50) if s else None}
 
 
-def _bucket(seconds: float) -> int:
-    """The index of the first histogram bound that holds seconds (the last slot is +Inf)."""
-    for i, bound in enumerate(LATENCY_BUCKETS):
-        if seconds <= bound:
-            return i
-    return len(LATENCY_BUCKETS)
-
-
 def _worst(states: list) -> str:
     return max(states, key=STATE_ORDER.index, default="ok")
 
@@ -339,6 +371,3 @@ def _worst(states: list) -> str:
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
-
-def _date(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.localtime(ts))

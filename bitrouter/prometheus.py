@@ -44,10 +44,11 @@ class _Collector:
         yield info
         yield GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the server started.",
                                 value=round(time.time() - self.srv.started, 3))
-        for name, series in sorted(metrics.counters.items()):
+        counters, latencies = metrics.exported()
+        for name, series in sorted(counters.items()):
             yield _counter(CounterMetricFamily, name, series)
         errors = {}
-        for key, value in metrics.counters.get("requests", {}).items():
+        for key, value in counters.get("requests", {}).items():
             labels = dict(key)
             if int(labels.get("status") or 0) >= 400:
                 errors[key] = value
@@ -56,7 +57,7 @@ class _Collector:
         latency = HistogramMetricFamily(PREFIX + "request_duration_seconds",
                                         "Request latency, to the last byte of a stream.",
                                         labels=["endpoint", "route", "status"])
-        for key, counts in sorted(metrics.latency.items()):
+        for key, counts in sorted(latencies.items()):
             labels = dict(key)
             cumulative, buckets = 0, []
             for bound, count in zip(LATENCY_BUCKETS + (float("inf"),), counts):

@@ -13,6 +13,7 @@ if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anythin
 
 import collections
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
 from bitrouter import Error, access, app, boundary, cluster, config, daemon, guardrails, hints, proxy, store, workers
-from bitrouter.metrics import Metrics
+from bitrouter.metrics import Metrics, dashboard
 from bitrouter.protocols import mock
 from bitrouter.router import Health, Router
 from bitrouter.upstream import Pools
@@ -58,18 +59,21 @@ class Server:
         self.health = Health()
         self.metrics = Metrics()
         self.sessions = guardrails.Sessions()  # per agent session: requests and spend, for its limits
-        self.metrics.listeners.append(self.sessions.finished)
         self.started = time.time()
         self.counts = collections.OrderedDict()  # (endpoint label, body digest) -> provider token count
         self.mode = "foreground"  # how this process runs the server: foreground | dashboard | daemon
         self.port = None  # the port actually bound, once listening
+        self.connections = None  # the listener's connection counts, once listening
         cfg = cfg or config.load(home)
         self.bound = _bound_settings(cfg)  # fixed for this process: a reload only reports changes
         self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.pools.mount(mock.SCHEME, mock.Transport())  # the built-in provider answers in process
         self.runtime = Runtime(cfg, self.dynamic, self.health)
         self.store = store.Store(cfg.database_url, shared=True)  # tokens, revocations, routes, spend totals
-        self.gate = access.Gate(home, cfg, self.store, self.metrics)  # refuses an open public listener
+        self.gate = access.Gate(home, cfg, self.store)  # refuses an open public listener
+        self.request_log = daemon.RequestLog(self)  # writes once server_log() has opened the log
+        # Every finished request, in this order: its session's spend, its spend row, its log line.
+        self.metrics.listeners = [self.sessions.finished, self.gate.record, self.request_log.write]
         self.app = app.build_app(self)
         self.closed = False
 
@@ -88,6 +92,12 @@ class Server:
         self.pools.close()
         self.gate.close()
         self.store.close()
+
+    def dashboard(self, recent: int = 100) -> dict:
+        """The `/admin/metrics` snapshot of this server (docs/tui.md)."""
+        return dashboard(self.metrics, self.runtime, self.health, mode=self.mode, port=self.port,
+                         started=self.started, auth_required=self.gate.required,
+                         connections=self.connections, recent=recent)
 
     def reload(self, source: str = "request") -> list[str]:
         """Rebuild the runtime from disk (.env, config, registry) and swap it in; returns notes.
@@ -173,7 +183,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
     host, port = srv.runtime.cfg.host_port
     with contextlib.ExitStack() as owned:  # released here on failure, else by Running.stop()
         claim = None if worker else owned.enter_context(daemon.pid_file(home))
-        owned.enter_context(daemon.server_log(home, srv, echo=mode == "foreground"))
+        owned.enter_context(daemon.server_log(home, srv, echo=mode == "foreground", requests=srv.request_log))
         try:
             address = workers.listener(host, worker[1]) if worker else (host, port)
             listener = WSGIServer(address, srv.app, log=None, error_log=log, handler_class=_Handler)
@@ -197,6 +207,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         srv.gate.announce()
         owned.callback(srv.close)  # after the drain: every spend row written
         cluster.Sync(srv).start(owned)  # revocations and dynamic routes shared through the database
+        gc.freeze()  # what start-up built lives as long as the process: full collections skip it (p99)
         return Running(srv, listener, owned.pop_all())
 
 
@@ -288,6 +299,9 @@ class _Handler(WSGIHandler):
             return super().handle_one_response()
         finally:
             self.server.in_flight.leave()
+
+    def log_request(self):
+        """No access line: the server logs with log=None, and requests are logged by the RequestLog."""
 
     # A stopping server reads no further requests on kept-alive connections, hangs up those
     # waiting for one, and tells clients not to reuse the connections it still answers on.

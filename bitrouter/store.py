@@ -272,9 +272,7 @@ class SpendWriter:
         """Queue one spend row (SpendLog field names; `time` may be a Unix time or omitted)."""
         if self._closed:
             raise RuntimeError("the spend writer is closed")
-        row = _clean({k: row[k] for k in SPEND_FIELDS if row.get(k) is not None})
-        row["time"] = _utc_naive(row.get("time", time.time()))
-        values = tuple(row.get(name, default) for name, default in _DEFAULTS)  # what the insert binds
+        values = _bound(row)
         with self._lock:
             self._count(values, +1)
             self._rows.append(values)
@@ -413,7 +411,6 @@ class SpendWriter:
 
 
 # A spend row as the insert binds it: every column in SPEND_FIELDS order, defaults filled in.
-_DEFAULTS = tuple((name, SpendLog._meta.fields[name].default) for name in SPEND_FIELDS)
 _COLUMN = {name: i for i, name in enumerate(SPEND_FIELDS)}
 
 
@@ -440,17 +437,32 @@ def _reason(exc: Exception, url: str = "") -> str:
     return mask_url(text.replace(url, mask_url(url)) if url else text)
 
 
-def _clean(row: dict) -> dict:
-    """A spend row every database can store: encodable strings of bounded length, ints in range."""
-    for name, value in row.items():
-        field = SpendLog._meta.fields[name]
-        if isinstance(field, peewee.CharField):
-            text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
-            row[name] = text.replace("\x00", "\\x00")[:field.max_length]
-        elif isinstance(field, peewee.IntegerField):  # BigIntegerField is one too
-            limit = 2 ** 63 - 1 if isinstance(field, peewee.BigIntegerField) else 2 ** 31 - 1
-            row[name] = max(-limit, min(limit, int(value)))
-    return row
+def _bound(row: dict) -> tuple:
+    """A spend row as the insert binds it, storable by every database: encodable strings of
+    bounded length, ints in range, the time as naive UTC (now when omitted), defaults for the rest."""
+    values = []
+    for name, default, clean in _BINDING:
+        value = row.get(name)
+        values.append(default if value is None else clean(value))
+    if values[_COLUMN["time"]] is None:
+        values[_COLUMN["time"]] = _utc_naive(time.time())
+    return tuple(values)
+
+
+def _cleaner(field):
+    """The function that makes one column's values storable (resolved once per column)."""
+    if isinstance(field, peewee.CharField):
+        def text(value, size=field.max_length):
+            if type(value) is not str or not value.isascii():
+                value = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+            return value.replace("\x00", "\\x00")[:size]
+        return text
+    if isinstance(field, peewee.IntegerField):  # BigIntegerField is one too
+        limit = 2 ** 63 - 1 if isinstance(field, peewee.BigIntegerField) else 2 ** 31 - 1
+        return lambda value: max(-limit, min(limit, int(value)))
+    return lambda value: value
+
+
 
 
 def _private_sqlite(url: str) -> None:
@@ -476,3 +488,8 @@ def _utc_naive(value) -> datetime:
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
     return datetime.fromtimestamp(float(value), timezone.utc).replace(tzinfo=None)
+
+
+# (column, default, cleaner) per column, in SPEND_FIELDS order (what `_bound` makes of a row).
+_BINDING = tuple((name, SpendLog._meta.fields[name].default,
+                  _utc_naive if name == "time" else _cleaner(SpendLog._meta.fields[name])) for name in SPEND_FIELDS)

@@ -1,6 +1,6 @@
 """The live dashboard: `bitrouter` runs it beside an in-process server, `bitrouter tui` attaches.
 
-Data comes from one snapshot (the `/admin/metrics` JSON, or metrics.dashboard() in
+Data comes from one snapshot (the `/admin/metrics` JSON, or Server.dashboard() in
 process) plus request events that only say "something changed": the screen re-reads the
 snapshot at most a few times a second and otherwise sleeps. render() is a pure function
 of the snapshot, the terminal size and the View, so every screen can be tested as text.
@@ -143,8 +143,7 @@ class Local:
         self.srv = srv
 
     def snapshot(self) -> dict:
-        from bitrouter import metrics
-        return metrics.dashboard(self.srv, RECENT)
+        return self.srv.dashboard(RECENT)
 
     def label(self, snap: dict) -> str:
         return "in-process"

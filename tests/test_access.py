@@ -41,7 +41,9 @@ def gates():
 
     def make(root, cfg, metrics=None):
         db = store.Store(cfg.database_url, shared=True)
-        gate = Gate(home_mod.at(root), cfg, db, metrics)
+        gate = Gate(home_mod.at(root), cfg, db)
+        if metrics is not None:  # as the Server wires it
+            metrics.listeners.append(gate.record)
         made.append((gate, db))
         return gate
     yield make

@@ -108,7 +108,8 @@ def test_label_sets_are_bounded_against_arbitrary_model_names():
     from bitrouter import metrics as metrics_mod
     metrics = Metrics()
     for i in range(metrics_mod.MAX_SERIES + 50):
-        metrics.count("requests", route=f"p:model-{i}", endpoint=f"p:model-{i}", status="404")
-    series = metrics.counters["requests"]
+        metrics.finish(Record(id=i, started=time.time(), protocol="openai", model=f"p:model-{i}", stream=False,
+                              route=f"p:model-{i}", upstream=f"p:model-{i}", status=404))
+    series = metrics.exported()[0]["requests"]
     assert len(series) == metrics_mod.MAX_SERIES + 1
-    assert series[(("endpoint", "other"), ("route", "other"), ("status", "404"))] == 50
+    assert series[(("endpoint", "other"), ("protocol", "openai"), ("route", "other"), ("status", "404"))] == 50

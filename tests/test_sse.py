@@ -1,6 +1,10 @@
 """The SSE parser: events survive any chunking and every line-ending style."""
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitrouter.protocols import sse
 
@@ -56,3 +60,36 @@ def test_one_endless_line_in_small_chunks_is_parsed_in_linear_time():
     for _ in range(4096):
         assert parser.feed(chunk) == []
     assert parser.feed(b"\n\n") == [("", "x" * 4096 * 4096)]
+
+
+def _reference_frames(stream: bytes) -> list:
+    """Frames as the SSE spec splits them: lines end at \\r\\n, \\r or \\n; a blank line ends a frame."""
+    frames, raw, event, data = [], b"", "", []
+    for line, end in re.findall(rb"([^\r\n]*)(\r\n|\r|\n)", stream):
+        raw += line + end
+        if not line:
+            frames.append((raw, event, "\n".join(data)))
+            raw, event, data = b"", "", []
+            continue
+        name, _, value = line.decode().partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+    return frames
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.tuples(st.sampled_from(["", "data: a", "data:b", "event: e", ": c", "id: 1", "data: {\"k\":1}"]),
+                                st.sampled_from(["\n", "\n", "\n", "\r\n", "\r"])), max_size=30),
+       cuts=st.lists(st.integers(min_value=1, max_value=12), max_size=40))
+def test_frames_match_the_spec_for_any_line_ends_and_chunking(lines, cuts):
+    stream = b"".join(text.encode() + end.encode() for text, end in lines)
+    if stream.endswith(b"\r"):
+        stream += b"\n"  # a final lone \r may still become \r\n: the parser waits, as it should
+    parser, got, at = sse.Parser(), [], 0
+    for size in cuts + [len(stream)]:
+        got += parser.frames(stream[at:at + size])
+        at += size
+    assert got == _reference_frames(stream)

@@ -228,12 +228,11 @@ def finish(metrics, model, status=200, upstream="mock:echo", latency=5.0):
 
 def test_slow_subscriber_loses_the_oldest_events_and_never_blocks():
     metrics = Metrics()
-    sub = metrics.subscribe(keep=3)
-    finish(metrics, "a")
-    finish(metrics, "b")  # four events into an inbox of three
+    sub = metrics.subscribe(keep=2)
+    for model in "abc":  # one event per request: three into an inbox of two
+        finish(metrics, model)
     events = sub.wait(0)
-    assert [(e["type"], e["request"]["model"]) for e in events] == [
-        ("finished", "a"), ("started", "b"), ("finished", "b")]
+    assert [(e["type"], e["request"]["model"]) for e in events] == [("finished", "b"), ("finished", "c")]
     assert sub.dropped == 1
     assert events[0]["request"]["status"] == 200
     assert sub.wait(0.01) == []
@@ -244,10 +243,25 @@ def test_slow_subscriber_loses_the_oldest_events_and_never_blocks():
 def test_events_carry_the_record_as_it_was():
     metrics = Metrics()
     sub = metrics.subscribe()
-    rec = finish(metrics, "m")
+    rec = metrics.begin("openai", "m", True)  # a stream: announced once its upstream answered
+    assert sub.wait(0) == []
+    rec.upstream = "mock:echo"
+    metrics.routed(rec)
+    rec.status = 200
+    metrics.finish(rec)
     started, finished = sub.wait(0)
+    assert (started["type"], finished["type"]) == ("started", "finished")
     assert started["request"]["status"] == 0 and finished["request"]["status"] == 200
+    assert started["request"]["upstream"] == "mock:echo"
     assert started["request"]["id"] == finished["request"]["id"] == rec.id
+
+
+def test_no_event_is_built_without_a_subscriber():
+    metrics = Metrics()
+    finish(metrics, "m")
+    sub = metrics.subscribe()
+    finish(metrics, "n")
+    assert [e["seq"] for e in sub.wait(0)] == [1]
 
 
 def test_today_totals_start_afresh_after_midnight():
@@ -390,17 +404,20 @@ def test_admin_events_stream(start_server):
     assert reader.lines[0] == ": bitrouter events"
     assert chat(server.url, "default", "hello events").status_code == 200
     assert chat(server.url, "nope").status_code == 404
-    wait_until(lambda: len(reader.events()) >= 5, what="five events")
+    streamed = chat(server.url, "default", "a stream", stream=True)
+    assert streamed.status_code == 200 and b"[DONE]" in streamed.content
+    wait_until(lambda: len(reader.events()) >= 4, what="four events")
     events = reader.events()
-    assert [(e["type"], e["request"]["model"]) for e in events] == [
-        ("started", "default"), ("routed", "default"), ("finished", "default"),
-        ("started", "nope"), ("finished", "nope")]
+    assert [(e["type"], e["request"]["model"], e["request"]["stream"]) for e in events] == [
+        ("finished", "default", False), ("finished", "nope", False),
+        ("started", "default", True), ("finished", "default", True)]
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
-    done = events[2]["request"]
+    done = events[0]["request"]
     assert (done["status"], done["upstream"], done["usage"]["output"]) == (200, "mock:echo", 2)
-    assert events[4]["request"]["status"] == 404 and "unknown model" in events[4]["request"]["error"]
+    assert events[1]["request"]["status"] == 404 and "unknown model" in events[1]["request"]["error"]
+    assert events[2]["request"]["upstream"] == "mock:echo" and events[2]["request"]["status"] == 0
     named = [line for line in reader.lines if line.startswith("event: ")]
-    assert named[:3] == ["event: started", "event: routed", "event: finished"]
+    assert named[:4] == ["event: finished", "event: finished", "event: started", "event: finished"]
     wait_until(lambda: ": keep-alive" in reader.lines, what="a keep-alive comment while idle")
 
 

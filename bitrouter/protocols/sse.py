@@ -21,6 +21,7 @@ class Parser:
         self._buffer = bytearray()
         self._line = 0  # where the line being read starts in _buffer
         self._scan = 0  # how far that line has been searched for its end
+        self._lf_scan = False  # _scan is how far _lf_frames searched for a blank line instead
         self._event = ""
         self._data = []
 
@@ -36,6 +37,10 @@ class Parser:
         """
         buf = self._buffer
         buf += chunk
+        if not self._line and not self._data and not self._event and b"\r" not in buf:
+            return self._lf_frames(buf)
+        if self._lf_scan:  # that search looked for blank lines only, not for every line end
+            self._scan, self._lf_scan = 0, False
         done, start = [], 0  # start: where the frame being read begins
         while True:
             cut = _line_end(buf, self._scan)
@@ -58,11 +63,38 @@ class Parser:
             raise FrameTooLarge(f"upstream sent an SSE frame larger than {self.max_frame} bytes")
         return done
 
+    def _lf_frames(self, buf: bytearray) -> list[tuple[bytes, str, str]]:
+        """frames() for a buffer at a frame boundary with only \\n line ends: split on blank lines.
+
+        _scan is where the next search for a blank line starts, so each byte is searched once.
+        """
+        done, start = [], 0
+        while True:
+            if buf[start:start + 1] == b"\n":  # a blank line on its own: an empty frame
+                done.append((b"\n", "", ""))
+                start += 1
+                continue
+            end = buf.find(b"\n\n", max(start, self._scan))
+            if end < 0:
+                break
+            self._event, self._data = "", []
+            for line in bytes(buf[start:end]).split(b"\n"):
+                self._field(line)
+            done.append((bytes(buf[start:end + 2]), self._event, "\n".join(self._data)))
+            start, self._scan, self._event, self._data = end + 2, 0, "", []
+        if start:
+            del buf[:start]
+        self._scan, self._lf_scan = max(0, len(buf) - 1), True  # a \n at the end may be the first of two
+        if self.max_frame and len(buf) > self.max_frame and not done:
+            raise FrameTooLarge(f"upstream sent an SSE frame larger than {self.max_frame} bytes")
+        return done
+
     def close(self) -> list[tuple[str, str]]:
         """Flush a final event that the stream ended without a blank line."""
         events = self.feed(b"\n\n") if bytes(self._buffer).strip() or self._data else []
         self._buffer = bytearray()
         self._line = self._scan = 0
+        self._lf_scan = False
         return events
 
     def _field(self, line: bytes) -> None:
@@ -77,9 +109,14 @@ class Parser:
 def frame(data, event: str = "") -> bytes:
     """One SSE frame; dicts are written as compact JSON."""
     if not isinstance(data, str):
-        data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {data}\n\n".encode()
+        data = _compact(data)
+    if event:
+        return f"event: {event}\ndata: {data}\n\n".encode()
+    return f"data: {data}\n\n".encode()
+
+
+# One encoder for every frame (json.dumps with options builds a new one per call).
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _line_end(buffer: bytearray, start: int):
