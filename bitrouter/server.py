@@ -7,10 +7,6 @@ from the configuration (swapped whole on reload), the upstream pools, the metric
 access gate, and gevent's connection handling (timeouts, draining, connection capacity).
 """
 
-if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anything imports ssl/socket
-    from gevent import monkey
-    monkey.patch_all()
-
 import collections
 import contextlib
 import gc
@@ -19,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 from gevent import pywsgi
@@ -450,7 +447,6 @@ def main() -> None:
     It becomes `python -m bitrouter serve` (same process id): flags, errors and hints are the
     CLI's, and the server module never imports the CLI that sits above it.
     """
-    import sys
     os.execv(sys.executable, [sys.executable, "-m", "bitrouter", "serve", *sys.argv[1:]])
 
 
