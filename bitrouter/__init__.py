@@ -7,6 +7,13 @@ class Error(Exception):
     """A problem the user can fix; the CLI prints it as one `error: ...` line."""
 
 
+def did_you_mean(word, choices, cutoff: float = 0.6) -> str:
+    """` (did you mean 'x'?)` for an Error message when one of `choices` is close to `word`, else ""."""
+    import difflib
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class StatusError(Exception):
     """The base of every error on the request path: it knows how to answer the client.
 

@@ -11,8 +11,7 @@ import os
 import time
 from dataclasses import replace
 
-from bitrouter import Error, accounts, config, store, tokens
-from bitrouter import home as home_mod
+from bitrouter import Error, accounts, config, hints, store, tokens
 from bitrouter.tokens import AuthError
 
 log = logging.getLogger("bitrouter")
@@ -54,8 +53,9 @@ def configured_issuers(cfg) -> set[str]:
 class Gate:
     """Decides who may use the server, which models, and whether their budget allows it."""
 
-    def __init__(self, home, cfg):
+    def __init__(self, home, cfg, db):
         self.home = home
+        self.store = db  # a store.Store, open on cfg.database_url; its owner closes it
         self._keys_path = os.fspath(home.keys_dir)  # stat()ed per request: resolved once
         self._cache: dict = {}
         self._apply(cfg)
@@ -63,10 +63,9 @@ class Gate:
         host, port = cfg.host_port
         if self.mode == "auto" and not self.trusted and not self.loopback:
             raise Error(f"refusing to serve without authentication on {host}:{port}: no issuer is "
-                        f"trusted. Create an account (`{home_mod.command('account', '-g')}`) and use "
-                        f"`{home_mod.command('keygen')}` tokens, list auth.trusted_issuers, or set auth.mode: open")
-        self.db = store.open_db(cfg.database_url, shared=True)
-        self.revoked = store.revoked_hashes()
+                        f"trusted. Create an account (`{hints.command('account', '-g')}`) and use "
+                        f"`{hints.command('keygen')}` tokens, list auth.trusted_issuers, or set auth.mode: open")
+        self.revoked = db.revoked_hashes()
         self.writer = store.SpendWriter(cfg.database_url)
         self.holds = Holds()
 
@@ -150,9 +149,8 @@ class Gate:
             self._cache.clear()
 
     def close(self) -> None:
-        """Write every queued spend row and close the database."""
+        """Write every queued spend row."""
         self.writer.close()
-        self.db.close()
 
     # ------------------------------------------------------------ helpers
 
@@ -178,7 +176,7 @@ class Gate:
         self.trusted = accounts.trusted_issuers(self.home) | self.configured
         if revocations:
             try:
-                self.revoked = store.revoked_hashes()
+                self.revoked = self.store.revoked_hashes()
             except Error as exc:
                 # A revocation is written to the database before anything announces it, so
                 # while the database is down the set read last is still complete.
@@ -210,7 +208,7 @@ class Gate:
         where = {"account": claims.iss} if key[0] == "account" else {"token_hash": claims.token_hash}
         since = time.time() - limit["seconds"] if limit.get("type") == "duration" else None
         try:
-            spent, rounds = store.totals(since=since, **where)
+            spent, rounds = self.store.totals(since=since, **where)
         except Error as exc:
             log.error("cannot read spend totals: %s", exc)
             raise AuthError(503, "cannot check the budget: the database is unavailable") from None

@@ -1,7 +1,8 @@
 """Local signing accounts: Ed25519 seeds under `<home>/.keys`, one folder per account.
 
-Layout and formats follow the original BitRouter so existing homes keep working:
-`.keys/<prefix>/master.json` holds the seed, `.keys/active` names the active prefix, and
+Layout and formats are those of the Rust BitRouter (bitrouter/bitrouter, which this project
+re-creates), so its existing homes keep working:
+`.keys/<prefix>/master.json` holds the key's 32-byte seed, `.keys/active` names the active prefix, and
 the prefix is the first 16 characters of the base58 public key.
 """
 
@@ -9,12 +10,11 @@ import base64
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bitrouter import Error
-from bitrouter import home as home_mod
+from bitrouter import Error, hints
+from bitrouter.home import write_private
 
 SOLANA_CHAIN = "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"  # Solana mainnet, CAIP-2
 PREFIX_LEN = 16
@@ -24,7 +24,7 @@ B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 def no_active() -> str:
     """The error for a command that needs an account when none is active."""
-    return f"No active account. Run `{home_mod.command('account', '-g')}` to generate one."
+    return f"No active account. Run `{hints.command('account', '-g')}` to generate one."
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ def generate(home) -> Account:
     (folder / "tokens").mkdir(mode=0o700)
     os.chmod(folder / "tokens", 0o700)
     body = {"algorithm": "web3", "seed": base64.urlsafe_b64encode(seed).decode().rstrip("=")}
-    home_mod.write_private(folder / "master.json", json.dumps(body, indent=2))
-    home_mod.write_private(keys_dir / "active", prefix)
+    write_private(folder / "master.json", json.dumps(body, indent=2))
+    write_private(keys_dir / "active", prefix)
     return Account(prefix=prefix, path=folder, pubkey=pubkey, active=True)
 
 
@@ -97,11 +97,11 @@ def set_active(home, ident) -> Account:
     """Make an account active, chosen by exact name, index or unique prefix."""
     accounts = list_accounts(home)
     if not accounts:
-        raise Error(f"No accounts found. Run `{home_mod.command('account', '-g')}` first.")
+        raise Error(f"No accounts found. Run `{hints.command('account', '-g')}` first.")
     names = [a.prefix for a in accounts]
     chosen = pick(names, ident, missing='No account matching prefix "{id}"',
                   ambiguous='Ambiguous prefix "{id}" — matches {n} accounts. Use a longer prefix.')
-    home_mod.write_private(home.keys_dir / "active", chosen)
+    write_private(home.keys_dir / "active", chosen)
     return replace(accounts[names.index(chosen)], active=True)
 
 
@@ -118,8 +118,12 @@ def trusted_issuers(home) -> set[str]:
     return {a.caip10 for a in list_accounts(home) if a.caip10}
 
 
-def command(home, generate_key=False, listing=False, select=None) -> None:
-    """`bitrouter account`: generate, then list, then set; listing is the default."""
+def command(home, generate_key=False, listing=False, select=None, on_first_account=None) -> None:
+    """`bitrouter account`: generate, then list, then set; listing is the default.
+
+    `on_first_account(home)` runs once the home's first trusted account exists: the CLI
+    passes daemon.warn_open_server, as a server running open now wants tokens.
+    """
     if generate_key:
         was_trusted = bool(trusted_issuers(home))
         account = generate(home)
@@ -128,31 +132,15 @@ def command(home, generate_key=False, listing=False, select=None) -> None:
         print(f"  prefix:  {account.prefix}")
         print(f"  path:    {account.path}")
         print("  active:  yes")
-        if not was_trusted:
-            _warn_open_server(home)
-        print(f"Next: mint a token for your clients with `{home_mod.command('keygen', '--exp', '30d')}` "
+        if not was_trusted and on_first_account is not None:
+            on_first_account(home)
+        print(f"Next: mint a token for your clients with `{hints.command('keygen', '--exp', '30d')}` "
               "and send it as Authorization: Bearer <token> (or x-api-key)")
     elif listing or select is None:
         print(_listing(list_accounts(home)))
     else:
         account = set_active(home, select)
         print(f"Active account set to: {account.prefix}")
-
-
-def _warn_open_server(home) -> None:
-    """The first account makes an open server (auth.mode auto) require tokens: say so."""
-    from bitrouter import config, daemon
-    current = daemon.running(home)
-    if current is None or current.url is None:
-        return
-    try:
-        cfg = config.load(home)
-    except config.ConfigError:
-        return
-    if cfg.auth["mode"] == "auto" and not cfg.auth["trusted_issuers"]:
-        print(f"warning: the server running on {current.url} (pid {current.pid}) served without a token "
-              "until now; from its next request on it refuses every client that sends no token of "
-              "this account", file=sys.stderr)
 
 
 def pick(names: list[str], ident, missing: str, ambiguous: str) -> str:
@@ -266,7 +254,7 @@ def _load_seed_key(folder: Path):
 def _listing(accounts: list[Account]) -> str:
     """The `account --list` text: index, prefix, active marker and the Solana identity."""
     if not accounts:
-        return f"No accounts found. Run `{home_mod.command('account', '-g')}` to generate one."
+        return f"No accounts found. Run `{hints.command('account', '-g')}` to generate one."
     lines = []
     for index, account in enumerate(accounts):
         lines.append(f"  [{index}] {account.prefix}{' *' if account.active else ''}")

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from bitrouter import Error, boundary, config, store, workers
+from bitrouter import Error, boundary, config, workers
 from bitrouter.boundary import redact
 from bitrouter.protocols import sse
 from bitrouter.proxy import HttpError, Incoming, Reply, authenticate, parse_json
@@ -45,7 +45,7 @@ def add_route(srv, incoming: Incoming) -> Reply:
             boundary.check_name(endpoint.model_id, "model_id")
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
-    _shared(lambda: store.save_route(route.name, spec))  # so every instance serves it
+    _shared(lambda: srv.store.save_route(route.name, spec))  # so every instance serves it
     srv.dynamic[route.name] = route
     log.info("dynamic route %s set: %s", route.name, ", ".join(e.label for e in route.endpoints))
     return _json({"status": "ok", "route": describe(route)})
@@ -55,7 +55,7 @@ def remove_route(srv, incoming: Incoming) -> Reply:
     """`DELETE /admin/routes/<name>`: 404 unless such a dynamic route exists."""
     authenticate(srv, incoming, "admin")
     name = incoming.args["name"]
-    stored = _shared(lambda: store.delete_route(name))
+    stored = _shared(lambda: srv.store.delete_route(name))
     if srv.dynamic.pop(name, None) is None and not stored:
         raise HttpError(404, f"no dynamic route named {name!r}")
     return _json({"status": "ok", "model": name, "removed": True})

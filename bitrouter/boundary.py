@@ -15,7 +15,6 @@ import re
 import typing
 
 from bitrouter import StatusError
-from bitrouter.config import mask
 from bitrouter.guardrails import SHORT_SECRET, secret_pattern
 
 MAX_DEPTH = 64  # JSON nesting accepted from clients and upstreams (real requests use under 20)
@@ -26,11 +25,6 @@ MAX_NAME = 256  # characters in a model or route name
 NAME = re.compile(r"[A-Za-z0-9._:/@+~\[\]-]+")
 # Header values: visible ASCII, spaces and tabs (RFC 9110 field-vchar without obs-text).
 HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
-
-
-# Keys inside the unified model's dict fields, with the types encoders rely on.
-NESTED = {"Request": {"reasoning": {"effort": str, "budget_tokens": int},
-                      "response_format": {"type": str, "name": str, "schema": dict, "strict": bool}}}
 
 
 class Invalid(StatusError, ValueError):
@@ -78,24 +72,26 @@ def check_fields(value, where: str = "request"):
         node, path = stack.pop()
         for name, kind in _field_types(type(node)):
             item = getattr(node, name)
-            if kind is not object and not isinstance(item, kind):
+            if isinstance(kind, frozenset):  # a Literal: one of a closed set of strings
+                if not (isinstance(item, str) and item in kind):
+                    raise Invalid(f"{path}.{name} is not one of {', '.join(sorted(kind))}")
+            elif kind is not object and not isinstance(item, kind):
                 raise Invalid(f"{path}.{name} has the wrong type ({type(item).__name__})")
-            if isinstance(item, list):
+            if dataclasses.is_dataclass(item):  # reasoning, response_format, tool_choice, usage
+                stack.append((item, f"{path}.{name}"))
+            elif isinstance(item, list):
                 for i, child in enumerate(item):
                     if dataclasses.is_dataclass(child):
                         stack.append((child, f"{path}.{name}[{i}]"))
                     elif not isinstance(child, str):
                         raise Invalid(f"{path}.{name}[{i}] has the wrong type ({type(child).__name__})")
-        for name, kind in NESTED.get(type(node).__name__, {}).items():
-            for key, item in (getattr(node, name) or {}).items():
-                if key in kind and item is not None and not isinstance(item, kind[key]):
-                    raise Invalid(f"{path}.{name}.{key} has the wrong type ({type(item).__name__})")
     return value
 
 
 @functools.cache
 def _field_types(cls) -> tuple:
-    """(field name, the type isinstance checks its value against) for a unified-model dataclass.
+    """(field name, the type isinstance checks its value against, or a Literal's values) for a
+    unified-model dataclass.
 
     Resolving the annotations costs far more than checking the values: it is done once per class.
     """
@@ -103,6 +99,8 @@ def _field_types(cls) -> tuple:
     found = []
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
+        if typing.get_origin(kind) is typing.Literal:
+            kind = frozenset(typing.get_args(kind))
         if kind is float or kind == float | None:  # a JSON 1 is a fine temperature
             kind = kind | int
         found.append((field.name, kind))
@@ -123,6 +121,16 @@ def check_headers(environ: dict) -> None:
             raise Invalid(f"header {name!r} has a control character or a non-ASCII byte")
 
 
+def mask(secret: str) -> str:
+    """Show just enough of a secret to recognise it: `sk-a...wxyz`; `***` for one of 12 characters or fewer.
+
+    The one masked form of a key: `status`, `doctor`, the wizard and `redact` all show this.
+    """
+    if not secret:
+        return ""
+    return secret[:4] + "..." + secret[-4:] if len(secret) > 12 else "***"
+
+
 def redact(text, secrets):
     """text (str or bytes) with every secret in `secrets` replaced by its masked form.
 
@@ -133,7 +141,7 @@ def redact(text, secrets):
     for secret in secrets:
         needle = secret.encode() if binary else secret
         if needle in text:
-            masked = mask(secret)  # the one masked form, as `status` and the wizard show keys
+            masked = mask(secret)
             masked = masked.encode() if binary else masked
             if len(secret) >= SHORT_SECRET:
                 text = text.replace(needle, masked)

@@ -4,11 +4,9 @@ The same rendering writes docs/providers.md (scripts/providers_doc.py), so the p
 the commands cannot disagree with the registry data.
 """
 
-import difflib
 import json
 
-from bitrouter import Error, config, registry
-from bitrouter import home as home_mod
+from bitrouter import Error, config, did_you_mean, hints, registry
 
 
 def providers_command(home, as_json: bool = False) -> None:
@@ -24,7 +22,7 @@ def providers_command(home, as_json: bool = False) -> None:
     print(_table(table))
     configured = sum(1 for r in rows if r["configured"] and r["key_variable"])
     print(f"\n{len(rows)} providers, {configured} with a key. "
-          f"`{home_mod.command('models', 'PROVIDER')}` lists one provider's models.")
+          f"`{hints.command('models', 'PROVIDER')}` lists one provider's models.")
 
 
 def models_command(home, provider=None, as_json: bool = False) -> None:
@@ -33,15 +31,14 @@ def models_command(home, provider=None, as_json: bool = False) -> None:
     if provider is not None:
         provider = str(provider)
         if provider not in cfg.providers:
-            close = difflib.get_close_matches(provider, list(cfg.providers), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise Error(f"unknown provider {provider!r}{hint}; `{home_mod.command('providers')}` lists them")
+            raise Error(f"unknown provider {provider!r}{did_you_mean(provider, cfg.providers)}; "
+                        f"`{hints.command('providers')}` lists them")
         names = [provider]
     else:
         names = cfg.configured_providers()
         if not names:
-            raise Error(f"no provider has a key yet; `{home_mod.command('models', 'PROVIDER')}` lists any "
-                        f"provider's catalog, `{home_mod.command('init')}` sets keys")
+            raise Error(f"no provider has a key yet; `{hints.command('models', 'PROVIDER')}` lists any "
+                        f"provider's catalog, `{hints.command('init')}` sets keys")
     rows = [{"model": f"{name}:{mid}", **_model_facts(info)}
             for name in names for mid, info in sorted(cfg.providers[name].models.items())]
     if as_json:

@@ -10,8 +10,8 @@ import os
 import sys
 
 import bitrouter
-from bitrouter import helptext
-from bitrouter import home as home_mod
+from bitrouter import helptext, hints
+from bitrouter.home import create_if_missing, given_options, require_existing, resolve
 
 GLOBAL_FLAGS = ("--home-dir", "--config-file", "--env-file", "--run-dir", "--logs-dir", "--db")
 
@@ -28,8 +28,8 @@ class BitRouter:
         self._agent_args = list(agent_args)
 
     def _home(self):
-        home = home_mod.resolve(**self._paths)
-        return home_mod.require_existing(home) if self._paths.get("home_dir") else home
+        home = resolve(**self._paths)
+        return require_existing(home) if self._paths.get("home_dir") else create_if_missing(home)
 
     def status(self, *, json=False):
         """Show the daemon, paths, auth state and each provider; exit 1 when something is wrong.
@@ -116,8 +116,9 @@ class BitRouter:
           list: list the accounts (the default).
           set (INDEX|PREFIX): make another account the active one.
         """
-        from bitrouter import accounts
-        accounts.command(self._home(), generate_key=generate_key, listing=list, select=set)
+        from bitrouter import accounts, daemon
+        accounts.command(self._home(), generate_key=generate_key, listing=list, select=set,
+                         on_first_account=daemon.warn_open_server)
 
     def keygen(self, *, exp=None, models=None, name=None, scope="api", budget=None,
                budget_scope=None, budget_range=None, chain="solana"):
@@ -243,7 +244,7 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         paths, rest = split_global_flags(argv)
-        home_mod.remember_invocation(sys.argv[0], paths)
+        hints.remember_invocation(sys.argv[0], given_options(paths))
         if rest in (["--version"], ["-V"]):
             print(f"bitrouter {bitrouter.__version__}")
             return
@@ -274,8 +275,7 @@ def main(argv=None) -> None:
     commands = BitRouter(agent_args, **paths)
     try:
         if not rest:
-            from bitrouter import tui
-            tui.run_default(commands._home())
+            run_default(commands._home())
         else:
             fire.Fire(commands, command=helptext.normalized(BitRouter, rest), name="bitrouter")
     except bitrouter.Error as exc:
@@ -287,6 +287,34 @@ def main(argv=None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def run_default(home) -> None:
+    """`bitrouter`: first-run setup if needed, then the server and the dashboard in one process."""
+    from bitrouter import server, tui, wizard
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("bitrouter: no terminal for the dashboard; serving without it", file=sys.stderr)
+        server.serve(home)
+        return
+    if wizard.needs_setup(home):
+        wizard.init(home)  # a cancelled setup leads to the dashboard's empty state
+    try:
+        running = server.start(home, mode="dashboard")
+    except bitrouter.Error:
+        url = tui.server_url(home)
+        remote = tui.Remote.find(home, url)
+        if remote is None:
+            raise
+        tui.dashboard(remote, note=f"{url} is taken by a running BitRouter: showing its dashboard "
+                                   "(q leaves that server running)")
+        return
+    try:
+        tui.dashboard(tui.Local(running.srv))
+    finally:
+        busy = running.busy
+        if busy:
+            print(f"bitrouter: letting {busy} running request(s) finish (Ctrl-C to stop now)", flush=True)
+        running.stop()
 
 
 def split_global_flags(argv: list) -> tuple[dict, list]:

@@ -3,7 +3,7 @@
 Several instances (processes, `serve --workers N`, or hosts) share one database. Budgets
 and `bitrouter usage` need nothing more: every instance writes its spend to the same
 table and checks totals there. Revocations and dynamic routes live in the database too,
-and each instance polls a cheap signature of them (`store.shared_stamp`, one small query)
+and each instance polls a cheap signature of them (`Store.shared_stamp`, one small query)
 every POLL_SECONDS; when it changes, the instance re-reads them. A revocation made through
 any instance is therefore refused by all of them within POLL_SECONDS plus one query.
 Cooldowns and provider health stay per instance: each one learns them from its own calls.
@@ -12,7 +12,7 @@ Cooldowns and provider health stay per instance: each one learns them from its o
 import logging
 import time
 
-from bitrouter import Error, store
+from bitrouter import Error
 from bitrouter.router import dynamic_route
 
 log = logging.getLogger("bitrouter")
@@ -41,10 +41,11 @@ class Sync:
         """Re-read revocations and routes if the database's copy changed; False if it is unreachable."""
         runtime = self.srv.runtime  # a reload may add (or remove) a stored route's provider
         try:
-            stamp = store.shared_stamp()
+            db = self.srv.store
+            stamp = db.shared_stamp()
             changed = stamp != self.stamp or runtime is not self._runtime
             if changed:
-                revoked, specs = store.revoked_hashes(), store.routes()
+                revoked, specs = db.revoked_hashes(), db.routes()
         except Error as exc:
             if not self.failing:
                 log.error("cannot read revocations and routes from the database (%s); serving with "

@@ -1,13 +1,12 @@
 """Configuration: .env + bitrouter.yaml + the built-in registry, resolved and validated."""
 
-import difflib
 import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitrouter import Error, guardrails, protocols, registry
+from bitrouter import Error, did_you_mean, guardrails, protocols, registry
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 LISTEN_ENV = "BITROUTER_LISTEN"  # `--listen` and the environment win over server.listen
@@ -169,13 +168,6 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
-def mask(secret: str) -> str:
-    """Show just enough of a secret to recognise it: `sk-a...wxyz`."""
-    if not secret:
-        return ""
-    return secret[:4] + "..." + secret[-4:] if len(secret) > 12 else "***"
-
-
 def mask_url(url: str) -> str:
     """Hide the password in a database URL."""
     # Greedy up to the last `@` before the path: an unencoded `@` may sit in the password.
@@ -317,7 +309,7 @@ def _derive(v, name: str, merged: dict, chain: list) -> dict:
     if name in chain:
         v.fail(where, "derives cycle: " + " -> ".join(chain + [name]))
     if parent not in merged:
-        v.fail(where, f"unknown provider {parent!r}{_suggest(parent, merged)}")
+        v.fail(where, f"unknown provider {parent!r}{did_you_mean(parent, merged)}")
     base = _derive(v, parent, merged, chain + [name])
     for key in ("api_protocol", "models", "_protocols"):
         if key in base:
@@ -384,28 +376,38 @@ def _resolve_models(v, user, providers: dict, routing: dict) -> dict:
         where = f"models.{name}"
         spec = v.mapping(spec, where)
         v.keys(spec, where, ALIAS_KEYS)
-        strategy = spec.get("strategy", "priority")
-        v.choice(strategy, where + ".strategy", STRATEGIES)
-        raw = spec.get("endpoints")
-        if not isinstance(raw, list) or not raw:
-            v.fail(where + ".endpoints", "must be a non-empty list")
-        endpoints = [_endpoint(v, f"{where}.endpoints[{i}]", e, providers) for i, e in enumerate(raw)]
+        strategy, endpoints = _route_parts(v, where, spec, providers, _endpoint)
         tuning = {k: v.number(spec.get(k, routing[k]), f"{where}.{k}") for k in ROUTING_DEFAULTS}
         tuning["cooldown_failures"] = int(tuning["cooldown_failures"])
         aliases[str(name)] = Alias(name=str(name), strategy=strategy, endpoints=endpoints, **tuning)
     return aliases
 
 
-def route_endpoint(raw, providers: dict, where: str) -> Endpoint:
-    """One endpoint of a dynamic route (`/admin/routes`), checked as `models:` checks them.
+def route_parts(spec: dict, providers: dict) -> tuple[str, list]:
+    """A dynamic route's (`/admin/routes`) strategy and endpoints, checked as `models:` checks an alias.
 
-    Its own api_key or api_base is refused rather than dropped: a dynamic route is stored
-    in the database, and keys belong in bitrouter.yaml and .env.
+    An endpoint's own api_key or api_base is refused rather than dropped: a dynamic route is
+    stored in the database, and keys belong in bitrouter.yaml and .env.
     """
+    return _route_parts(_Validator(None), "", spec, providers, _stored_endpoint)
+
+
+def _route_parts(v, where: str, spec: dict, providers: dict, endpoint) -> tuple[str, list]:
+    """An alias's (or dynamic route's) strategy and its non-empty list of endpoints."""
+    at = f"{where}." if where else ""
+    strategy = spec.get("strategy", "priority")
+    v.choice(strategy, at + "strategy", STRATEGIES)
+    raw = spec.get("endpoints")
+    if not isinstance(raw, list) or not raw:
+        v.fail(at + "endpoints", "must be a non-empty list")
+    return strategy, [endpoint(v, f"{at}endpoints[{i}]", e, providers) for i, e in enumerate(raw)]
+
+
+def _stored_endpoint(v, where: str, raw, providers: dict) -> Endpoint:
+    """A dynamic route's endpoint: an alias endpoint without a key or base of its own."""
     if isinstance(raw, dict) and (raw.get("api_key") or raw.get("api_base")):
-        raise ConfigError(f"{where}: api_key and api_base belong in bitrouter.yaml; a dynamic route "
-                          "uses its provider's own")
-    return _endpoint(_Validator(None), where, raw, providers)
+        v.fail(where, "api_key and api_base belong in bitrouter.yaml; a dynamic route uses its provider's own")
+    return _endpoint(v, where, raw, providers)
 
 
 def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
@@ -418,7 +420,7 @@ def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
     v.strings(raw, where, ("provider", "api_key", "api_base"))
     provider = raw.get("provider")
     if provider not in providers:
-        v.fail(where + ".provider", f"unknown provider {provider!r}{_suggest(str(provider), providers)}")
+        v.fail(where + ".provider", f"unknown provider {provider!r}{did_you_mean(provider, providers)}")
     if not raw.get("model_id"):
         v.fail(where + ".model_id", "is required")
     if raw.get("api_base") and not raw.get("api_key"):
@@ -429,12 +431,6 @@ def _endpoint(v, where: str, raw, providers: dict) -> Endpoint:
         v.fail(where + ".weight", "must be a positive integer")
     return Endpoint(provider=provider, model_id=str(raw["model_id"]), api_key=raw.get("api_key") or None,
                     api_base=(raw.get("api_base") or "").rstrip("/") or None, weight=weight)
-
-
-def _suggest(word: str, choices) -> str:
-    """` (did you mean 'x'?)` when a close match exists."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class _Validator:
@@ -458,11 +454,11 @@ class _Validator:
         for key in node:
             if key not in allowed:
                 path = f"{where}.{key}" if where else str(key)
-                self.fail(path, f"unknown key{_suggest(str(key), allowed)}")
+                self.fail(path, f"unknown key{did_you_mean(key, allowed)}")
 
     def choice(self, value, where: str, allowed) -> None:
         if value not in allowed:
-            self.fail(where, f"must be one of {', '.join(allowed)}, got {value!r}{_suggest(str(value), allowed)}")
+            self.fail(where, f"must be one of {', '.join(allowed)}, got {value!r}{did_you_mean(value, allowed)}")
 
     def strings(self, node: dict, where: str, names) -> None:
         for key in names:

@@ -21,8 +21,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bitrouter import Error, boundary, config
-from bitrouter import home as home_mod
+from bitrouter import Error, boundary, client, config, guardrails, hints
 from bitrouter.home import private_file, private_folder
 
 log = logging.getLogger("bitrouter")
@@ -65,7 +64,7 @@ def start(home, timeout: float | None = None, verb: str = "started") -> Daemon:
             raise Error(f"the server exited during startup (exit code {child.returncode})"
                         + _log_tail(home, offset))
         ready = _read(home.pid_file)
-        if ready and ready.pid == child.pid and ready.url and _health(ready.url)[0]:
+        if ready and ready.pid == child.pid and ready.url and client.health(ready.url)[0]:
             print(f"bitrouter daemon {verb} (pid {ready.pid}) on {ready.url}", flush=True)
             return ready
         time.sleep(0.05)
@@ -106,34 +105,18 @@ def reload(home, timeout: float = RELOAD_TIMEOUT) -> None:
     """Ask the running server to reload its configuration and report its answer."""
     current = _require(home)
     try:
-        status, body = _http("POST", current.url + "/admin/reload", timeout, admin_headers(home))
-    except OSError as exc:
+        with client.Client(current.url, home) as admin:
+            reply = admin.post("/admin/reload", timeout=timeout)
+    except client.Unreachable as exc:
         _hangup(home, current, f"the server did not answer over HTTP ({exc})")
         return
-    if status in (401, 403):  # no account the server trusts; as the process owner we may signal it
-        _hangup(home, current, f"POST /admin/reload was refused ({_message(status, body)})")
+    if reply.status in (401, 403):  # no account the server trusts; as the process owner we may signal it
+        _hangup(home, current, f"POST /admin/reload was refused ({reply.message})")
         return
-    if status != 200:
-        raise Error(_message(status, body))
+    _check(reply)
     print("configuration reloaded", flush=True)
-    for note in body.get("notes") or []:
+    for note in reply.body.get("notes") or []:
         print(f"note: {note}", flush=True)
-
-
-def admin_headers(home) -> dict:
-    """An Authorization header with a one-minute admin token from the home's active account.
-
-    The local owner's way into its own server's /admin routes once tokens are required;
-    empty when the home has no account (the server then runs open).
-    """
-    from bitrouter import accounts, tokens
-    try:
-        if accounts.active(home) is None:
-            return {}
-        token = tokens.mint(accounts.load_signing_key(home), scope="admin", exp=int(time.time()) + 60)
-    except Error:  # an unreadable account: the server's refusal will say what is missing
-        return {}
-    return {"authorization": f"Bearer {token}"}
 
 
 def running(home) -> Daemon | None:
@@ -141,6 +124,21 @@ def running(home) -> Daemon | None:
     if not _locked(home.pid_file):
         return None
     return _read(home.pid_file) or Daemon(pid=None)  # locked but not written yet: starting
+
+
+def warn_open_server(home) -> None:
+    """The first account makes an open server (auth.mode auto) require tokens: say so."""
+    current = running(home)
+    if current is None or current.url is None:
+        return
+    try:
+        cfg = config.load(home)
+    except config.ConfigError:
+        return
+    if cfg.auth["mode"] == "auto" and not cfg.auth["trusted_issuers"]:
+        print(f"warning: the server running on {current.url} (pid {current.pid}) served without a token "
+              "until now; from its next request on it refuses every client that sends no token of "
+              "this account", file=sys.stderr)
 
 
 def status_command(home, as_json: bool = False) -> bool:
@@ -178,7 +176,7 @@ def status_report(home) -> dict:
         auth={"mode": cfg.auth["mode"], "tokens_required": bool(required), "active_account": account,
               "trusted_issuers": trusted},
         providers=[{"name": name, "protocol": p.api_protocol, "api_base": p.api_base,
-                    "key": config.mask(p.api_key), "key_from": _key_source(p, env)}
+                    "key": boundary.mask(p.api_key), "key_from": _key_source(p, env)}
                    for name, p in sorted(cfg.providers.items())
                    if p.configured and p.needs_key],
         models=sorted(cfg.models), unset=[f"${{{v}}}" for v in cfg.unset_vars])
@@ -209,7 +207,7 @@ def status_text(report: dict) -> str:
             state = f"tokens required (auth.mode {auth['mode']}, {auth['trusted_issuers']} trusted issuer(s))"
         else:
             state = (f"open: no token needed (auth.mode {auth['mode']}"
-                     + ("" if auth["mode"] == "open" else "; `" + home_mod.command("account", "-g")
+                     + ("" if auth["mode"] == "open" else "; `" + hints.command("account", "-g")
                         + "` makes tokens required") + ")")
         lines += [("database", report["database"]), ("listen", report["listen"]), ("auth", state),
                   ("providers", ", ".join(p["name"] for p in report["providers"]) or "(none configured)")]
@@ -232,8 +230,8 @@ def logs(home, follow: bool = False, lines=40) -> None:
         raise Error(f"--lines must be a whole number, got {lines!r}")
     path = home.log_file
     if not path.exists() and not follow:
-        raise Error(f"no server log yet at {path}; `{home_mod.command('start')}` or "
-                    f"`{home_mod.command('serve')}` writes one")
+        raise Error(f"no server log yet at {path}; `{hints.command('start')}` or "
+                    f"`{hints.command('serve')}` writes one")
     position = 0
     if path.exists():
         with open(path, "rb") as f:
@@ -249,33 +247,33 @@ def logs(home, follow: bool = False, lines=40) -> None:
 def route_command(home, action: str, name, endpoints, strategy: str = "priority") -> None:
     """`bitrouter route list|add|rm`: the running server's dynamic routes, through /admin/routes."""
     current = _require(home)
-    url = current.url + "/admin/routes"
+    with client.Client(current.url, home) as admin:
+        _route(admin, action, name, endpoints, strategy)
+
+
+def _route(admin, action: str, name, endpoints, strategy: str) -> None:
+    """One `route` action against the server's /admin/routes."""
     if action == "list":
-        status, body = _http("GET", url, 5.0, admin_headers(home))
-        _check(status, body)
-        routes = body.get("routes", [])
+        routes = _check(admin.get("/admin/routes")).get("routes", [])
         width = max((len(r["model"]) for r in routes), default=0)
         for r in routes:
             chain = " > ".join(f"{e['provider']}:{e['model_id']}" for e in r["endpoints"])
             print(f"{r['model']:<{width}}  {r['source']:<7}  {r['strategy']:<12}  {chain}")
         if not routes:
-            print("no routes: add one with `" + home_mod.command("route", "add", "NAME", "PROVIDER:MODEL") + "`")
+            print("no routes: add one with `" + hints.command("route", "add", "NAME", "PROVIDER:MODEL") + "`")
     elif action == "add":
         if not name or not endpoints:
             raise Error("route add needs a name and at least one endpoint: "
-                        + home_mod.command("route", "add", "NAME", "PROVIDER:MODEL", "[PROVIDER:MODEL...]"))
+                        + hints.command("route", "add", "NAME", "PROVIDER:MODEL", "[PROVIDER:MODEL...]"))
         spec = {"model": str(name), "strategy": str(strategy), "endpoints": [str(e) for e in endpoints]}
-        status, body = _http("POST", url, 5.0, {**admin_headers(home), "content-type": "application/json"},
-                             json.dumps(spec).encode())
-        _check(status, body)
+        body = _check(admin.post("/admin/routes", spec))
         chain = " > ".join(f"{e['provider']}:{e['model_id']}" for e in body["route"]["endpoints"])
         print(f"route {name} -> {chain} ({strategy}); stored in the database, so it survives restarts")
     elif action == "rm":
         if not name:
-            raise Error("route rm needs the route's name: " + home_mod.command("route", "rm", "NAME"))
+            raise Error("route rm needs the route's name: " + hints.command("route", "rm", "NAME"))
         from urllib.parse import quote
-        status, body = _http("DELETE", f"{url}/{quote(str(name), safe='')}", 5.0, admin_headers(home))
-        _check(status, body)
+        _check(admin.delete(f"/admin/routes/{quote(str(name), safe='')}"))
         print(f"route {name} removed")
     else:
         raise Error(f"unknown route action {action!r}: use list, add or rm")
@@ -561,7 +559,7 @@ def _size(text: str) -> int:
 
 def _scrub(message: str, keys) -> str:
     """A log line with the configured keys masked and other credential shapes redacted."""
-    return _SECRET.sub("[redacted]", boundary.redact(message, keys))
+    return _SECRET.sub(guardrails.REDACTED, boundary.redact(message, keys))
 
 
 class _Redact(logging.Filter):
@@ -689,38 +687,6 @@ def _is_bitrouter(pid: int) -> bool:
     return any(os.path.basename(arg).startswith(b"bitrouter") for arg in argv)
 
 
-def _health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
-    try:
-        status, body = _http("GET", url + "/health", timeout)
-    except OSError as exc:
-        return False, f"not answering ({exc})"
-    if status == 200 and body.get("status") == "ok":
-        return True, "ok"
-    return False, f"unhealthy (HTTP {status})"
-
-
-def _http(method: str, url: str, timeout: float, headers=None, body: bytes | None = None):
-    """(status, JSON body or {}); OSError when the server cannot be reached."""
-    import urllib3
-    try:
-        resp = urllib3.PoolManager(retries=False).request(method, url, timeout=timeout, headers=headers,
-                                                          body=body)
-    except urllib3.exceptions.HTTPError as exc:
-        raise OSError(str(getattr(exc, "reason", None) or exc).split(": ")[-1]) from None
-    try:
-        body = json.loads(resp.data)
-    except ValueError:
-        body = {}
-    return resp.status, body if isinstance(body, dict) else {}
-
-
-def _message(status: int, body: dict) -> str:
-    """The error message of an error reply (OpenAI's shape), else the status."""
-    error = body.get("error")
-    message = error.get("message") if isinstance(error, dict) else error
-    return str(message) if message else f"the server answered HTTP {status}"
-
-
 def _terminate(child) -> None:
     child.terminate()
     try:
@@ -756,7 +722,7 @@ def _daemon_state(current: Daemon | None) -> dict:
     if current.url is None:
         return {"state": "starting", "pid": current.pid}
     return {"state": "running", "pid": current.pid, "mode": current.mode, "url": current.url,
-            "uptime": _duration(time.time() - current.started), "health": _health(current.url)[1]}
+            "uptime": _duration(time.time() - current.started), "health": client.health(current.url)[1]}
 
 
 def _daemon_words(d: dict) -> str:
@@ -769,12 +735,13 @@ def _server_state(home, url: str) -> tuple[dict, list]:
     """From /admin/metrics: workers and request totals, and the problems the server sees
     (providers failing, say with a rejected key; connections near the open-file limit)."""
     try:
-        status, body = _http("GET", url + "/admin/metrics", 2.0, admin_headers(home))
-    except OSError:
+        with client.Client(url, home) as admin:
+            reply = admin.get("/admin/metrics", 2.0)
+    except client.Unreachable:
         return {}, []
-    if status != 200:
-        return {}, [f"provider health unavailable: HTTP {status}"]
-    state = {}
+    if reply.status != 200:
+        return {}, [f"provider health unavailable: HTTP {reply.status}"]
+    body, state = reply.body, {}
     if body.get("workers"):  # `serve --workers N`: the totals are over every worker
         state["workers"] = ", ".join(f"{w['index']}: pid {w['pid']}, {w['requests']} requests" for w in body["workers"])
     totals = (body.get("totals") or {}).get("since_start")
@@ -792,10 +759,11 @@ def _server_state(home, url: str) -> tuple[dict, list]:
 def _busy(home, url: str) -> int:
     """How many requests the server is answering (0 when it cannot say)."""
     try:
-        status, body = _http("GET", url + "/admin/metrics?recent=0", 1.0, admin_headers(home))
-    except OSError:
+        with client.Client(url, home) as admin:
+            reply = admin.get("/admin/metrics?recent=0", 1.0)
+    except client.Unreachable:
         return 0
-    return len(body.get("running") or []) if status == 200 else 0
+    return len(reply.body.get("running") or []) if reply.status == 200 else 0
 
 
 def _active_account(home) -> str | None:
@@ -833,9 +801,11 @@ def _follow(path, position: int) -> int:
     return position
 
 
-def _check(status: int, body: dict) -> None:
-    if status != 200:
-        raise Error(_message(status, body))
+def _check(reply) -> dict:
+    """A 200 reply's body; an Error with the server's message otherwise."""
+    if reply.status != 200:
+        raise Error(reply.message)
+    return reply.body
 
 
 def _duration(seconds: float) -> str:

@@ -3,8 +3,7 @@
 import resource
 import socket
 
-from bitrouter import Error, config, daemon
-from bitrouter import home as home_mod
+from bitrouter import Error, boundary, client, config, daemon, hints
 
 FD_WANTED = 4096  # open files a busy server needs: two sockets per streamed request, plus pools
 
@@ -32,7 +31,7 @@ def checks(home, offline: bool):
         yield "fail", "config", f"${{{var}}} is not set (add {var}=... to {home.env_file})"
     names = cfg.configured_providers()
     if not names:
-        yield "warn", "providers", f"no provider has a key; `{home_mod.command('init')}` sets one up"
+        yield "warn", "providers", f"no provider has a key; `{hints.command('init')}` sets one up"
     for name in names:
         yield _key_check(cfg.providers[name], offline)
     current = daemon.running(home)
@@ -49,7 +48,7 @@ def checks(home, offline: bool):
 
 def _key_check(provider, offline: bool) -> tuple:
     what = f"key {provider.name}"
-    masked = config.mask(provider.api_key)
+    masked = boundary.mask(provider.api_key)
     if offline:
         return "ok", what, f"{masked} set (not checked: --offline)"
     from bitrouter import wizard
@@ -68,16 +67,16 @@ def _port_check(cfg, current) -> tuple:
             probe.bind((host, port))
         except OSError as exc:
             return "fail", "port", (f"cannot listen on {cfg.listen}: {exc.strerror}; pick another with "
-                                    f"`{home_mod.command('serve', '--listen', f'{host}:{port + 1}')}`")
+                                    f"`{hints.command('serve', '--listen', f'{host}:{port + 1}')}`")
     return "ok", "port", f"{cfg.listen} is free"
 
 
 def _daemon_check(current) -> tuple:
     if current is None:
-        return "ok", "daemon", f"not running (`{home_mod.command('start')}` starts it)"
+        return "ok", "daemon", f"not running (`{hints.command('start')}` starts it)"
     if current.url is None:
         return "warn", "daemon", "starting"
-    healthy, detail = daemon._health(current.url)
+    healthy, detail = client.health(current.url)
     return ("ok" if healthy else "fail"), "daemon", f"pid {current.pid} on {current.url}: {detail}"
 
 
@@ -92,18 +91,18 @@ def _token_checks(home, cfg, current):
         open_ok = cfg.auth["mode"] != "on" and config.is_loopback(cfg.host_port[0])
         yield ("ok" if open_ok else "fail"), "token", (
             "no account: the server runs open on loopback" if open_ok else
-            f"tokens are required but there is no account: `{home_mod.command('account', '-g')}`")
+            f"tokens are required but there is no account: `{hints.command('account', '-g')}`")
         return
     yield "ok", "account", f"{account.prefix} signs tokens"
     if current and current.url:
         try:
-            status, body = daemon._http("GET", current.url + "/admin/metrics?recent=0", 3.0,
-                                        daemon.admin_headers(home))
-        except OSError as exc:
+            with client.Client(current.url, home) as admin:
+                reply = admin.get("/admin/metrics?recent=0", 3.0)
+        except client.Unreachable as exc:
             yield "fail", "token", f"the server did not answer: {exc}"
             return
-        if status == 200:
+        if reply.status == 200:
             yield "ok", "token", "the running server accepts this account's tokens"
         else:
             yield "fail", "token", (f"the running server refuses this account's tokens "
-                                    f"({daemon._message(status, body)}); `{home_mod.command('reload')}`")
+                                    f"({reply.message}); `{hints.command('reload')}`")

@@ -1,6 +1,6 @@
 """Guardrails: secrets and personal data caught in both directions, dangerous commands, agent loops.
 
-The `guardrails:` section (the original BitRouter's schema, docs/guardrails.md) compiles once,
+The `guardrails:` section (the Rust BitRouter's schema, so its configs load; docs/guardrails.md) compiles once,
 at configuration load, into a Policy. One scanner, Policy.scan, checks text going up (client ->
 provider) and down (provider -> client); server.py applies it to every protocol through walks
 of the JSON bodies (walk_json), so pass-through and translated traffic are guarded alike, and a
@@ -25,7 +25,7 @@ MAX_HOLD = 16384  # characters a stream may hold back for one unfinished match b
 # remembered, up to MEMO_CHARS characters (plus MEMO_ENTRY a text), the oldest forgotten first.
 MEMO_CHARS, MEMO_ENTRY = 4_000_000, 64
 
-# Built-in patterns: the original's names, descriptions and native directions. A built-in is
+# Built-in patterns: the Rust BitRouter's names, descriptions and native directions. A built-in is
 # also applied in the other direction when that direction's map gives it an action. Each regex
 # comes with its hint: characters of which every match contains at least one, so that a
 # memchr-fast `in` test skips the regex on text without any (docs/performance.md).

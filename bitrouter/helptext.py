@@ -6,11 +6,10 @@ METAVAR means the option takes a value. fire runs the command; this module makes
 is only handed arguments the signature takes, and that `--help` reads like a man page.
 """
 
-import difflib
 import inspect
 import re
 
-from bitrouter import Error
+from bitrouter import Error, did_you_mean, hints
 
 GLOBAL_OPTIONS = (
     ("--home-dir DIR", "the home directory (default: ./ if it has bitrouter.yaml, $BITROUTER_HOME, ~/.bitrouter)"),
@@ -39,15 +38,14 @@ def wants_help(argv: list) -> bool:
 
 def render(cls, argv: list) -> str:
     """The help text of the command named in argv, or the overview when there is none."""
-    from bitrouter import home
     words = [a for a in argv if not a.startswith("-")]
     if not words:
-        return _overview(cls, home.program())
+        return _overview(cls, hints.program())
     name = words[0]
     fn = _command(cls, name)
     doc = _Doc(fn)
     params = _params(fn)
-    prog = f"{home.program()} {name}"
+    prog = f"{hints.program()} {name}"
     usage = doc.usage or [prog + "".join(f" {_positional(p)}" for p in params["positional"])
                           + (" [options]" if params["options"] else "")]
     out = ["usage: " + usage[0]] + ["       " + line for line in usage[1:]] + ["", doc.summary]
@@ -86,7 +84,7 @@ def parse(cls, argv: list) -> dict:
         key = short.get(flag[1:]) if re.fullmatch(r"-[A-Za-z]", flag) else flag[2:].replace("-", "_")
         if key not in options:
             known = ["--" + o.replace("_", "-") for o in options] + [f"-{s}" for s in short]
-            raise UsageError(f"{name}: unknown option {flag}{_did_you_mean(flag, known)}"
+            raise UsageError(f"{name}: unknown option {flag}{did_you_mean(flag, known, cutoff=0.7)}"
                              f"; see `{_help_hint(name)}`")
         if _is_switch(options[key], doc):
             found[key] = True if not eq else value
@@ -165,11 +163,10 @@ def _commands(cls) -> list:
 def _command(cls, name: str):
     names = _commands(cls)
     if name not in names:
-        from bitrouter import home
         if name.startswith("-"):
-            raise UsageError(f"unknown option {name}; see `{home.command('--help')}`")
-        raise UsageError(f"unknown command {name!r}{_did_you_mean(name, names)}; "
-                         f"see `{home.command('--help')}` for the list")
+            raise UsageError(f"unknown option {name}; see `{hints.command('--help')}`")
+        raise UsageError(f"unknown command {name!r}{did_you_mean(name, names, cutoff=0.7)}; "
+                         f"see `{hints.command('--help')}` for the list")
     return getattr(cls, name)
 
 
@@ -209,11 +206,5 @@ def _table(rows) -> list:
     return out
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _help_hint(name: str) -> str:
-    from bitrouter import home
-    return home.command(name, "--help")
+    return hints.command(name, "--help")

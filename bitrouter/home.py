@@ -1,9 +1,7 @@
-"""Where BitRouter keeps its files: home resolution, path overrides and scaffolding."""
+"""Where BitRouter keeps its files: home resolution, path overrides, scaffolding and private files."""
 
 import os
 import shlex
-import shutil
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,8 +38,6 @@ ENV_TEMPLATE = """\
 
 GITIGNORE_TEMPLATE = "logs/\nrun/\n.env\n.keys/\n"
 
-_invocation = ["bitrouter"]  # how hints spell a command: the CLI replaces it with how it was run
-_program_words = ["bitrouter"]  # the same without the global options
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,10 @@ class Home:
 
 def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_dir=None,
             db=None, cwd=None, environ=None) -> Home:
-    """Find the home directory (flag, ./bitrouter.yaml, $BITROUTER_HOME, ~/.bitrouter) and apply overrides."""
+    """Find the home directory (flag, ./bitrouter.yaml, $BITROUTER_HOME, ~/.bitrouter) and apply overrides.
+
+    Only computes paths, it writes nothing: `create_if_missing` scaffolds the default home.
+    """
     environ = os.environ if environ is None else environ
     cwd = Path(cwd or os.getcwd())
     if home_dir:
@@ -98,17 +97,34 @@ def resolve(home_dir=None, config_file=None, env_file=None, run_dir=None, logs_d
         root = _absolute(environ["BITROUTER_HOME"], cwd)
     else:
         root = Path(environ.get("HOME") or Path.home()) / ".bitrouter"
-        if not root.exists():
-            try:
-                scaffold(root)
-            except OSError as exc:
-                raise Error(f"cannot create the home directory {root}: {exc.strerror} "
-                            "(use --home-dir or BITROUTER_HOME)") from None
     home = at(root)
     overrides = {"config_file": config_file, "env_file": env_file, "run_dir": run_dir,
                  "logs_dir": logs_dir}
     home = replace(home, **{k: _absolute(v, cwd) for k, v in overrides.items() if v})
     return replace(home, db_url=str(db)) if db else home
+
+
+def create_if_missing(home: Home) -> Home:
+    """Scaffold a home that does not exist yet (the default ~/.bitrouter on first use)."""
+    if not home.root.exists():
+        try:
+            scaffold(home.root)
+        except OSError as exc:
+            raise Error(f"cannot create the home directory {home.root}: {exc.strerror} "
+                        "(use --home-dir or BITROUTER_HOME)") from None
+    return home
+
+
+def given_options(paths: dict) -> list:
+    """The global options a hint must repeat: those --home-dir does not imply, a database password masked."""
+    from bitrouter.config import mask_url
+    layout = at(_absolute(paths["home_dir"], Path.cwd())) if paths.get("home_dir") else None
+    given = []
+    for key, value in paths.items():
+        if layout and key != "home_dir" and getattr(layout, key, None) == _absolute(value, Path.cwd()):
+            continue  # what --home-dir implies anyway (a daemon's command line spells it all out)
+        given += ["--" + key.replace("_", "-"), mask_url(str(value)) if key == "db" else str(value)]
+    return given
 
 
 def require_existing(home: Home) -> Home:
@@ -117,30 +133,6 @@ def require_existing(home: Home) -> Home:
         what = "is not a directory" if home.root.exists() else "does not exist"
         raise Error(f"--home-dir {home.root} {what}; create it first (mkdir -p {shlex.quote(str(home.root))})")
     return home
-
-
-def remember_invocation(argv0: str, paths: dict) -> None:
-    """Record how the user ran BitRouter, so every printed hint can be run exactly as printed."""
-    from bitrouter.config import mask_url
-    layout = at(_absolute(paths["home_dir"], Path.cwd())) if paths.get("home_dir") else None
-    given = []
-    for key, value in paths.items():
-        if layout and key != "home_dir" and getattr(layout, key, None) == _absolute(value, Path.cwd()):
-            continue  # what --home-dir implies anyway (a daemon's command line spells it all out)
-        # A database password never appears in a hint.
-        given += ["--" + key.replace("_", "-"), mask_url(str(value)) if key == "db" else str(value)]
-    _program_words[:] = _program(argv0)
-    _invocation[:] = [*_program_words, *given]
-
-
-def command(*args) -> str:
-    """A runnable command line for a hint: `bitrouter keygen`, spelt the way BitRouter was started."""
-    return " ".join(shlex.quote(str(a)) for a in [*_invocation, *args])
-
-
-def program() -> str:
-    """How the user started BitRouter, without the global options (for usage lines)."""
-    return " ".join(shlex.quote(w) for w in _program_words)
 
 
 def at(root) -> Home:
@@ -162,15 +154,19 @@ def scaffold(root) -> Home:
 
 
 def write_private(path, text: str) -> None:
-    """Write a secret-bearing file atomically with mode 0600 (its folder gets 0700 if new)."""
+    """Replace a file in one step, private to its owner: 0600 when new, else its owner bits kept.
+
+    Group and other bits are always dropped (the file may hold keys); a new folder gets 0700.
+    """
     path = Path(path)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700)
+    mode = path.stat().st_mode & 0o700 if path.exists() else 0o600
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
-    os.chmod(tmp, 0o600)
+    os.chmod(tmp, mode)  # O_CREAT's mode is narrowed by the umask, and ignored for a stale tmp
     os.replace(tmp, path)
 
 
@@ -204,23 +200,6 @@ def _write_new(path: Path, text: str, mode: int) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(path, mode)
-
-
-def _program(argv0: str) -> list:
-    """`bitrouter` when that name on PATH is this installation, else a path that runs it."""
-    script = Path(sys.executable).with_name("bitrouter")
-    if Path(argv0).name == "bitrouter":
-        script = Path(argv0)
-    on_path = shutil.which("bitrouter")
-    if on_path and script.exists() and os.path.realpath(on_path) == os.path.realpath(script):
-        return ["bitrouter"]
-    if script.exists():
-        try:
-            shown = script.absolute().relative_to(Path.cwd())
-            return ["./" + str(shown) if len(shown.parts) == 1 else str(shown)]
-        except ValueError:
-            return [str(script.absolute())]
-    return [sys.executable, "-m", "bitrouter"]
 
 
 def _absolute(path, cwd: Path) -> Path:

@@ -354,14 +354,15 @@ class _Call:
         return _Answer(endpoint, upstream, self.inbound, kind, body, request)
 
     def capable(self, route):
-        """The route without endpoints whose catalog says they cannot take this request's images.
+        """The route without endpoints whose catalog says they cannot take this request's images or files.
 
         Decoding costs time, so it only happens when such an endpoint is on the route;
         with none left the request is a clear 400 instead of an upstream's confusing one.
         """
         text_only = [e for e in route.endpoints
                      if "image" not in self.rt.providers[e.provider].models.get(e.model_id, {}).get("modalities", ["image"])]
-        if not text_only or not any(p.kind == "image" for m in self.unified_request().messages for p in _all_parts(m)):
+        if not text_only or not any(p.kind in protocols.MEDIA
+                                    for m in self.unified_request().messages for p in _all_parts(m)):
             return route
         usable = [e for e in route.endpoints if e not in text_only]
         if not usable:

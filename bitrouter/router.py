@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bitrouter import StatusError
-from bitrouter.config import STRATEGIES, Alias, ConfigError, Endpoint, route_endpoint
+from bitrouter.config import Alias, ConfigError, Endpoint, route_parts
 from bitrouter.upstream import UpstreamError
 
 log = logging.getLogger("bitrouter")
@@ -241,14 +241,8 @@ def dynamic_route(spec: dict, providers: dict, routing: dict) -> Route:
     name = spec.get("model") or spec.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError("'model' (the route name) is required")
-    strategy = spec.get("strategy", "priority")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
-    raw = spec.get("endpoints")
-    if not isinstance(raw, list) or not raw:
-        raise ValueError("route must have at least one endpoint")
     try:
-        endpoints = [route_endpoint(item, providers, f"endpoints[{i}]") for i, item in enumerate(raw)]
+        strategy, endpoints = route_parts(spec, providers)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     return Route(name=name, source="dynamic", strategy=strategy, endpoints=endpoints, **routing)

@@ -7,10 +7,6 @@ from the configuration (swapped whole on reload), the upstream pools, the metric
 access gate, and gevent's connection handling (timeouts, draining, connection capacity).
 """
 
-if __name__ == "__main__":  # `python -m bitrouter.server`: patch before anything imports ssl/socket
-    from gevent import monkey
-    monkey.patch_all()
-
 import collections
 import contextlib
 import gc
@@ -19,13 +15,13 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
-from bitrouter import Error, access, app, boundary, cluster, config, daemon, guardrails, proxy, workers
-from bitrouter import home as home_mod
+from bitrouter import Error, access, app, boundary, cluster, config, daemon, guardrails, hints, proxy, store, workers
 from bitrouter.metrics import Metrics, dashboard
 from bitrouter.protocols import mock
 from bitrouter.router import Health, Router
@@ -70,7 +66,8 @@ class Server:
         self.pools = Pools(cfg.upstream["connect_timeout"], cfg.upstream["read_timeout"])
         self.pools.mount(mock.SCHEME, mock.Transport())  # the built-in provider answers in process
         self.runtime = Runtime(cfg, self.dynamic, self.health)
-        self.gate = access.Gate(home, cfg)  # refuses an open public listener
+        self.store = store.Store(cfg.database_url, shared=True)  # tokens, revocations, routes, spend totals
+        self.gate = access.Gate(home, cfg, self.store)  # refuses an open public listener
         self.request_log = daemon.RequestLog(self)  # writes once server_log() has opened the log
         # Every finished request, in this order: its session's spend, its spend row, its log line.
         self.metrics.listeners = [self.sessions.finished, self.gate.record, self.request_log.write]
@@ -91,6 +88,7 @@ class Server:
         self.metrics.close()
         self.pools.close()
         self.gate.close()
+        self.store.close()
 
     def dashboard(self, recent: int = 100) -> dict:
         """The `/admin/metrics` snapshot of this server (docs/tui.md)."""
@@ -116,7 +114,7 @@ class Server:
         for key, value in _bound_settings(cfg).items():
             if value != self.bound[key]:
                 notes.append(f"{key} changed to {value}; the server keeps {self.bound[key]} "
-                             f"until `{home_mod.command('restart')}`")
+                             f"until `{hints.command('restart')}`")
         for name, route in list(self.dynamic.items()):
             gone = sorted({e.provider for e in route.endpoints if e.provider not in cfg.providers})
             if gone:  # its endpoints could no longer be called
@@ -444,9 +442,12 @@ class _InFlight:
 
 
 def main() -> None:
-    """`python -m bitrouter.server [global options]`: serve this home in the foreground."""
-    from bitrouter import cli
-    cli.main(["serve"] + __import__("sys").argv[1:])
+    """`python -m bitrouter.server [global options]`: serve this home in the foreground.
+
+    It becomes `python -m bitrouter serve` (same process id): flags, errors and hints are the
+    CLI's, and the server module never imports the CLI that sits above it.
+    """
+    os.execv(sys.executable, [sys.executable, "-m", "bitrouter", "serve", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

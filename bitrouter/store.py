@@ -1,8 +1,9 @@
 """The database (peewee): saved-token records, revocations and the spend log.
 
 SQLite by default, any peewee URL otherwise (`postgresql://user:pass@host/db` needs a
-PostgreSQL driver such as psycopg2 installed). `open_db` binds the models to one database
-per process; the spend writer keeps its own connection on its own OS thread.
+PostgreSQL driver such as psycopg2 installed). A `Store` is one open database; the models
+are bound to none, each store binds its own queries. The spend writer keeps its own
+connection on its own OS thread.
 """
 
 import contextlib
@@ -87,18 +88,6 @@ MODELS = (TokenRecord, SpendLog, RouteRecord)
 SPEND_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f != "id")
 
 
-def open_db(url: str, shared: bool = False) -> peewee.Database:
-    """Connect to a database URL, create missing tables and bind the models to it.
-
-    `shared` keeps one connection for the whole process instead of one per thread: right
-    for a gevent server, whose greenlets would each open (and leak) a connection otherwise,
-    and whose database calls never yield mid-query.
-    """
-    db = connect(url, thread_safe=not shared)
-    db.bind(MODELS)
-    return db
-
-
 def connect(url: str, thread_safe: bool = True) -> peewee.Database:
     """A new peewee database for a URL with the tables created (SQLite in WAL mode)."""
     from playhouse.db_url import connect as url_connect
@@ -114,104 +103,137 @@ def connect(url: str, thread_safe: bool = True) -> peewee.Database:
         with db.atomic():
             if isinstance(db, peewee.PostgresqlDatabase):  # instances starting together take turns
                 db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            for model in MODELS:  # a SchemaManager, so the models need not be bound to db
+            for model in MODELS:  # a SchemaManager: the models are bound to no database
                 peewee.SchemaManager(model, db).create_all(safe=True)
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
         raise Error(f"cannot open database {mask_url(url)}: {_reason(exc, url)}") from None
     return db
 
 
-def record_token(token_hash: str, name=None, account=None, claims=None) -> None:
-    """Save a minted token's metadata (the token text itself is never stored)."""
-    claims = claims or {}
-    row = {"token_hash": token_hash, "name": name, "account": account, "issuer": claims.get("iss"),
-           "scope": claims.get("scope"), "iat": claims.get("iat"), "exp": claims.get("exp"),
-           "budget": claims.get("budget"), "budget_scope": claims.get("budget_scope"),
-           "models": _json(claims.get("models")), "budget_range": _json(claims.get("budget_range")),
-           "created": _utcnow()}
-    _write(lambda: TokenRecord.insert(**row).on_conflict(
-        conflict_target=[TokenRecord.token_hash],
-        update={k: v for k, v in row.items() if k not in ("token_hash", "created")}).execute())
+class Store:
+    """One open database: saved-token records, revocations, dynamic routes and spend totals.
 
+    Every query is bound to this store's database, so two stores (two homes, two URLs) live
+    side by side in one process. `shared` keeps one connection for the whole process instead
+    of one per thread: right for a gevent server, whose greenlets would each open (and leak)
+    a connection otherwise, and whose database calls never yield mid-query. Close it with
+    `close()` or use it as a context manager.
+    """
 
-def revoke(token_hash: str, name=None, account=None) -> None:
-    """Mark a token revoked, creating its record if it was never saved."""
-    row = {"token_hash": token_hash, "name": name, "account": account, "revoked": True,
-           "created": _utcnow()}
-    _write(lambda: TokenRecord.insert(**row).on_conflict(
-        conflict_target=[TokenRecord.token_hash], update={TokenRecord.revoked: True}).execute())
+    def __init__(self, url: str, shared: bool = False):
+        self.url = url
+        self.db = connect(url, thread_safe=not shared)
 
+    def close(self) -> None:
+        """Close the connection (a later call opens a new one)."""
+        self.db.close()
 
-def revoked_hashes() -> set[str]:
-    """The hashes of every revoked token."""
-    query = TokenRecord.select(TokenRecord.token_hash).where(TokenRecord.revoked == True)  # noqa: E712
-    return {row.token_hash for row in _read(lambda: list(query))}
+    def __enter__(self) -> "Store":
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-def totals(token_hash=None, account=None, since=None) -> tuple[int, int]:
-    """(micro-USD spent, successful requests) for a token or an account, optionally since a Unix time."""
-    query = SpendLog.select(peewee.fn.COALESCE(peewee.fn.SUM(SpendLog.cost_micro_usd), 0),
-                            peewee.fn.COUNT(SpendLog.id)).where(SpendLog.status < 400)
-    if token_hash is not None:
-        query = query.where(SpendLog.token_hash == token_hash)
-    if account is not None:
-        query = query.where(SpendLog.account == account)
-    if since is not None:
-        query = query.where(SpendLog.time >= _utc_naive(since))
-    cost, count = _read(lambda: query.tuples().get())
-    return int(cost), int(count)
+    def record_token(self, token_hash: str, name=None, account=None, claims=None) -> None:
+        """Save a minted token's metadata (the token text itself is never stored)."""
+        claims = claims or {}
+        row = {"token_hash": token_hash, "name": name, "account": account, "issuer": claims.get("iss"),
+               "scope": claims.get("scope"), "iat": claims.get("iat"), "exp": claims.get("exp"),
+               "budget": claims.get("budget"), "budget_scope": claims.get("budget_scope"),
+               "models": _json(claims.get("models")), "budget_range": _json(claims.get("budget_range")),
+               "created": _utcnow()}
+        self._write(TokenRecord.insert(**row).on_conflict(
+            conflict_target=[TokenRecord.token_hash],
+            update={k: v for k, v in row.items() if k not in ("token_hash", "created")}))
 
+    def revoke(self, token_hash: str, name=None, account=None) -> None:
+        """Mark a token revoked, creating its record if it was never saved."""
+        row = {"token_hash": token_hash, "name": name, "account": account, "revoked": True,
+               "created": _utcnow()}
+        self._write(TokenRecord.insert(**row).on_conflict(
+            conflict_target=[TokenRecord.token_hash], update={TokenRecord.revoked: True}))
 
-def usage(since=None, by="token") -> list[dict]:
-    """Spend grouped by token and upstream model (or by model, or account and model), costliest first."""
-    name = peewee.fn.COALESCE(TokenRecord.name, peewee.fn.SUBSTR(SpendLog.token_hash, 1, 12), "(none)")
-    account = peewee.fn.COALESCE(SpendLog.account, "(none)")
-    upstream = peewee.fn.COALESCE(SpendLog.upstream, SpendLog.model, "?")
-    keys = {"token": (name, upstream), "model": (upstream,), "account": (account, upstream)}[by]
-    cost = peewee.fn.SUM(SpendLog.cost_micro_usd)
-    query = (SpendLog.select(*keys, peewee.fn.COUNT(SpendLog.id), peewee.fn.SUM(SpendLog.input_tokens),
-                             peewee.fn.SUM(SpendLog.output_tokens), cost)
-             .join(TokenRecord, peewee.JOIN.LEFT_OUTER,
-                   on=(SpendLog.token_hash == TokenRecord.token_hash))
-             .group_by(*keys).order_by(cost.desc()))
-    if since is not None:
-        query = query.where(SpendLog.time >= _utc_naive(since))
-    rows = _read(lambda: list(query.tuples()))
-    width = len(keys)
-    return [{"keys": tuple(str(k) for k in row[:width]), "requests": int(row[width]),
-             "input_tokens": int(row[width + 1] or 0), "output_tokens": int(row[width + 2] or 0),
-             "cost": int(row[width + 3] or 0)} for row in rows]
+    def revoked_hashes(self) -> set[str]:
+        """The hashes of every revoked token."""
+        query = TokenRecord.select(TokenRecord.token_hash).where(TokenRecord.revoked == True)  # noqa: E712
+        return {row.token_hash for row in self._read(lambda db: list(query.bind(db)))}
 
+    def totals(self, token_hash=None, account=None, since=None) -> tuple[int, int]:
+        """(micro-USD spent, successful requests) for a token or an account, optionally since a Unix time."""
+        query = SpendLog.select(peewee.fn.COALESCE(peewee.fn.SUM(SpendLog.cost_micro_usd), 0),
+                                peewee.fn.COUNT(SpendLog.id)).where(SpendLog.status < 400)
+        if token_hash is not None:
+            query = query.where(SpendLog.token_hash == token_hash)
+        if account is not None:
+            query = query.where(SpendLog.account == account)
+        if since is not None:
+            query = query.where(SpendLog.time >= _utc_naive(since))
+        cost, count = self._read(lambda db: query.tuples().get(db))
+        return int(cost), int(count)
 
-# ---------------------------------------------------------------- shared by every instance
+    def usage(self, since=None, by="token") -> list[dict]:
+        """Spend grouped by token and upstream model (or by model, or account and model), costliest first."""
+        name = peewee.fn.COALESCE(TokenRecord.name, peewee.fn.SUBSTR(SpendLog.token_hash, 1, 12), "(none)")
+        account = peewee.fn.COALESCE(SpendLog.account, "(none)")
+        upstream = peewee.fn.COALESCE(SpendLog.upstream, SpendLog.model, "?")
+        keys = {"token": (name, upstream), "model": (upstream,), "account": (account, upstream)}[by]
+        cost = peewee.fn.SUM(SpendLog.cost_micro_usd)
+        query = (SpendLog.select(*keys, peewee.fn.COUNT(SpendLog.id), peewee.fn.SUM(SpendLog.input_tokens),
+                                 peewee.fn.SUM(SpendLog.output_tokens), cost)
+                 .join(TokenRecord, peewee.JOIN.LEFT_OUTER,
+                       on=(SpendLog.token_hash == TokenRecord.token_hash))
+                 .group_by(*keys).order_by(cost.desc()))
+        if since is not None:
+            query = query.where(SpendLog.time >= _utc_naive(since))
+        rows = self._read(lambda db: list(query.tuples().bind(db)))
+        width = len(keys)
+        return [{"keys": tuple(str(k) for k in row[:width]), "requests": int(row[width]),
+                 "input_tokens": int(row[width + 1] or 0), "output_tokens": int(row[width + 2] or 0),
+                 "cost": int(row[width + 3] or 0)} for row in rows]
 
+    # ------------------------------------------------------------ shared by every instance
 
-def save_route(name: str, spec: dict) -> None:
-    """Store (or replace) a dynamic route's validated spec."""
-    row = {"name": name, "spec": _json(spec), "tag": secrets.randbits(31)}
-    _write(lambda: RouteRecord.insert(**row).on_conflict(
-        conflict_target=[RouteRecord.name], update={k: v for k, v in row.items() if k != "name"}).execute())
+    def save_route(self, name: str, spec: dict) -> None:
+        """Store (or replace) a dynamic route's validated spec."""
+        row = {"name": name, "spec": _json(spec), "tag": secrets.randbits(31)}
+        self._write(RouteRecord.insert(**row).on_conflict(
+            conflict_target=[RouteRecord.name], update={k: v for k, v in row.items() if k != "name"}))
 
+    def delete_route(self, name: str) -> bool:
+        """Remove a dynamic route; False if there was none of that name."""
+        return bool(self._write(RouteRecord.delete().where(RouteRecord.name == name)))
 
-def delete_route(name: str) -> bool:
-    """Remove a dynamic route; False if there was none of that name."""
-    removed = []
-    _write(lambda: removed.append(RouteRecord.delete().where(RouteRecord.name == name).execute()))
-    return bool(removed[0])
+    def routes(self) -> dict:
+        """Every stored dynamic route: name -> spec."""
+        rows = self._read(lambda db: list(RouteRecord.select().bind(db)))
+        return {row.name: json.loads(row.spec) for row in rows}
 
+    def shared_stamp(self) -> tuple:
+        """A cheap signature of what instances share: it changes with every revocation or route change."""
+        revoked = TokenRecord.select(peewee.fn.COUNT(TokenRecord.id)).where(TokenRecord.revoked == True)  # noqa: E712
+        routes_count = RouteRecord.select(peewee.fn.COUNT(RouteRecord.id))
+        routes_tags = RouteRecord.select(peewee.fn.SUM(RouteRecord.tag))
+        query = peewee.Select(columns=[revoked, routes_count, routes_tags])
+        return self._read(lambda db: query.bind(db).tuples().get())  # one round trip
 
-def routes() -> dict:
-    """Every stored dynamic route: name -> spec."""
-    return {row.name: json.loads(row.spec) for row in _read(lambda: list(RouteRecord.select()))}
+    # ------------------------------------------------------------ helpers
 
+    def _write(self, query):
+        """Execute a write query in a transaction, turning driver errors into a user error."""
+        try:
+            with self.db.atomic():
+                return query.bind(self.db).execute()
+        except peewee.PeeweeException as exc:
+            _drop_connection(self.db)
+            raise Error(f"database error: {_reason(exc)}") from None
 
-def shared_stamp() -> tuple:
-    """A cheap signature of what instances share: it changes with every revocation or route change."""
-    revoked = TokenRecord.select(peewee.fn.COUNT(TokenRecord.id)).where(TokenRecord.revoked == True)  # noqa: E712
-    routes_count = RouteRecord.select(peewee.fn.COUNT(RouteRecord.id))
-    routes_tags = RouteRecord.select(peewee.fn.SUM(RouteRecord.tag))
-    query = peewee.Select(columns=[revoked, routes_count, routes_tags]).bind(TokenRecord._meta.database)
-    return _read(lambda: query.tuples().get())  # one round trip
+    def _read(self, operation):
+        """Run `operation(db)`, turning driver errors into a user error."""
+        try:
+            return operation(self.db)
+        except peewee.PeeweeException as exc:
+            _drop_connection(self.db)
+            raise Error(f"database error: {_reason(exc)}") from None
 
 
 class SpendWriter:
@@ -401,26 +423,6 @@ def _native(module: str, name: str):
     if monkey is not None:
         return monkey.get_original(module, name)
     return getattr(importlib.import_module(module), name)
-
-
-def _write(operation) -> None:
-    """Run a write on the bound database, turning driver errors into a user error."""
-    db = TokenRecord._meta.database
-    try:
-        with db.atomic():
-            operation()
-    except peewee.PeeweeException as exc:
-        _drop_connection(db)
-        raise Error(f"database error: {_reason(exc)}") from None
-
-
-def _read(operation):
-    """Run a read on the bound database, turning driver errors into a user error."""
-    try:
-        return operation()
-    except peewee.PeeweeException as exc:
-        _drop_connection(TokenRecord._meta.database)
-        raise Error(f"database error: {_reason(exc)}") from None
 
 
 def _drop_connection(db) -> None:

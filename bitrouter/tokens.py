@@ -1,7 +1,8 @@
 """BitRouter tokens: SOL_EDDSA JWTs minted by a local account and checked by the server.
 
-The format is the original BitRouter's, byte for byte: header `{"alg":"SOL_EDDSA","typ":"JWT"}`,
-compact claims in a fixed order, Ed25519 (pynacl) over `b64url(header).b64url(payload)`.
+The format is the Rust BitRouter's (bitrouter/bitrouter), byte for byte, so a token works
+with both: header `{"alg":"SOL_EDDSA","typ":"JWT"}`, compact claims in a fixed order,
+Ed25519 (pynacl) over `b64url(header).b64url(payload)`.
 python-jose does the JWS work through a key class registered for SOL_EDDSA.
 """
 
@@ -21,8 +22,8 @@ from jose.exceptions import JOSEError, JWTClaimsError
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from bitrouter import Error, accounts
-from bitrouter import home as home_mod
+from bitrouter import Error, accounts, hints
+from bitrouter.home import write_private
 
 ALG = "SOL_EDDSA"
 SCOPES = ("api", "admin")
@@ -75,8 +76,8 @@ def mint(signing_key, scope="api", exp=None, models=None, budget=None, budget_sc
     except ValueError as exc:
         raise Error(f"cannot mint this token: {exc}") from None
     # jose.jwt.encode would serialise the claims with ensure_ascii, escaping non-ASCII model
-    # names that the original writes as UTF-8; so the payload bytes are made here and
-    # jose.jws builds the header (sorted keys: alg, typ, as the original), encodes and signs.
+    # names that the Rust BitRouter writes as UTF-8; so the payload bytes are made here and
+    # jose.jws builds the header (sorted keys: alg, typ, as the Rust BitRouter has them), encodes and signs.
     payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return jws.sign(payload, SolEdDSAKey(signing_key, ALG), algorithm=ALG)
 
@@ -213,7 +214,7 @@ def keygen_command(home, exp=None, models=None, name=None, scope="api", budget=N
     name = name if name is not None else _next_name(_saved_names(folder))
     path = _save(home, account.prefix, name, token)
     print(token)
-    print(f"Saved as {name!r} in {path}; revoke it with `{home_mod.command('keys', '--rm', name)}`",
+    print(f"Saved as {name!r} in {path}; revoke it with `{hints.command('keys', '--rm', name)}`",
           file=sys.stderr)
     if exp is None:
         print("warning: this token never expires; mint tokens with --exp (e.g. --exp 30d) "
@@ -272,8 +273,8 @@ def usage_command(home, since="30d", by="token") -> None:
     start = None
     if str(since) != "all":
         start = time.time() - parse_duration(since, "period")
-    _open_store(home)
-    rows = store.usage(since=start, by=by)
+    with _open_store(home) as db:
+        rows = db.usage(since=start, by=by)
     period = "all time" if start is None else f"since {_utc(start)} ({since})"
     if not rows:
         print(f"No recorded spend {period}.")
@@ -428,24 +429,22 @@ def _budget(value) -> int | None:
 
 def _save(home, prefix: str, name: str, token: str):
     """Record the token in the database, then write `tokens/<name>.jwt` (0600, no newline)."""
-    from bitrouter import store
     path = home.keys_dir / prefix / "tokens" / f"{name}.jwt"
     if path.exists():
         raise Error(f'a token named "{name}" already exists; remove it first with '
-                    f"`{home_mod.command('keys', '--rm', name)}`")
+                    f"`{hints.command('keys', '--rm', name)}`")
     claims = jwt.get_unverified_claims(token)
-    _open_store(home)
-    store.record_token(token_hash(token), name=name, account=prefix, claims=claims)
-    home_mod.write_private(path, token)
+    with _open_store(home) as db:
+        db.record_token(token_hash(token), name=name, account=prefix, claims=claims)
+    write_private(path, token)
     return path
 
 
 def _revoke(home, token: str, name, prefix: str) -> None:
     """Record the revocation and touch the stamp, so a running server refuses the token at once."""
-    from bitrouter import store
-    _open_store(home)
-    store.revoke(token_hash(token), name=name, account=prefix)
-    home_mod.write_private(revocation_stamp(home), str(time.time_ns()))
+    with _open_store(home) as db:
+        db.revoke(token_hash(token), name=name, account=prefix)
+    write_private(revocation_stamp(home), str(time.time_ns()))
 
 
 def _looks_like_token(ident) -> bool:
@@ -458,10 +457,10 @@ def _next_name(names: list) -> str:
     return f"token-{max(numbers, default=0) + 1}"
 
 
-def _open_store(home) -> None:
-    """Open the database this home is configured for (--db, env, config, default)."""
+def _open_store(home):
+    """The store of the database this home is configured for (--db, env, config, default)."""
     from bitrouter import config, store
-    store.open_db(config.load(home).database_url)
+    return store.Store(config.load(home).database_url)
 
 
 def _saved_names(folder) -> list[str]:
@@ -483,7 +482,7 @@ def _listing(prefix: str, folder, names: list[str]) -> str:
     """The `keys --list` text: index and name, then scope, chain, expiry and models."""
     if not names:
         return (f"No saved tokens for account {prefix}.\n"
-                f"Run `{home_mod.command('keygen', '--exp', '30d')}` to create one.")
+                f"Run `{hints.command('keygen', '--exp', '30d')}` to create one.")
     lines = []
     for index, name in enumerate(names):
         lines.append(f"  [{index}] {name}")

@@ -16,8 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bitrouter import Error
-from bitrouter import home as home_mod
+from bitrouter import Error, hints
 
 REFRESH_MIN = 0.25  # seconds between snapshots while events arrive: at most 4 redraws a second
 REFRESH_IDLE = 2.0  # cooldowns end without events, so re-read now and then
@@ -70,43 +69,15 @@ class View:
         return self.paused if self.paused is not None else log_rows(snap)
 
 
-def run_default(home) -> None:
-    """`bitrouter`: first-run setup if needed, then the server and the dashboard in one process."""
-    from bitrouter import server, wizard
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        print("bitrouter: no terminal for the dashboard; serving without it", file=sys.stderr)
-        server.serve(home)
-        return
-    if wizard.needs_setup(home):
-        wizard.init(home)  # a cancelled setup leads to the dashboard's empty state
-    try:
-        running = server.start(home, mode="dashboard")
-    except Error:
-        url = _server_url(home)
-        remote = _Remote.find(home, url)
-        if remote is None:
-            raise
-        dashboard(remote, note=f"{url} is taken by a running BitRouter: showing its dashboard "
-                               "(q leaves that server running)")
-        return
-    try:
-        dashboard(_Local(running.srv))
-    finally:
-        busy = running.busy
-        if busy:
-            print(f"bitrouter: letting {busy} running request(s) finish (Ctrl-C to stop now)", flush=True)
-        running.stop()
-
-
 def attach(home, url=None) -> None:
     """`bitrouter tui`: the dashboard of a server that is already running (this home's, or url)."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise Error("bitrouter tui needs a terminal")
-    url = (url or _server_url(home)).rstrip("/")
-    remote = _Remote.find(home, url)
+    url = (url or server_url(home)).rstrip("/")
+    remote = Remote.find(home, url)
     if remote is None:
-        raise Error(f"no BitRouter server answers at {url}; start one with `{home_mod.command('start')}` "
-                    f"(or run `{home_mod.command()}` for the server and the dashboard together)")
+        raise Error(f"no BitRouter server answers at {url}; start one with `{hints.command('start')}` "
+                    f"(or run `{hints.command()}` for the server and the dashboard together)")
     dashboard(remote)
 
 
@@ -153,10 +124,19 @@ def log_rows(snap: dict) -> list[dict]:
     return sorted(snap.get("running", []) + snap.get("recent", []), key=lambda r: -r["id"])
 
 
+def server_url(home) -> str:
+    """Where this home's server answers: its pid file's URL, else the configured address."""
+    from bitrouter import config, daemon
+    current = daemon.running(home)
+    if current and current.url:
+        return current.url
+    return daemon.connect_url(*config.load(home).host_port)
+
+
 # ---------------------------------------------------------------- data sources
 
 
-class _Local:
+class Local:
     """The server running in this process: snapshots are function calls, events in memory."""
 
     def __init__(self, srv):
@@ -183,38 +163,36 @@ class _Local:
         self.srv.metrics.unsubscribe(inbox)
 
 
-class _Remote:
+class Remote:
     """A server in another process, over GET /admin/metrics and GET /admin/events."""
 
     def __init__(self, home, url: str):
-        import requests
-        self.home = home
+        from bitrouter import client
         self.url = url
-        self.http = requests.Session()
+        self.admin = client.Client(url, home)
         self._stop = threading.Event()
 
     @classmethod
     def find(cls, home, url: str):
         """The server at url if it is a BitRouter; None when nothing (or something else) answers."""
-        import requests
+        from bitrouter import client
         remote = cls(home, url)
         try:
-            resp = remote._get_metrics()
-        except requests.RequestException:
-            resp = None
-        if resp is not None and resp.status_code in (401, 403):
-            raise Error(f"the server at {url} refused the dashboard (HTTP {resp.status_code}): "
-                        f"{_error_text(resp)}")
-        if resp is None or resp.status_code != 200 or "providers" not in _json_or_empty(resp):
-            remote.http.close()
+            reply = remote._get_metrics()
+        except client.Unreachable:
+            reply = None
+        if reply is not None and reply.status in (401, 403):
+            raise Error(f"the server at {url} refused the dashboard (HTTP {reply.status}): {reply.message}")
+        if reply is None or reply.status != 200 or "providers" not in reply.body:
+            remote.admin.close()
             return None
         return remote
 
     def snapshot(self) -> dict:
-        resp = self._get_metrics()
-        if resp.status_code != 200:
-            raise Error(f"HTTP {resp.status_code}: {_error_text(resp)}")
-        return resp.json()
+        reply = self._get_metrics()
+        if reply.status != 200:
+            raise Error(f"HTTP {reply.status}: {reply.message}")
+        return reply.body
 
     def label(self, snap: dict) -> str:
         return f"attached to pid {snap.get('pid', '?')}"
@@ -226,52 +204,43 @@ class _Remote:
         return inbox
 
     def reload(self) -> tuple[str, str]:
-        import requests
+        from bitrouter import client
         try:
-            resp = self.http.post(self.url + "/admin/reload", headers=self._headers(), timeout=30)
-        except requests.RequestException as exc:
+            reply = self.admin.post("/admin/reload", timeout=30)
+        except client.Unreachable as exc:
             return f"reload failed: {_cause(exc)}", "error"
-        if resp.status_code in (404, 405):
-            return f"this server has no POST /admin/reload; use `{home_mod.command('reload')}`", "warn"
-        if resp.status_code != 200:
-            return f"reload failed (HTTP {resp.status_code}): {_cause(_error_text(resp))}", "error"
-        notes = _json_or_empty(resp).get("notes") or []
+        if reply.status in (404, 405):
+            return f"this server has no POST /admin/reload; use `{hints.command('reload')}`", "warn"
+        if reply.status != 200:
+            return f"reload failed (HTTP {reply.status}): {_cause(reply.message)}", "error"
+        notes = reply.body.get("notes") or []
         return "; ".join(["configuration reloaded", *notes]), "warn" if notes else "good"
 
     def close(self, inbox) -> None:
         self._stop.set()
         inbox.close()
-        self.http.close()
+        self.admin.close()
 
     def _follow(self, inbox) -> None:
         """Read the event stream into the inbox, reconnecting while the server is away."""
-        import requests
-
+        from bitrouter import client
         from bitrouter.protocols import sse
         while not self._stop.is_set():
             try:
-                with requests.get(self.url + "/admin/events", headers=self._headers(), stream=True,
-                                  timeout=(3, 120)) as resp:
-                    resp.raise_for_status()
+                with self.admin.stream("/admin/events") as chunks:
                     inbox.push({"type": "connected"})
                     parser = sse.Parser()
-                    for chunk in resp.iter_content(chunk_size=None):
+                    for chunk in chunks:
                         if self._stop.is_set():
                             return
                         for event, _ in parser.feed(chunk):
                             inbox.push({"type": event or "message"})
-            except requests.RequestException as exc:
+            except client.Unreachable as exc:
                 inbox.push({"type": "disconnected", "error": f"unreachable: {_cause(exc)}"})
             self._stop.wait(2.0)
 
     def _get_metrics(self):
-        return self.http.get(self.url + "/admin/metrics", params={"recent": RECENT},
-                             headers=self._headers(), timeout=3)
-
-    def _headers(self) -> dict:
-        """A short-lived admin token from this home's active account, when it has one."""
-        from bitrouter import daemon
-        return daemon.admin_headers(self.home)
+        return self.admin.get(f"/admin/metrics?recent={RECENT}", timeout=3)
 
 
 # ---------------------------------------------------------------- the loop
@@ -502,7 +471,7 @@ def _providers(providers: list, width: int, rows: int) -> list:
         style = {"ok": "", "failing": "error", "cooling down": "warn", "no key": "dim"}.get(p["state"], "")
         lines.append((style, _fit(text, width)))
     if not providers:
-        lines.append(("dim", _fit(f"(none yet: run `{home_mod.command('init')}`)", width)))
+        lines.append(("dim", _fit(f"(none yet: run `{hints.command('init')}`)", width)))
     return _more(lines, len(providers), rows, width)
 
 
@@ -669,38 +638,11 @@ def _usd(micro: int) -> str:
     return "$" + f"{micro / 1e6:.{4 if micro >= 100 else 6}f}".rstrip("0")
 
 
-def _server_url(home) -> str:
-    """Where this home's server answers: its pid file's URL, else the configured address."""
-    from bitrouter import config, daemon
-    current = daemon.running(home)
-    if current and current.url:
-        return current.url
-    return daemon.connect_url(*config.load(home).host_port)
-
-
 def _cause(exc) -> str:
-    """A failure in a few words: no urllib3 pool repr, no configuration path in front."""
+    """A failure in a few words: no configuration path in front, a hint when the server is gone."""
     import re
-
-    import requests
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection refused (has the server stopped?)" if "refused" in str(exc) else "connection lost"
+    text = str(exc)
+    if text == "connection refused":
+        return "connection refused (has the server stopped?)"
     # "configuration not reloaded (...): /home/x/bitrouter.yaml: models.x: ..." -> "models.x: ..."
-    return re.sub(r"^(.*?: )?\S+\.ya?ml: ", "", str(exc))
-
-
-def _json_or_empty(resp) -> dict:
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _error_text(resp) -> str:
-    try:
-        return resp.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return resp.text[:200]
+    return re.sub(r"^(.*?: )?\S+\.ya?ml: ", "", text)

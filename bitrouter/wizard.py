@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bitrouter import Error, config, protocols, registry
-from bitrouter import home as home_mod
+from bitrouter import Error, boundary, config, did_you_mean, hints, protocols, registry
+from bitrouter.home import CONFIG_TEMPLATE, ENV_TEMPLATE, write_private
 
 # The custom-provider kinds: the built-in parent written as `derives`, each the namesake of
 # the protocol it speaks (whose title is the label shown).
@@ -57,7 +57,7 @@ def init(home, provider=None, api_key_env=None, default=None, listen=None, answe
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise Error(f"bitrouter init needs an interactive terminal; edit {home.config_file} and "
                     f"{home.env_file} instead, or pass --provider NAME[,NAME] "
-                    f"(see `{home_mod.command('init', '--help')}`)")
+                    f"(see `{hints.command('init', '--help')}`)")
     return _on_terminal(lambda ask: _interactive(home, ask))
 
 
@@ -87,7 +87,7 @@ def verify_key(provider) -> tuple:
         return None, f"could not connect to {url}", []
     except requests.RequestException as exc:
         return None, f"could not reach {url}: {type(exc).__name__}", []
-    detail = _hide(_error_detail(resp), provider.api_key)
+    detail = boundary.redact(protocols.error_message(resp.status_code, resp.content)[:200], [provider.api_key])
     if resp.status_code in (401, 403):
         return False, f"key rejected (HTTP {resp.status_code}{': ' + detail if detail else ''})", []
     if not resp.ok:
@@ -119,14 +119,14 @@ def _interactive(home, ask) -> bool:
         print("\nAPI keys found in your environment:")
         for name in detected:
             var = _key_var(name)
-            print(f"  ✓ {_label(name)}  {var} = {config.mask(os.environ[var])}")
+            print(f"  ✓ {_label(name)}  {var} = {boundary.mask(os.environ[var])}")
     chosen = _choose_providers(ask, detected, configured)
     for name in chosen:
         _builtin_key(ask, home, plan, session, name)
     while ask.confirm("Add a custom OpenAI-, Anthropic- or Gemini-compatible provider?", default=False):
         _custom_provider(ask, plan, session, tree)
     if not plan.providers and not configured:
-        print(f"\nNo providers chosen; nothing was written. Run `{home_mod.command('init')}` again any time.")
+        print(f"\nNo providers chosen; nothing was written. Run `{hints.command('init')}` again any time.")
         return False
     _verify_step(ask, home, plan, session)
     _default_step(ask, plan, session, tree, configured)
@@ -183,15 +183,15 @@ def _builtin_key(ask, home, plan: Plan, session: _Session, name: str) -> None:
     if in_env and _secret_problem(in_env):
         print(f"  note: {var} in your environment cannot be stored: {_secret_problem(in_env)}")
         in_env = None
-    if in_env and ask.confirm(f"Use {var} from your environment ({config.mask(in_env)})?", default=True):
+    if in_env and ask.confirm(f"Use {var} from your environment ({boundary.mask(in_env)})?", default=True):
         plan.secrets[var] = in_env
-        session.sources[name] = f"{config.mask(in_env)} from your environment"
+        session.sources[name] = f"{boundary.mask(in_env)} from your environment"
         session.keyed.append(name)
         return
     if in_file and not in_env and ask.confirm(
-            f"Keep the {_label(name)} key already in {home.env_file.name} ({config.mask(in_file)})?",
+            f"Keep the {_label(name)} key already in {home.env_file.name} ({boundary.mask(in_file)})?",
             default=True):
-        session.sources[name] = f"{config.mask(in_file)}, kept"
+        session.sources[name] = f"{boundary.mask(in_file)}, kept"
         session.keyed.append(name)
         return
     secret = ask.password(f"{_label(name)} API key ({var}; Enter skips)")
@@ -222,7 +222,7 @@ def _store_key(plan: Plan, session: _Session, name: str, var: str, secret: str) 
         session.sources[name] = f"not set yet: add {var} to the env file"
         return
     plan.secrets[var] = secret
-    session.sources[name] = config.mask(secret)
+    session.sources[name] = boundary.mask(secret)
     if name not in session.keyed:
         session.keyed.append(name)
     if os.environ.get(var) and os.environ[var] != secret:
@@ -252,7 +252,7 @@ def _verify_step(ask, home, plan: Plan, session: _Session) -> None:
                 break
             if ok is None:  # the provider was not reached: a new key cannot help
                 print(f"    (the key was not checked; fix the base URL or the network, then run "
-                      f"`{home_mod.command('doctor')}`)")
+                      f"`{hints.command('doctor')}`)")
                 break
             if not ask.confirm(f"Enter the {name} key again?", default=True):
                 break
@@ -337,14 +337,14 @@ def _plan_from_answers(home, given: dict, tree: dict) -> Plan:
     """Turn flags / answers into a Plan; keys are read from the environment, never from files."""
     unknown = [k for k in given if k not in ANSWER_KEYS]
     if unknown:
-        raise Error(f"unknown answer {unknown[0]!r}{_did_you_mean(unknown[0], ANSWER_KEYS)}; "
+        raise Error(f"unknown answer {unknown[0]!r}{did_you_mean(unknown[0], ANSWER_KEYS)}; "
                     f"expected {', '.join(ANSWER_KEYS)}")
     plan = Plan()
     names = _as_list(given.get("providers"))
     table = registry.providers()
     for name in names:
         if name not in table:
-            raise Error(f"unknown provider {name!r}{_did_you_mean(name, table)}")
+            raise Error(f"unknown provider {name!r}{did_you_mean(name, table)}")
     key_env = given.get("api_key_env")
     if isinstance(key_env, str):
         if len(names) != 1:
@@ -375,7 +375,7 @@ def _plan_from_answers(home, given: dict, tree: dict) -> Plan:
             catalog = _catalog(provider)
             if catalog and model not in catalog:
                 plan.notes.append(f"{model} is not in {provider}'s model list"
-                                  f"{_did_you_mean(model, catalog)}")
+                                  f"{did_you_mean(model, catalog)}")
     if given.get("listen") is not None:
         plan.listen = str(given["listen"]).strip()
         problem = _listen_problem(plan.listen)
@@ -427,7 +427,7 @@ def _scripted_source(name: str, fields: dict, plan: Plan, home) -> str:
     if not var:
         return "no key needed"
     if var in plan.secrets:
-        return f"{config.mask(plan.secrets[var])} from {var} in your environment"
+        return f"{boundary.mask(plan.secrets[var])} from {var} in your environment"
     return f"{var} in {home.env_file.name}" if _env_file_values(home).get(var) else "not set"
 
 
@@ -481,7 +481,7 @@ def _prepare(home, plan: Plan) -> tuple:
     except config.ConfigError as exc:
         raise Error(f"the merged configuration would be invalid, nothing was written: {exc}") from None
     old = home.config_file.read_text(encoding="utf-8") if home.config_file.exists() else ""
-    keep = bool(old.strip()) and old != home_mod.CONFIG_TEMPLATE and old != yaml_text
+    keep = bool(old.strip()) and old != CONFIG_TEMPLATE and old != yaml_text
     backup = _backup_path(home.config_file) if keep else None
     return yaml_text, env_text, backup
 
@@ -492,7 +492,7 @@ def _resolve(home, yaml_text: str, env_text: str, environ) -> config.Config:
         trial = dataclasses.replace(home, config_file=Path(tmp) / home.config_file.name,
                                     env_file=Path(tmp) / ".env")
         trial.config_file.write_text(yaml_text, encoding="utf-8")
-        home_mod.write_private(trial.env_file, env_text)
+        write_private(trial.env_file, env_text)
         try:
             return config.load(trial, environ)
         except config.ConfigError as exc:
@@ -529,7 +529,7 @@ def _merged_yaml(home, plan: Plan) -> str:
 def _merged_env(home, plan: Plan) -> str:
     """The .env text with this plan's keys set in place; other lines and comments are kept."""
     path = Path(home.env_file)
-    text = path.read_text(encoding="utf-8") if path.exists() else home_mod.ENV_TEMPLATE
+    text = path.read_text(encoding="utf-8") if path.exists() else ENV_TEMPLATE
     lines, done = text.splitlines(), set()
     for i, line in enumerate(lines):
         m = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
@@ -545,8 +545,8 @@ def _write(home, plan: Plan, yaml_text: str, env_text: str, backup) -> None:
     if backup:
         shutil.copy2(home.config_file, backup)
     if plan.secrets:
-        home_mod.write_private(home.env_file, env_text)
-    _write_atomic(home.config_file, yaml_text)
+        write_private(home.env_file, env_text)
+    write_private(home.config_file, yaml_text)
     print(f"\n✓ Wrote {home.config_file}")
     print(f"✓ Wrote {home.env_file} (mode 0600)" if plan.secrets else f"  {home.env_file} unchanged")
     if backup:
@@ -556,8 +556,8 @@ def _write(home, plan: Plan, yaml_text: str, env_text: str, backup) -> None:
     host = f"[{host}]" if ":" in host else host
     model = "default" if "default" in cfg.models else f"{next(iter(plan.providers), 'openai')}:MODEL_ID"
     if not _reload_running(home):
-        print(f"\nStart the server:  {home_mod.command('serve')}   (foreground)   or   "
-              f"{home_mod.command('start')}   (background)")
+        print(f"\nStart the server:  {hints.command('serve')}   (foreground)   or   "
+              f"{hints.command('start')}   (background)")
     print(f"Try it:  curl http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
           f"           -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
 
@@ -572,22 +572,9 @@ def _reload_running(home) -> bool:
     try:
         daemon.reload(home)
     except Error as exc:
-        print(f"warning: the reload failed ({exc}); run `{home_mod.command('reload')}` once it is fixed",
+        print(f"warning: the reload failed ({exc}); run `{hints.command('reload')}` once it is fixed",
               file=sys.stderr)
     return True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace a file in one step, keeping its owner bits (0600 when new: it may name keys)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o700 if path.exists() else 0o600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _backup_path(path: Path) -> Path:
@@ -908,11 +895,6 @@ def _similar(model: str, catalog: list) -> list:
     return (starts or difflib.get_close_matches(model, catalog, n=3))[:3]
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _endpoint_label(entry) -> str:
     if isinstance(entry, dict):
         return f"{entry.get('provider')}:{entry.get('model_id')}"
@@ -942,19 +924,3 @@ def _as_list(value, split=True) -> list:
     if isinstance(value, (list, tuple)):
         return [v.strip() if isinstance(v, str) else v for v in value]
     return [value]
-
-
-def _error_detail(resp) -> str:
-    """The upstream's error message, short."""
-    try:
-        body = resp.json()
-        err = body.get("error", body) if isinstance(body, dict) else body
-        message = err.get("message") if isinstance(err, dict) else err
-        return str(message)[:200] if message else ""
-    except ValueError:
-        return resp.text.strip()[:200]
-
-
-def _hide(text: str, secret: str) -> str:
-    """Mask a key wherever an upstream echoed it back."""
-    return text.replace(secret, config.mask(secret)) if secret else text

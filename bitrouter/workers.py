@@ -23,6 +23,7 @@ from contextlib import suppress
 from types import SimpleNamespace
 
 from bitrouter import Error, boundary, config, daemon
+from bitrouter.home import write_private
 from bitrouter.metrics import Metrics
 
 log = logging.getLogger("bitrouter")
@@ -97,9 +98,7 @@ def publish(srv, index: int, stack) -> None:
     def write():
         data = {"index": index, "pid": os.getpid(), "running": len(srv.metrics.running),
                 "totals": srv.metrics.snapshot(0)["totals"], "time": time.time()}
-        scratch = path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(data))
-        os.replace(scratch, path)
+        write_private(path, json.dumps(data))
 
     def loop():
         parent = os.getppid()

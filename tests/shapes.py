@@ -13,8 +13,8 @@ def _part(p) -> tuple:
         return ("tool_call", p.id, p.name, json.loads(p.arguments))
     if p.kind == "tool_result":
         return ("tool_result", p.id, p.name, [_part(c) for c in p.content], p.is_error)
-    if p.kind == "image":
-        return ("image", p.url or p.data, p.media_type)
+    if p.kind in ("image", "file"):
+        return (p.kind, p.url or p.data, p.media_type)
     if p.kind == "reasoning":
         return ("reasoning", p.text, p.signature)
     return (p.kind, p.text)

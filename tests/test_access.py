@@ -40,14 +40,16 @@ def gates():
     made = []
 
     def make(root, cfg, metrics=None):
-        gate = Gate(home_mod.at(root), cfg)
+        db = store.Store(cfg.database_url, shared=True)
+        gate = Gate(home_mod.at(root), cfg, db)
         if metrics is not None:  # as the Server wires it
             metrics.listeners.append(gate.record)
-        made.append(gate)
+        made.append((gate, db))
         return gate
     yield make
-    for gate in made:
+    for gate, db in made:
         gate.close()
+        db.close()
 
 
 def signer(seed=bytes(range(32))):
@@ -108,8 +110,9 @@ def test_auto_mode_without_issuers_is_open_on_loopback(root, gates):
 
 def test_auto_mode_refuses_to_start_open_on_a_public_address(root):
     cfg = write_config(root, server={"listen": "0.0.0.0:8787"})
-    with pytest.raises(Error, match="refusing to serve without authentication on 0.0.0.0:8787"):
-        Gate(home_mod.at(root), cfg)
+    with store.Store(cfg.database_url) as db, \
+            pytest.raises(Error, match="refusing to serve without authentication on 0.0.0.0:8787"):
+        Gate(home_mod.at(root), cfg, db)
 
 
 def test_explicit_open_mode_may_serve_a_public_address(root, gates):
@@ -333,7 +336,7 @@ def test_spend_rows_reach_the_database_and_anonymous_refusals_do_not(root, gates
     refusal.status = 401
     metrics.finish(refusal)
     gate.close()
-    rows = list(store.SpendLog.select().dicts())
+    rows = list(store.SpendLog.select().dicts().bind(gate.store.db))
     assert len(rows) == 1
     assert (rows[0]["account"], rows[0]["token_hash"], rows[0]["cost_micro_usd"], rows[0]["input_tokens"]) == (
         claims.iss, claims.token_hash, 42, 10)

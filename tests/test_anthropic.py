@@ -7,7 +7,8 @@ import anthropic
 import pytest
 import requests
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, proof, sse
+from bitrouter.protocols import (Event, Message, Part, ProtocolError, Reasoning, Request, Response, ResponseFormat, Tool,
+                                 ToolChoice, Usage, proof, sse)
 from bitrouter.protocols import anthropic as proto
 from conftest import ServerProcess, wait_until
 from fakes import (ANTHROPIC_USAGE, TOOL_ARGS, FakeUpstream, Fleet, Reply, anthropic_error, anthropic_frames,
@@ -46,7 +47,7 @@ DECODE_CASES = {
     "documents: base64 PDF as a file part, text source as text": (
         [user({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}},
               {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain"}})],
-        [("user", [("image", "JVBE", "application/pdf"), ("text", "plain")])]),
+        [("user", [("file", "JVBE", "application/pdf"), ("text", "plain")])]),
     "parallel tool calls, then results (error, several parts) named after their calls, then text": (
         [user({"type": "text", "text": "weather?"}),
          assistant({"type": "thinking", "thinking": "hmm", "signature": "sig"},
@@ -104,11 +105,11 @@ def test_leading_system_messages_join_the_system_prompt():
 
 
 @pytest.mark.parametrize("choice,expected,parallel", [
-    ({"type": "auto"}, "auto", None),
-    ({"type": "any"}, "required", None),
-    ({"type": "none"}, "none", None),
-    ({"type": "tool", "name": "get_weather"}, {"name": "get_weather"}, None),
-    ({"type": "auto", "disable_parallel_tool_use": True}, "auto", False),
+    ({"type": "auto"}, ToolChoice("auto"), None),
+    ({"type": "any"}, ToolChoice("required"), None),
+    ({"type": "none"}, ToolChoice("none"), None),
+    ({"type": "tool", "name": "get_weather"}, ToolChoice("required", "get_weather"), None),
+    ({"type": "auto", "disable_parallel_tool_use": True}, ToolChoice("auto"), False),
     (None, None, None),
 ])
 def test_tool_choice_in(choice, expected, parallel):
@@ -129,9 +130,9 @@ def test_tools_sampling_thinking_and_format_in():
     assert claude_code.cache_key == "sess-1"
     assert (req.max_tokens, req.temperature, req.top_p, req.top_k, req.stop, req.user) == \
         (100, 0.3, 0.9, 5, ["END"], "u1")
-    assert req.reasoning == {"budget_tokens": 2000}
-    assert req.response_format == {"type": "json_schema", "name": "response", "schema": WEATHER, "strict": True}
-    assert decode(thinking={"type": "adaptive"}, output_config={"effort": "max"}).reasoning == {"effort": "high"}
+    assert req.reasoning == Reasoning(budget_tokens=2000)
+    assert req.response_format == ResponseFormat("json_schema", "response", WEATHER, strict=True)
+    assert decode(thinking={"type": "adaptive"}, output_config={"effort": "max"}).reasoning == Reasoning("high")
     assert decode(thinking={"type": "disabled"}).reasoning is None
 
 
@@ -226,7 +227,7 @@ def test_thinking_stays_off_when_a_tool_use_turn_does_not_open_with_its_own_thin
     req = unified(Message("user", [Part("text", text="go")]),
                   Message("assistant", opening + [Part("tool_call", id="toolu_1", name="f", arguments="{}")]),
                   Message("tool", [Part("tool_result", id="toolu_1", content=[Part("text", text="done")])]),
-                  max_tokens=20000, temperature=0.2, reasoning={"effort": "medium"})
+                  max_tokens=20000, temperature=0.2, reasoning=Reasoning("medium"))
     body = proto.encode_request(req, "claude-sonnet-4-5")
     if thinking:
         assert body["thinking"] == {"type": "enabled", "budget_tokens": 8192} and "temperature" not in body
@@ -237,9 +238,14 @@ def test_thinking_stays_off_when_a_tool_use_turn_does_not_open_with_its_own_thin
 
 
 @pytest.mark.parametrize("part,block", [
-    (Part("image", data="JVBE", media_type="application/pdf"),
+    (Part("file", data="JVBE", media_type="application/pdf"),
      {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}),
     (Part("image", data=PNG), {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}),
+    (Part("file", url="https://x/r.pdf", media_type="application/pdf"),
+     {"type": "document", "source": {"type": "url", "url": "https://x/r.pdf"}}),
+    (Part("file", url="https://x/report"), {"type": "document", "source": {"type": "url", "url": "https://x/report"}}),
+    (Part("file", data="SGk=", media_type="text/plain"),
+     {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Hi"}}),
 ])
 def test_encode_media(part, block):
     body = proto.encode_request(unified(Message("user", [part])), "m")
@@ -248,15 +254,17 @@ def test_encode_media(part, block):
 
 def test_encode_refuses_media_anthropic_cannot_take():
     with pytest.raises(ProtocolError) as exc:
-        proto.encode_request(unified(Message("user", [Part("image", data="x", media_type="audio/wav")])), "m")
+        proto.encode_request(unified(Message("user", [Part("file", data="x", media_type="audio/wav")])), "m")
     assert exc.value.status == 400 and "audio/wav" in str(exc.value)
+    with pytest.raises(ProtocolError, match="base64 of UTF-8 text"):
+        proto.encode_request(unified(Message("user", [Part("file", data="/w==", media_type="text/plain")])), "m")
 
 
 @pytest.mark.parametrize("choice,parallel,expected", [
-    ("auto", None, {"type": "auto"}),
-    ("required", None, {"type": "any"}),
-    ("none", None, {"type": "none"}),
-    ({"name": "get_weather"}, None, {"type": "tool", "name": "get_weather"}),
+    (ToolChoice("auto"), None, {"type": "auto"}),
+    (ToolChoice("required"), None, {"type": "any"}),
+    (ToolChoice("none"), None, {"type": "none"}),
+    (ToolChoice("required", "get_weather"), None, {"type": "tool", "name": "get_weather"}),
     (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
     (None, None, None),
 ])
@@ -273,16 +281,16 @@ def test_tool_choice_out(choice, parallel, expected):
     ({"max_tokens": 50, "temperature": 1.7, "top_p": 0.5, "top_k": 3, "stop": ["X"], "user": "u"},
      {"max_tokens": 50, "temperature": 1.0, "top_p": 0.5, "top_k": 3, "stop_sequences": ["X"],
       "metadata": {"user_id": "u"}}),
-    ({"max_tokens": 20000, "temperature": 0.2, "reasoning": {"effort": "medium"}},
+    ({"max_tokens": 20000, "temperature": 0.2, "reasoning": Reasoning("medium")},
      {"max_tokens": 20000, "thinking": {"type": "enabled", "budget_tokens": 8192}}),  # no temperature then
-    ({"max_tokens": 4000, "reasoning": {"budget_tokens": 9000}},
+    ({"max_tokens": 4000, "reasoning": Reasoning(budget_tokens=9000)},
      {"max_tokens": 4000, "thinking": {"type": "enabled", "budget_tokens": 3999}}),
-    ({"max_tokens": 1000, "reasoning": {"effort": "high"}}, {"max_tokens": 1000}),
-    ({"max_tokens": 9000, "reasoning": {"effort": "high"}, "tool_choice": "required", "tools": [Tool("t")]},
+    ({"max_tokens": 1000, "reasoning": Reasoning("high")}, {"max_tokens": 1000}),
+    ({"max_tokens": 9000, "reasoning": Reasoning("high"), "tool_choice": ToolChoice("required"), "tools": [Tool("t")]},
      {"max_tokens": 9000}),
-    ({"response_format": {"type": "json_schema", "schema": WEATHER}},
+    ({"response_format": ResponseFormat("json_schema", schema=WEATHER)},
      {"max_tokens": 64000, "output_config": {"format": {"type": "json_schema", "schema": WEATHER}}}),
-    ({"response_format": {"type": "json_object"}, "stream": True}, {"max_tokens": 64000, "stream": True}),
+    ({"response_format": ResponseFormat("json_object"), "stream": True}, {"max_tokens": 64000, "stream": True}),
 ])
 def test_encode_parameters(fields, expected):
     body = proto.encode_request(unified(Message("user", [Part("text", text="x")]), **fields), "claude-sonnet-4-5")

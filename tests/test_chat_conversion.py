@@ -2,7 +2,7 @@
 
 import pytest
 
-from bitrouter.protocols import Message, Part, ProtocolError, Request, Response, chat
+from bitrouter.protocols import Message, Part, ProtocolError, Reasoning, Request, Response, ResponseFormat, ToolChoice, chat
 
 PDF = "JVBERi0xLjQK"
 
@@ -51,8 +51,8 @@ def test_tool_results_carry_the_name_of_their_call():
 
 
 @pytest.mark.parametrize("choice, unified", [
-    ("auto", "auto"), ("none", "none"), ("required", "required"),
-    ({"type": "function", "function": {"name": "f"}}, {"name": "f"}),
+    ("auto", ToolChoice("auto")), ("none", ToolChoice("none")), ("required", ToolChoice("required")),
+    ({"type": "function", "function": {"name": "f"}}, ToolChoice("required", "f")),
 ])
 def test_tool_choice_both_ways(choice, unified):
     body = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": choice}
@@ -68,6 +68,7 @@ def test_images_and_pdfs_both_ways():
         {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:application/pdf;base64,{PDF}"}}]})
     parts = req.messages[0].parts
     assert (parts[0].url, parts[1].media_type, parts[1].data) == ("https://x/cat.png", "image/jpeg", "AAAA")
+    assert [p.kind for p in parts] == ["image", "image", "file"]
     assert (parts[2].media_type, parts[2].data) == ("application/pdf", PDF)
     sent = chat.encode_request(req, "m")["messages"][0]["content"]
     assert sent[0] == {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}
@@ -76,8 +77,8 @@ def test_images_and_pdfs_both_ways():
 
 
 @pytest.mark.parametrize("reasoning, effort", [
-    ({"effort": "high"}, "high"), ({"budget_tokens": 1024}, "low"),
-    ({"budget_tokens": 8000}, "medium"), ({"budget_tokens": 32000}, "high"),
+    (Reasoning("high"), "high"), (Reasoning(budget_tokens=1024), "low"),
+    (Reasoning(budget_tokens=8000), "medium"), (Reasoning(budget_tokens=32000), "high"),
 ])
 def test_reasoning_effort_from_effort_or_budget(reasoning, effort):
     req = Request(model="m", messages=[Message("user", [Part("text", text="x")])], reasoning=reasoning)
@@ -121,3 +122,19 @@ def test_stream_usage_comes_from_the_usage_object_only(data, expected):
     usage = chat.stream_usage("", data)
     assert ((usage.input, usage.output) if usage else None) == expected
 
+
+
+def test_files_by_bare_base64_are_typed_by_their_name_and_by_file_id_are_a_400():
+    part = decode({"role": "user", "content": [
+        {"type": "file", "file": {"filename": "notes.txt", "file_data": "SGk="}}]}).messages[0].parts[0]
+    assert (part.kind, part.media_type, part.data) == ("file", "text/plain", "SGk=")
+    with pytest.raises(ProtocolError, match="file_id needs files stored at OpenAI"):
+        decode({"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]})
+
+
+def test_a_file_by_url_cannot_go_to_a_chat_provider():
+    req = Request(model="m", messages=[Message("user", [Part("file", url="https://x/r.pdf",
+                                                             media_type="application/pdf")])])
+    with pytest.raises(ProtocolError) as info:
+        chat.encode_request(req, "m")
+    assert info.value.status == 400 and "file by URL" in str(info.value)

@@ -1,5 +1,6 @@
 """The `bitrouter` command line through real subprocesses: status, help, errors, exit codes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pexpect
 import pytest
 
 import bitrouter
-from conftest import BITROUTER, clean_env, run_cli
+from conftest import BITROUTER, clean_env, free_port, run_cli, wait_until
 
 COMMANDS = ["init", "serve", "start", "stop", "status", "restart", "reload", "account", "keygen",
             "keys", "usage", "tui", "logs", "providers", "models", "doctor", "route", "launch"]
@@ -272,6 +273,22 @@ def test_python_dash_m_bitrouter_is_the_same_cli(home):
                                 capture_output=True, text=True, env=clean_env(home), timeout=30)
     assert via_module.returncode == 0, via_module.stderr
     assert via_module.stdout == run_cli(home, "status").stdout
+
+
+def test_python_dash_m_bitrouter_server_serves_the_home(home):
+    port = free_port()
+    (home / "bitrouter.yaml").write_text(f"server: {{listen: '127.0.0.1:{port}'}}\n")
+    child = subprocess.Popen([sys.executable, "-m", "bitrouter.server", "--home-dir", str(home)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_env(home))
+    try:
+        wait_until(lambda: run_cli(home, "status", "--json").returncode == 0
+                   and json.loads(run_cli(home, "status", "--json").stdout)["daemon"].get("pid") == child.pid,
+                   20, what="the server's pid file")
+    finally:
+        child.terminate()
+        output = child.communicate(timeout=20)[0].decode()
+    assert child.returncode == 0, output
+    assert f"server started (pid {child.pid}, foreground) on http://127.0.0.1:{port}" in output
 
 
 # ---------------------------------------------------------------- startup cost

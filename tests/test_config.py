@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import requests
 
-from bitrouter import config, registry
+from bitrouter import boundary, config, registry
 from bitrouter import home as home_mod
 from fakes import FakeUpstream, openai_chat
 
@@ -396,9 +396,9 @@ def test_mask_url_hides_only_the_password(url, masked):
 
 
 def test_mask_shows_only_the_ends_of_long_secrets():
-    assert config.mask("sk-abcdefghijklmnop") == "sk-a...mnop"
-    assert config.mask("short-secret") == "***"
-    assert config.mask("") == ""
+    assert boundary.mask("sk-abcdefghijklmnop") == "sk-a...mnop"
+    assert boundary.mask("short-secret") == "***"
+    assert boundary.mask("") == ""
 
 
 # ---------------------------------------------------------------- validation

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, get, sse
+from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, ToolChoice, Usage, get, sse
 
 PROTOCOLS = ("openai", "responses", "anthropic", "google")
 WITH_IDS = ("openai", "responses", "anthropic")  # Gemini calls have no mandatory ids
@@ -56,7 +56,8 @@ def conversations(draw) -> Request:
         if draw(st.booleans()):
             messages.append(Message("assistant", [Part("text", text=draw(texts))]))
     system = [Part("text", text=t) for t in draw(st.lists(texts, max_size=2))]
-    choice = draw(st.sampled_from([None, "auto", "none", "required"] + ([{"name": min(tools)}] if tools else [])))
+    choice = draw(st.sampled_from([None, ToolChoice("auto"), ToolChoice("none"), ToolChoice("required")]
+                                  + ([ToolChoice("required", min(tools))] if tools else [])))
     return Request(model="m", messages=messages, system=system, tools=list(tools.values()), tool_choice=choice,
                    max_tokens=draw(st.one_of(st.none(), st.integers(1, 4096))),
                    temperature=draw(st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0]))))

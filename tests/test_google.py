@@ -7,7 +7,8 @@ import requests
 from google import genai
 from google.genai import errors, types
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, proof, sse
+from bitrouter.protocols import (Event, Message, Part, ProtocolError, Reasoning, Request, Response, ResponseFormat, Tool,
+                                 ToolChoice, Usage, proof, sse)
 from bitrouter.protocols import google as proto
 from conftest import ServerProcess, wait_until
 from fakes import (TOOL_ARGS, Fleet, Reply, anthropic_error, anthropic_upstream, chat_completion, chat_stream,
@@ -48,7 +49,7 @@ DECODE_CASES = {
         [user({"text": "look"}, {"inlineData": {"mimeType": "image/jpeg", "data": PNG}},
               {"fileData": {"mimeType": "application/pdf", "fileUri": "https://x/doc.pdf"}})],
         [("user", [("text", "look"), ("image", PNG, "image/jpeg"),
-                   ("image", "https://x/doc.pdf", "application/pdf")])]),
+                   ("file", "https://x/doc.pdf", "application/pdf")])]),
     "calls get stable ids; responses pair by name whatever their order, then text follows": (
         [user({"text": "weather and time?"}),
          model({"text": "hmm", "thought": True, "thoughtSignature": "c2ln"}, call("get_weather", TOOL_ARGS),
@@ -113,12 +114,12 @@ def test_system_instruction(system, expected):
 
 
 @pytest.mark.parametrize("config,expected", [
-    ({"mode": "AUTO"}, "auto"),
-    ({"mode": "VALIDATED"}, "auto"),
-    ({"mode": "NONE"}, "none"),
-    ({"mode": "ANY"}, "required"),
-    ({"mode": "ANY", "allowedFunctionNames": ["get_weather"]}, {"name": "get_weather"}),
-    ({"mode": "ANY", "allowedFunctionNames": ["a", "b"]}, "required"),
+    ({"mode": "AUTO"}, ToolChoice("auto")),
+    ({"mode": "VALIDATED"}, ToolChoice("auto")),
+    ({"mode": "NONE"}, ToolChoice("none")),
+    ({"mode": "ANY"}, ToolChoice("required")),
+    ({"mode": "ANY", "allowedFunctionNames": ["get_weather"]}, ToolChoice("required", "get_weather")),
+    ({"mode": "ANY", "allowedFunctionNames": ["a", "b"]}, ToolChoice("required")),
     ({}, None),
 ])
 def test_tool_config_in(config, expected):
@@ -142,15 +143,14 @@ def test_tools_sampling_thinking_and_json_in():
             "city": {"type": ["string", "null"]}, "days": {"type": "array", "items": {"type": "integer"}}}}),
         Tool("raw", "", WEATHER)]
     assert (req.temperature, req.top_p, req.top_k, req.max_tokens, req.stop) == (0.3, 0.9, 5, 77, ["END"])
-    assert req.response_format == {"type": "json_schema", "name": "response",
-                                   "schema": {"type": "object", "properties": {}}, "strict": None}
-    assert req.reasoning == {"budget_tokens": 2048}
+    assert req.response_format == ResponseFormat("json_schema", "response", {"type": "object", "properties": {}})
+    assert req.reasoning == Reasoning(budget_tokens=2048)
 
 
 @pytest.mark.parametrize("config,expected", [
-    ({"responseMimeType": "application/json"}, {"type": "json_object"}),
+    ({"responseMimeType": "application/json"}, ResponseFormat("json_object")),
     ({"responseMimeType": "application/json", "responseJsonSchema": WEATHER},
-     {"type": "json_schema", "name": "response", "schema": WEATHER, "strict": None}),
+     ResponseFormat("json_schema", "response", WEATHER, strict=None)),
     ({"responseMimeType": "text/plain"}, None),
 ])
 def test_json_mode_in(config, expected):
@@ -159,9 +159,9 @@ def test_json_mode_in(config, expected):
 
 @pytest.mark.parametrize("thinking,expected", [
     ({"thinkingBudget": 0}, None),
-    ({"thinkingBudget": -1}, {"effort": "medium"}),
-    ({"thinkingLevel": "low"}, {"effort": "low"}),
-    ({"thinkingLevel": "HIGH"}, {"effort": "high"}),
+    ({"thinkingBudget": -1}, Reasoning("medium")),
+    ({"thinkingLevel": "low"}, Reasoning("low")),
+    ({"thinkingLevel": "HIGH"}, Reasoning("high")),
     ({"includeThoughts": True}, None),
 ])
 def test_thinking_in(thinking, expected):
@@ -250,10 +250,10 @@ def test_encode_mid_conversation_system_message_as_user_text_in_place():
 
 
 @pytest.mark.parametrize("choice,expected", [
-    ("auto", {"mode": "AUTO"}),
-    ("none", {"mode": "NONE"}),
-    ("required", {"mode": "ANY"}),
-    ({"name": "get_weather"}, {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}),
+    (ToolChoice("auto"), {"mode": "AUTO"}),
+    (ToolChoice("none"), {"mode": "NONE"}),
+    (ToolChoice("required"), {"mode": "ANY"}),
+    (ToolChoice("required", "get_weather"), {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}),
     (None, None),
 ])
 def test_tool_choice_out(choice, expected):
@@ -288,11 +288,11 @@ def test_tool_schemas_go_out_in_geminis_subset():
 @pytest.mark.parametrize("fields,expected", [
     ({"max_tokens": 50, "temperature": 1.5, "top_p": 0.5, "top_k": 3, "stop": ["X"]},
      {"maxOutputTokens": 50, "temperature": 1.5, "topP": 0.5, "topK": 3, "stopSequences": ["X"]}),
-    ({"response_format": {"type": "json_schema", "schema": WEATHER}},
+    ({"response_format": ResponseFormat("json_schema", schema=WEATHER)},
      {"responseMimeType": "application/json", "responseJsonSchema": WEATHER}),
-    ({"response_format": {"type": "json_object"}}, {"responseMimeType": "application/json"}),
-    ({"reasoning": {"effort": "low"}}, {"thinkingConfig": {"thinkingBudget": 2048, "includeThoughts": True}}),
-    ({"reasoning": {"budget_tokens": 999}}, {"thinkingConfig": {"thinkingBudget": 999, "includeThoughts": True}}),
+    ({"response_format": ResponseFormat("json_object")}, {"responseMimeType": "application/json"}),
+    ({"reasoning": Reasoning("low")}, {"thinkingConfig": {"thinkingBudget": 2048, "includeThoughts": True}}),
+    ({"reasoning": Reasoning(budget_tokens=999)}, {"thinkingConfig": {"thinkingBudget": 999, "includeThoughts": True}}),
     ({"stream": True, "user": "u", "parallel_tool_calls": False}, None),
 ])
 def test_generation_config_out(fields, expected):

@@ -76,9 +76,15 @@ def test_relative_bitrouter_home_is_made_absolute(places):
     assert h.root.is_absolute()
 
 
-def test_default_home_is_scaffolded_with_commented_templates(places):
+def test_resolving_writes_nothing(places):
     user, project, _ = places
     h = home.resolve(cwd=project, environ={"HOME": str(user)})
+    assert h.root == user / ".bitrouter" and not h.root.exists()
+
+
+def test_default_home_is_scaffolded_with_commented_templates(places):
+    user, project, _ = places
+    h = home.create_if_missing(home.resolve(cwd=project, environ={"HOME": str(user)}))
     root = user / ".bitrouter"
     assert h.root == root
     assert sorted(p.name for p in root.iterdir()) == [".env", ".gitignore", "bitrouter.yaml", "logs", "run"]
@@ -109,7 +115,7 @@ def test_env_template_is_private_even_under_a_permissive_umask(places):
     user, project, _ = places
     old = os.umask(0)
     try:
-        home.resolve(cwd=project, environ={"HOME": str(user)})
+        home.create_if_missing(home.resolve(cwd=project, environ={"HOME": str(user)}))
     finally:
         os.umask(old)
     assert mode(user / ".bitrouter" / ".env") == 0o600
@@ -118,7 +124,7 @@ def test_env_template_is_private_even_under_a_permissive_umask(places):
 def test_existing_default_home_is_not_touched(places):
     user, project, _ = places
     (user / ".bitrouter").mkdir()
-    h = home.resolve(cwd=project, environ={"HOME": str(user)})
+    h = home.create_if_missing(home.resolve(cwd=project, environ={"HOME": str(user)}))
     assert h.root == user / ".bitrouter"
     assert list(h.root.iterdir()) == []
 
@@ -138,7 +144,7 @@ def test_unwritable_default_home_is_a_user_error(tmp_path):
     blocker = tmp_path / "user"
     blocker.write_text("not a directory")
     with pytest.raises(Error, match=r"cannot create the home directory .*user/\.bitrouter"):
-        home.resolve(cwd=tmp_path, environ={"HOME": str(blocker)})
+        home.create_if_missing(home.resolve(cwd=tmp_path, environ={"HOME": str(blocker)}))
 
 
 # ---------------------------------------------------------------- derived paths and overrides

@@ -187,10 +187,10 @@ def test_keys_rm_deletes_and_revokes(home, account):
     assert revoked == {tokens.token_hash(token): 1, tokens.token_hash(kept): 0}
     stamp = home / ".keys" / "revoked"
     assert stamp.is_file() and stat.S_IMODE(stamp.stat().st_mode) == 0o600
-    store.open_db(home_mod.at(home).default_db_url)
-    assert store.revoked_hashes() == {tokens.token_hash(token)}
-    with pytest.raises(tokens.AuthError, match="token revoked"):
-        tokens.verify(token, accounts.trusted_issuers(home_mod.at(home)), revoked=store.revoked_hashes())
+    with store.Store(home_mod.at(home).default_db_url) as db:
+        assert db.revoked_hashes() == {tokens.token_hash(token)}
+        with pytest.raises(tokens.AuthError, match="token revoked"):
+            tokens.verify(token, accounts.trusted_issuers(home_mod.at(home)), revoked=db.revoked_hashes())
 
 
 def test_keys_need_an_active_account(home):
@@ -201,7 +201,6 @@ def test_usage_reports_spend_per_token_and_model(home, account):
     token = ok(home, "keygen", "--name", "ci").stdout.strip()
     assert ok(home, "usage").stdout.startswith("No recorded spend since ")
     url = home_mod.at(home).default_db_url
-    store.open_db(url)
     writer = store.SpendWriter(url)
     common = {"token_hash": tokens.token_hash(token), "account": "acct", "model": "default"}
     writer.log({**common, "upstream": "openai:gpt-4o", "input_tokens": 1000, "output_tokens": 500,
@@ -222,3 +221,19 @@ def test_usage_reports_spend_per_token_and_model(home, account):
     assert re.fullmatch(r"  mock:echo\s+1\s+0\s+0\s+0\.000001", everything[-2])
     assert fails(home, "usage", "--by", "day") == 'invalid --by "day" — use token, model, account'
     assert fails(home, "usage", "--since", "yesterday") == 'invalid period format: "yesterday" (try "5m", "1h", "30d")'
+
+
+def test_usage_of_two_homes_in_one_process_keeps_each_to_its_database(tmp_path, capsys):
+    """As in a notebook: module functions take a home, and no database is bound process-wide."""
+    first, second = home_mod.at(tmp_path / "a"), home_mod.at(tmp_path / "b")
+    for h in (first, second):
+        h.root.mkdir()
+    writer = store.SpendWriter(first.default_db_url)
+    writer.log({"token_hash": "f" * 64, "upstream": "mock:echo", "cost_micro_usd": 25})
+    writer.close()
+    tokens.usage_command(first)
+    assert "mock:echo" in capsys.readouterr().out
+    tokens.usage_command(second)
+    assert capsys.readouterr().out.startswith("No recorded spend since ")
+    tokens.usage_command(first)
+    assert "mock:echo" in capsys.readouterr().out

@@ -324,4 +324,10 @@ def test_dynamic_routes_are_checked_like_aliases(start_server):
     keyed = add({"provider": "mock", "model_id": "echo", "api_key": "sk-own-key-12345"})
     assert keyed.status_code == 400 and "api_key and api_base belong in bitrouter.yaml" in keyed.text
     assert "sk-own-key-12345" not in keyed.text
+    typo = requests.post(server.url + "/admin/routes", timeout=10,
+                         json={"model": "x", "strategy": "load-balance", "endpoints": ["mock:echo"]})
+    assert typo.status_code == 400 and ("strategy: must be one of priority, load_balance, got 'load-balance' "
+                                        "(did you mean 'load_balance'?)") in typo.text
+    empty = requests.post(server.url + "/admin/routes", timeout=10, json={"model": "x", "endpoints": []})
+    assert empty.status_code == 400 and "endpoints: must be a non-empty list" in empty.text
     assert add("mock:echo").status_code == 200

@@ -7,7 +7,8 @@ import openai
 import pytest
 import requests
 
-from bitrouter.protocols import Event, Message, Part, ProtocolError, Request, Response, Tool, Usage, get, proof, sse
+from bitrouter.protocols import (Event, Message, Part, ProtocolError, Reasoning, Request, Response, ResponseFormat, Tool,
+                                 ToolChoice, Usage, get, proof, sse)
 from bitrouter.protocols import responses
 from conftest import ServerProcess, wait_until
 from fakes import (Fleet, Reply, chat_completion, chat_stream, error, openai_chat, openai_responses,
@@ -27,8 +28,8 @@ def shape(req: Request) -> list:
             return ("tool_call", p.id, p.name, p.arguments)
         if p.kind == "tool_result":
             return ("tool_result", p.id, p.name, [c.text for c in p.content], p.is_error)
-        if p.kind == "image":
-            return ("image", p.url or p.data, p.media_type)
+        if p.kind in ("image", "file"):
+            return (p.kind, p.url or p.data, p.media_type)
         return (p.kind, p.text)
     return [(m.role, [part(p) for p in m.parts]) for m in req.messages]
 
@@ -72,8 +73,8 @@ DECODE_CASES = {
             {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,UERG"},
             {"type": "input_file", "filename": "notes.txt", "file_data": "SGk="},
             {"type": "input_file", "file_url": "https://x/report.pdf"}]}]},
-        [("user", [("image", "UERG", "application/pdf"), ("image", "SGk=", "text/plain"),
-                   ("image", "https://x/report.pdf", "application/pdf")])]),
+        [("user", [("file", "UERG", "application/pdf"), ("file", "SGk=", "text/plain"),
+                   ("file", "https://x/report.pdf", "application/pdf")])]),
     "refusal parts are kept as assistant text": (
         {"input": [{"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}]},
         [("assistant", [("text", "no")])]),
@@ -120,21 +121,22 @@ PARAM_CASES = {
         {"max_tokens": 50, "temperature": 0.2, "top_p": 0.9, "parallel_tool_calls": False}),
     "json schema format": (
         {"text": {"format": {"type": "json_schema", "name": "w", "schema": WEATHER, "strict": True}}},
-        {"response_format": {"type": "json_schema", "name": "w", "schema": WEATHER, "strict": True}}),
-    "json object format": ({"text": {"format": {"type": "json_object"}}}, {"response_format": {"type": "json_object"}}),
+        {"response_format": ResponseFormat("json_schema", "w", WEATHER, strict=True)}),
+    "json object format": ({"text": {"format": {"type": "json_object"}}}, {"response_format": ResponseFormat("json_object")}),
     "text format is no format": ({"text": {"format": {"type": "text"}, "verbosity": "low"}}, {"response_format": None}),
-    "reasoning effort": ({"reasoning": {"effort": "high", "summary": "auto"}}, {"reasoning": {"effort": "high"}}),
+    "reasoning effort": ({"reasoning": {"effort": "high", "summary": "auto"}}, {"reasoning": Reasoning("high")}),
     "safety identifier is the user": ({"safety_identifier": "u-1"}, {"user": "u-1"}),
     "function tools": (
         {"tools": [{"type": "function", "name": "get_weather", "description": "d", "parameters": WEATHER}]},
         {"tools": [Tool("get_weather", "d", WEATHER)]}),
-    "tool_choice required": ({"tool_choice": "required"}, {"tool_choice": "required"}),
+    "tool_choice required": ({"tool_choice": "required"}, {"tool_choice": ToolChoice("required")}),
     "tool_choice named function": (
-        {"tool_choice": {"type": "function", "name": "get_weather"}}, {"tool_choice": {"name": "get_weather"}}),
+        {"tool_choice": {"type": "function", "name": "get_weather"}},
+        {"tool_choice": ToolChoice("required", "get_weather")}),
     "allowed_tools narrows the tools": (
         {"tools": [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}],
          "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "b"}]}},
-        {"tools": [Tool("b")], "tool_choice": "required"}),
+        {"tools": [Tool("b")], "tool_choice": ToolChoice("required")}),
 }
 
 
@@ -266,10 +268,10 @@ def test_encode_request_items_and_fields():
                                         Part("tool_call", id="call_1", name="get_weather", arguments='{"city":"P"}')]),
                   Message("tool", [Part("tool_result", id="call_1", content=[Part("text", text="boom")], is_error=True)]),
                   system=[Part("text", text="one"), Part("text", text="two")],
-                  tools=[Tool("get_weather", "d", WEATHER)], tool_choice={"name": "get_weather"},
+                  tools=[Tool("get_weather", "d", WEATHER)], tool_choice=ToolChoice("required", "get_weather"),
                   parallel_tool_calls=False, max_tokens=99, temperature=0.5, top_p=0.7, top_k=40, stop=["END"],
-                  response_format={"type": "json_schema", "name": "w", "schema": WEATHER, "strict": True},
-                  reasoning={"budget_tokens": 8000}, stream=True, user="u")
+                  response_format=ResponseFormat("json_schema", "w", WEATHER, strict=True),
+                  reasoning=Reasoning(budget_tokens=8000), stream=True, user="u")
     body = responses.encode_request(req, "gpt-x")
     assert body["model"] == "gpt-x" and body["store"] is False and body["stream"] is True
     assert body["instructions"] == "one\n\ntwo"
@@ -325,8 +327,8 @@ def test_encode_request_system_message_in_place_cache_key_and_long_user_ids():
 
 
 def test_files_go_upstream_as_input_file():
-    req = unified(Message("user", [Part("image", data="UERG", media_type="application/pdf"),
-                                   Part("image", url="https://x/r.pdf", media_type="application/pdf")]))
+    req = unified(Message("user", [Part("file", data="UERG", media_type="application/pdf"),
+                                   Part("file", url="https://x/r.pdf", media_type="application/pdf")]))
     assert responses.encode_request(req, "m")["input"][0]["content"] == [
         {"type": "input_file", "filename": "file.pdf", "file_data": "data:application/pdf;base64,UERG"},
         {"type": "input_file", "file_url": "https://x/r.pdf"}]

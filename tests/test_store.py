@@ -15,11 +15,16 @@ from bitrouter import Error, store
 
 
 @pytest.fixture
-def url(tmp_path):
-    """A fresh SQLite database URL with the models bound to it."""
-    url = f"sqlite:///{tmp_path / 'bitrouter.db'}"
-    store.open_db(url)
-    return url
+def db(tmp_path):
+    """An open store on a fresh SQLite database."""
+    with store.Store(f"sqlite:///{tmp_path / 'bitrouter.db'}") as opened:
+        yield opened
+
+
+@pytest.fixture
+def url(db):
+    """The URL of that fresh database, tables created."""
+    return db.url
 
 
 def count_rows(url) -> int:
@@ -41,14 +46,14 @@ def test_sqlite_uses_wal_and_creates_both_tables(url):
 
 def test_unreachable_database_is_a_user_error_without_the_password():
     with pytest.raises(Error) as caught:
-        store.open_db("postgresql://alice:s3cr3t-pw@127.0.0.1:1/bitrouter")
+        store.Store("postgresql://alice:s3cr3t-pw@127.0.0.1:1/bitrouter")
     assert "s3cr3t-pw" not in str(caught.value) and "\n" not in str(caught.value)
     assert str(caught.value).startswith("cannot open database postgresql://alice:***@127.0.0.1:1/bitrouter: ")
 
 
 def test_bad_sqlite_path_is_a_user_error(tmp_path):
     with pytest.raises(Error, match="cannot open database"):
-        store.open_db(f"sqlite:///{tmp_path}/missing-dir/x.db")
+        store.Store(f"sqlite:///{tmp_path}/missing-dir/x.db")
 
 
 def test_full_batches_go_without_waiting_for_the_interval(url):
@@ -104,7 +109,7 @@ def test_concurrent_writers_each_row_exactly_once(url):
     assert set(models) == {f"{t}-{i}" for t in range(32) for i in range(250)}
 
 
-def test_logging_never_waits_on_a_locked_database(url):
+def test_logging_never_waits_on_a_locked_database(db, url):
     writer = store.SpendWriter(url, interval=0.01, batch_size=1)
     blocker = sqlite3.connect(url[len("sqlite:///"):], isolation_level=None)
     blocker.execute("begin exclusive")
@@ -118,7 +123,7 @@ def test_logging_never_waits_on_a_locked_database(url):
         blocker.close()
     writer.close()
     assert count_rows(url) == 50
-    assert store.totals(account="acct") == (150, 50)
+    assert db.totals(account="acct") == (150, 50)
 
 
 def test_writer_under_gevent_monkey_patching(tmp_path):
@@ -128,7 +133,7 @@ def test_writer_under_gevent_monkey_patching(tmp_path):
         import gevent
         from bitrouter import store
         url = "sqlite:///{tmp_path / 'g.db'}"
-        store.open_db(url)
+        db = store.Store(url)
         writer = store.SpendWriter(url, interval=0.01, batch_size=50)
         def work(n):
             for i in range(100):
@@ -136,14 +141,14 @@ def test_writer_under_gevent_monkey_patching(tmp_path):
                 gevent.sleep(0)
         gevent.joinall([gevent.spawn(work, n) for n in range(20)])
         writer.close()
-        print(store.totals(account="a"))
+        print(db.totals(account="a"))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(2000, 2000)"
 
 
-def test_totals_by_token_account_period_and_success(url):
+def test_totals_by_token_account_period_and_success(db, url):
     writer = store.SpendWriter(url)
     now = time.time()
     writer.log(row(token_hash="a" * 64, account="x", cost_micro_usd=100, time=now - 7200))
@@ -151,58 +156,58 @@ def test_totals_by_token_account_period_and_success(url):
     writer.log(row(token_hash="b" * 64, account="x", cost_micro_usd=3, time=now - 10))
     writer.log(row(token_hash="a" * 64, account="x", cost_micro_usd=0, status=502, time=now - 5))
     writer.close()
-    assert store.totals(token_hash="a" * 64) == (120, 2)
-    assert store.totals(token_hash="a" * 64, since=now - 3600) == (20, 1)
-    assert store.totals(account="x") == (123, 3)
-    assert store.totals(account="nobody") == (0, 0)
+    assert db.totals(token_hash="a" * 64) == (120, 2)
+    assert db.totals(token_hash="a" * 64, since=now - 3600) == (20, 1)
+    assert db.totals(account="x") == (123, 3)
+    assert db.totals(account="nobody") == (0, 0)
 
 
-def test_rows_keep_their_fields(url):
+def test_rows_keep_their_fields(db, url):
     writer = store.SpendWriter(url)
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
     writer.log(row(time=when, latency_ms=42, input_tokens=1, output_tokens=2, cache_read_tokens=3,
                    cache_write_tokens=4, reasoning_tokens=5, protocol="anthropic", status=200,
                    unknown_field="ignored"))
     writer.close()
-    saved = store.SpendLog.get()
+    saved = store.SpendLog.select().bind(db.db).get()
     assert saved.time == datetime(2026, 1, 2, 3, 4, 5)
     assert (saved.latency_ms, saved.input_tokens, saved.output_tokens, saved.cache_read_tokens,
             saved.cache_write_tokens, saved.reasoning_tokens) == (42, 1, 2, 3, 4, 5)
     assert (saved.protocol, saved.upstream, saved.model) == ("anthropic", "openai:gpt-4o", "default")
 
 
-def test_record_and_revoke(url):
-    store.record_token("h1", name="ci", account="P", claims={"iss": "solana:x:y", "scope": "api",
-                                                           "models": ["a*"], "exp": 5})
-    store.revoke("h1", name="ci", account="P")
-    store.revoke("h2")  # never saved: still revocable
-    assert store.revoked_hashes() == {"h1", "h2"}
-    saved = store.TokenRecord.get(store.TokenRecord.token_hash == "h1")
+def test_record_and_revoke(db):
+    db.record_token("h1", name="ci", account="P", claims={"iss": "solana:x:y", "scope": "api",
+                                                        "models": ["a*"], "exp": 5})
+    db.revoke("h1", name="ci", account="P")
+    db.revoke("h2")  # never saved: still revocable
+    assert db.revoked_hashes() == {"h1", "h2"}
+    saved = store.TokenRecord.select().where(store.TokenRecord.token_hash == "h1").bind(db.db).get()
     assert (saved.name, saved.scope, saved.models, saved.exp, saved.revoked) == ("ci", "api", '["a*"]', 5, True)
 
 
 def test_postgresql_store_writes_totals_and_revocations(pg_url):
-    db = store.open_db(pg_url)
+    db = store.Store(pg_url)
     writer = store.SpendWriter(pg_url)
     for _ in range(10):
         writer.log(row(account="pg-test", cost_micro_usd=7))
     writer.close()
-    assert store.totals(account="pg-test") == (70, 10)
-    store.revoke("pg-" + "0" * 61)
-    assert "pg-" + "0" * 61 in store.revoked_hashes()
-    assert store.usage(by="account")[0]["requests"] == 10
+    assert db.totals(account="pg-test") == (70, 10)
+    db.revoke("pg-" + "0" * 61)
+    assert "pg-" + "0" * 61 in db.revoked_hashes()
+    assert db.usage(by="account")[0]["requests"] == 10
     db.close()
 
 
 def test_pooled_postgresql_url(pg_url):
     pooled = pg_url.replace("postgresql://", "postgresql+pool://") + "?max_connections=2&stale_timeout=300"
-    db = store.open_db(pooled)
-    store.save_route("r", {"model": "r", "endpoints": ["mock:echo"]})
-    assert store.routes() == {"r": {"model": "r", "endpoints": ["mock:echo"]}}
-    before = store.shared_stamp()
-    store.revoke("h" * 64)
-    assert store.shared_stamp() != before
-    assert store.delete_route("r") and not store.delete_route("r")
+    db = store.Store(pooled)
+    db.save_route("r", {"model": "r", "endpoints": ["mock:echo"]})
+    assert db.routes() == {"r": {"model": "r", "endpoints": ["mock:echo"]}}
+    before = db.shared_stamp()
+    db.revoke("h" * 64)
+    assert db.shared_stamp() != before
+    assert db.delete_route("r") and not db.delete_route("r")
     db.close()
 
 
@@ -229,3 +234,23 @@ def test_a_row_the_database_refuses_is_dropped_alone(url):
     writer._rows.append(tuple(bad.get(name, default) for name, default, _clean in store._BINDING))
     writer.close()
     assert count_rows(url) == 10
+
+
+def test_two_stores_in_one_process_keep_to_their_own_database(tmp_path):
+    with store.Store(f"sqlite:///{tmp_path / 'a.db'}") as a, store.Store(f"sqlite:///{tmp_path / 'b.db'}") as b:
+        a.revoke("h" * 64)
+        a.save_route("r", {"model": "r", "endpoints": ["mock:echo"]})
+        assert b.revoked_hashes() == set() and b.routes() == {}
+        stamp = b.shared_stamp()
+        b.revoke("g" * 64)
+        assert b.shared_stamp() != stamp
+        assert a.revoked_hashes() == {"h" * 64} and b.revoked_hashes() == {"g" * 64}
+        assert a.delete_route("r") and not b.delete_route("r")
+    assert store.TokenRecord._meta.database is None  # no store bound the models for the process
+
+
+def test_a_closed_store_reopens_on_its_next_call(db):
+    db.revoke("h" * 64)
+    db.close()
+    assert db.db.is_closed()
+    assert db.revoked_hashes() == {"h" * 64}

@@ -27,22 +27,33 @@ import functools
 import importlib
 import json
 import re
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bitrouter import StatusError
 
 
+PartKind = Literal["text", "image", "file", "tool_call", "tool_result", "reasoning"]
+PART_KINDS = frozenset(typing.get_args(PartKind))
+MEDIA = ("image", "file")  # the part kinds that carry a url or base64 data with a media type
+EventKind = Literal["start", "text", "reasoning", "tool_call", "tool_args", "finish", "usage"]
+EVENT_KINDS = frozenset(typing.get_args(EventKind))
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+
+
 @dataclass
 class Part:
-    """One piece of message content.
+    """One piece of message content; kind is one of PartKind, checked when the part is built.
 
-    kind is text | image | tool_call | tool_result | reasoning:
-      text: text;  image: url or data + media_type;  reasoning: text (+ signature)
+      text: text;  reasoning: text (+ signature)
+      image: url or data + media_type (image/*, or unknown for an image URL)
+      file: url or data + media_type (a PDF, plain text...: anything not an image)
       tool_call: id, name, arguments (a JSON string)
-      tool_result: id, name, content (list of text/image Parts), is_error
+      tool_result: id, name, content (list of text/image/file Parts), is_error
     """
 
-    kind: str
+    kind: PartKind
     text: str = ""
     url: str = ""
     data: str = ""
@@ -53,6 +64,12 @@ class Part:
     content: list = field(default_factory=list)
     is_error: bool = False
     signature: str = ""
+
+    def __post_init__(self):
+        if self.kind not in PART_KINDS:
+            raise ValueError(f"part kind {self.kind!r} is not one of {', '.join(sorted(PART_KINDS))}")
+        if self.kind == "image" and self.media_type and not self.media_type.startswith("image/"):
+            raise ValueError(f"an image part cannot have media type {self.media_type!r}: it is a file")
 
 
 @dataclass
@@ -85,28 +102,69 @@ class Tool:
     original_name: str = ""  # the name inside its namespace
 
 
+@dataclass(frozen=True)
+class ToolChoice:
+    """Whether the model may call tools (auto), must not (none) or must (required); name forces one tool."""
+
+    mode: Literal["auto", "none", "required"] = "auto"
+    name: str = ""  # the one tool that must be called (mode is then required)
+
+    @property
+    def forced(self) -> bool:
+        """Whether the model must call a tool (Anthropic refuses thinking then)."""
+        return self.mode == "required"
+
+
+@dataclass
+class ResponseFormat:
+    """Structured output: any JSON object, or JSON that matches a schema."""
+
+    kind: Literal["json_object", "json_schema"]
+    name: str = "response"  # json_schema only, like the rest
+    schema: dict = field(default_factory=dict)
+    strict: bool | None = None
+
+
+# Thinking budgets in tokens for an effort: Anthropic and Gemini take budgets (Anthropic at least 1024).
+EFFORT_BUDGET = {"minimal": 512, "low": 2048, "medium": 8192, "high": 24576}
+
+
+@dataclass
+class Reasoning:
+    """Thinking asked for: an effort (as the client named it: low, medium, high...) and/or a budget in tokens."""
+
+    effort: str | None = None
+    budget_tokens: int | None = None
+
+    def as_effort(self) -> str:
+        """The effort asked, else the one nearest to the budget (OpenAI's APIs take efforts)."""
+        if self.effort:
+            return self.effort
+        budget = self.budget_tokens or 0
+        return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+
+    def as_budget(self) -> int | None:
+        """The budget asked, else the effort's budget (EFFORT_BUDGET); None for an effort without one."""
+        return self.budget_tokens or EFFORT_BUDGET.get(self.effort)
+
+
 @dataclass
 class Request:
-    """A generation request in protocol-neutral form.
-
-    tool_choice: None | "auto" | "none" | "required" | {"name": ...}
-    response_format: None | {"type": "json_object"} | {"type": "json_schema", "name", "schema", "strict"}
-    reasoning: None | {"effort": "low|medium|high"} and/or {"budget_tokens": N}
-    """
+    """A generation request in protocol-neutral form."""
 
     model: str
     messages: list
     system: list = field(default_factory=list)  # text Parts, in order
     tools: list = field(default_factory=list)
-    tool_choice: object = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
     stop: list = field(default_factory=list)
-    response_format: dict | None = None
-    reasoning: dict | None = None
+    response_format: ResponseFormat | None = None
+    reasoning: Reasoning | None = None
     stream: bool = False
     include_usage: bool = False
     user: str | None = None
@@ -129,14 +187,18 @@ class Usage:
 class Response:
     """A complete (non-streamed) generation result.
 
-    finish_reason is stop | length | tool_calls | content_filter | error (as is a finish Event's reason).
+    finish_reason is one of FinishReason, as is a finish Event's reason; the finish rule
+    (finish_reason()) is applied when the response is built.
     """
 
     id: str
     model: str
     parts: list
-    finish_reason: str = "stop"
+    finish_reason: FinishReason = "stop"
     usage: Usage = field(default_factory=Usage)
+
+    def __post_init__(self):
+        self.finish_reason = finish_reason(self.finish_reason, any(p.kind == "tool_call" for p in self.parts))
 
 
 @dataclass
@@ -149,7 +211,7 @@ class Event:
       finish: reason;  usage: usage;  start: id, model
     """
 
-    kind: str
+    kind: EventKind
     text: str = ""
     index: int = 0
     id: str = ""
@@ -158,6 +220,10 @@ class Event:
     model: str = ""
     usage: Usage | None = None
     signature: str = ""
+
+    def __post_init__(self):
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"event kind {self.kind!r} is not one of {', '.join(sorted(EVENT_KINDS))}")
 
 
 class ProtocolError(StatusError):
@@ -300,7 +366,7 @@ def estimate_tokens(req: Request) -> int:
     """A prompt's size in tokens, estimated without a tokenizer (for the count-tokens endpoints).
 
     About four characters per token over the text, tool calls, results and tool schemas,
-    plus a flat charge per image and per message; good for budgeting, not for billing.
+    plus a flat charge per image or file and per message; good for budgeting, not for billing.
     """
     chars = sum(len(p.text) for p in req.system) + len(json.dumps([t.__dict__ for t in req.tools]))
     images = 0
@@ -308,7 +374,7 @@ def estimate_tokens(req: Request) -> int:
         for p in msg.parts:
             inner = p.content if p.kind == "tool_result" else [p]
             chars += sum(len(c.text) + len(c.name) + len(c.arguments) for c in inner)
-            images += sum(c.kind == "image" for c in inner)
+            images += sum(c.kind in MEDIA for c in inner)
     return -(-chars // 4) + 765 * images + 3 * len(req.messages)
 
 
@@ -327,18 +393,75 @@ def content_items(content, where: str, what: str) -> list:
     return content
 
 
-def media_part(url: str, default_type: str = "image/png") -> Part:
-    """An image or file from a URL or a base64 data: URL (unified `image` parts carry any media type)."""
+def media(media_type: str = "", url: str = "", data: str = "", file: bool = False) -> Part:
+    """An image or file part: an image/* media type makes an image, any other a file; without
+    one, the client's container decides (file=True for a document or file block)."""
+    image = media_type.startswith("image/") or not (media_type or file)
+    return Part("image" if image else "file", url=url, data=data, media_type=media_type)
+
+
+def media_part(url: str, default_type: str = "image/png", file: bool = False) -> Part:
+    """An image or file from a URL or a base64 data: URL (whose media type decides which it is)."""
     if url.startswith("data:") and ";base64," in url:
         head, data = url[5:].split(";base64,", 1)
-        return Part("image", data=data, media_type=head or default_type)
-    return Part("image", url=url)
+        return media(head or default_type, data=data, file=file)
+    return media(url=url, file=file)
+
+
+def type_of(name: str, default: str = "") -> str:
+    """The media type a file name or URL's extension says, else default."""
+    ext = name.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower() if "." in name else ""
+    return _EXTENSION_TYPES.get(ext, default)
+
+
+def extension_of(media_type: str) -> str:
+    """A file name extension for a media type (for APIs that want a file name)."""
+    return next((ext for ext, kind in _EXTENSION_TYPES.items() if kind == media_type), "bin")
+
+
+def data_url(p: Part) -> str:
+    """An image or file part as a URL: its own, or its data as a base64 data: URL."""
+    return p.url or f"data:{p.media_type or 'image/png'};base64,{p.data}"
+
+
+def finish_reason(reason: str | None, calls: bool) -> str:
+    """The unified finish reason from a decoder's mapping of the provider's (None: unknown).
+
+    A turn that made tool calls and otherwise stopped normally finished for its calls:
+    Gemini and Responses never say so, and some Chat providers say `stop`. A Response
+    applies this rule when it is built, each stream decoder to its finish event; encoders
+    trust the reason they are given.
+    """
+    if calls and reason in (None, "stop"):
+        return "tool_calls"
+    return reason or "stop"
+
+
+def add_system(req: Request, parts: list) -> None:
+    """A client's system (or developer) text: before the first turn it joins the instructions,
+    later it is a system message that keeps its place (Claude Code and Codex send those)."""
+    text = [p for p in parts if p.kind == "text"]
+    if req.messages:
+        req.messages.append(Message("system", text))
+    else:
+        req.system += text
 
 
 def set_given(body: dict, key: str, value) -> None:
     """body[key] = value unless value is None: an option the client left unset stays out of the wire body."""
     if value is not None:
         body[key] = value
+
+
+def set_options(body: dict, req: Request, names: dict) -> None:
+    """The request's options the client gave (not None, not an empty list), under their wire names.
+
+    names maps each wire name to the Request field it carries: the protocol's names as data.
+    """
+    for wire, name in names.items():
+        value = getattr(req, name)
+        if value is not None and value != []:
+            body[wire] = value
 
 
 def arguments_object(arguments: str) -> dict:
@@ -348,11 +471,6 @@ def arguments_object(arguments: str) -> dict:
     except ValueError:
         return {"arguments": arguments}
     return value if isinstance(value, dict) else {"arguments": value}
-
-
-def effort_for_budget(budget) -> str:
-    """A thinking budget in tokens as the nearest OpenAI reasoning effort."""
-    return "low" if (budget or 0) < 4096 else "medium" if budget < 16384 else "high"
 
 
 # ---------------------------------------------------------------- reasoning provenance
@@ -420,6 +538,11 @@ def reply_model(raw: bytes, field_name: str, model: str) -> bytes:
     """
     named = f'"{field_name}":{json.dumps(model)}'.encode()
     return _model_pattern(field_name).sub(lambda _: named, raw)
+
+
+_EXTENSION_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+                    "webp": "image/webp", "pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown",
+                    "csv": "text/csv", "json": "application/json", "html": "text/html"}
 
 
 @functools.lru_cache(maxsize=4)

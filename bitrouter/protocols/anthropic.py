@@ -1,13 +1,15 @@
 """Anthropic Messages (`POST /v1/messages`), as served to clients and called upstream."""
 
+import base64
 import functools
 import json
 import re
 import secrets
 
 from bitrouter import registry
-from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Request, Response,
-                                 Route, Tool, Usage, arguments_object, content_items, native_proof, proof,
+from bitrouter.protocols import (MEDIA, SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Reasoning,
+                                 Request, Response, ResponseFormat, Route, Tool, ToolChoice, Usage, add_system,
+                                 arguments_object, content_items, finish_reason, media, native_proof, proof,
                                  reply_model, set_given, sse)
 from bitrouter.protocols import error_message  # the upstream error reader, shared: {"error": {...}}
 
@@ -41,11 +43,7 @@ def decode_request(body: dict) -> Request:
         if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
             raise ProtocolError(f"messages[{i}]: an object with role 'user', 'assistant' or 'system' is required")
         if msg["role"] == "system":  # Claude Code's mid-conversation system messages keep their place
-            text = _system_parts(msg.get("content"))
-            if req.messages:
-                req.messages.append(Message("system", text))
-            else:
-                req.system += text
+            add_system(req, _system_parts(msg.get("content")))
             continue
         parts = _blocks(msg.get("content"), f"messages[{i}].content", names)
         if msg["role"] == "assistant":
@@ -65,9 +63,10 @@ def decode_request(body: dict) -> Request:
         else:  # server tools (web search, bash, code execution...) run inside Anthropic
             req.dropped.append(tool["type"])
     choice = body.get("tool_choice") or {}
-    req.tool_choice = _CHOICE_IN.get(choice.get("type"))
     if choice.get("type") == "tool":
-        req.tool_choice = {"name": choice.get("name", "")}
+        req.tool_choice = ToolChoice("required", choice.get("name", ""))
+    elif choice.get("type") in _CHOICE_IN:
+        req.tool_choice = ToolChoice(_CHOICE_IN[choice["type"]])
     if choice.get("disable_parallel_tool_use"):
         req.parallel_tool_calls = False
     req.max_tokens = body.get("max_tokens")
@@ -78,8 +77,7 @@ def decode_request(body: dict) -> Request:
     config = body.get("output_config") or {}
     fmt = config.get("format") or body.get("output_format")  # GA name, then the beta one
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        req.response_format = {"type": "json_schema", "name": "response", "schema": fmt.get("schema") or {},
-                               "strict": True}
+        req.response_format = ResponseFormat("json_schema", schema=fmt.get("schema") or {}, strict=True)
     req.reasoning = _decode_thinking(body.get("thinking") or {}, config.get("effort"))
     req.user = (body.get("metadata") or {}).get("user_id")
     req.cache_key = _session_of(req.user)
@@ -90,7 +88,7 @@ def encode_response(resp: Response, model: str, request: Request | None = None) 
     """Unified Response -> Messages `message` object."""
     content = [block for block in map(_response_block, resp.parts) if block]
     return {"id": _message_id(resp.id), "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": _stop_reason(resp.finish_reason, resp.parts),
+            "content": content, "stop_reason": _STOP_OUT.get(resp.finish_reason, "end_turn"),
             "stop_sequence": None, "usage": encode_usage(resp.usage)}
 
 
@@ -143,8 +141,7 @@ class StreamEncoder:
     def finish_stream(self) -> bytes:
         """Close the open block, then message_delta (stop reason, usage) and message_stop."""
         out = self._start() + self._close()
-        reason = "tool_use" if self.tools and self.finish_reason in (None, "stop") else \
-            _STOP_OUT.get(self.finish_reason, "end_turn")
+        reason = _STOP_OUT.get(self.finish_reason, "end_turn")
         out += sse.frame({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None},
                           "usage": encode_usage(self.usage or Usage())}, "message_delta")
         return out + sse.frame({"type": "message_stop"}, "message_stop")
@@ -260,7 +257,7 @@ def encode_request(req: Request, model_id: str) -> dict:
     body = {"model": model_id, "max_tokens": max_tokens, "messages": _encode_messages(req.messages)}
     if req.system:
         body["system"] = [{"type": "text", "text": p.text} for p in req.system if p.text]
-    forced = isinstance(req.tool_choice, dict) or req.tool_choice == "required"
+    forced = req.tool_choice is not None and req.tool_choice.forced
     # Thinking on requires every assistant tool_use turn to open with its signed thinking;
     # a conversation whose proofs were dropped (another provider made them) goes without.
     budget = None if forced or not _thinking_kept(body["messages"]) else _thinking_budget(req.reasoning, max_tokens)
@@ -277,14 +274,14 @@ def encode_request(req: Request, model_id: str) -> dict:
         body["tools"] = [{"name": t.name, "description": t.description,
                           "input_schema": t.parameters or {"type": "object", "properties": {}}}
                          for t in req.tools]
-        choice = {"type": "tool", "name": req.tool_choice["name"]} if isinstance(req.tool_choice, dict) else \
-            {"type": _CHOICE_OUT.get(req.tool_choice, "auto")}
+        given = req.tool_choice or ToolChoice()
+        choice = {"type": "tool", "name": given.name} if given.name else {"type": _CHOICE_OUT[given.mode]}
         if req.parallel_tool_calls is False and choice["type"] != "none":
             choice["disable_parallel_tool_use"] = True
         if req.tool_choice or len(choice) > 1:
             body["tool_choice"] = choice
-    if req.response_format and req.response_format.get("type") == "json_schema":
-        body["output_config"] = {"format": {"type": "json_schema", "schema": req.response_format.get("schema") or {}}}
+    if req.response_format and req.response_format.kind == "json_schema":
+        body["output_config"] = {"format": {"type": "json_schema", "schema": req.response_format.schema or {}}}
     if req.user:
         body["metadata"] = {"user_id": req.user[:256]}
     if req.stream:
@@ -363,7 +360,8 @@ class StreamDecoder:
         if kind == "message_delta":
             self.usage = _merge_usage(self.usage, ev.get("usage") or {})
             reason = (ev.get("delta") or {}).get("stop_reason")
-            return [Event("finish", reason=_FINISH_IN.get(reason, "stop")), Event("usage", usage=self.usage)]
+            return [Event("finish", reason=finish_reason(_FINISH_IN.get(reason), bool(self.tools))),
+                    Event("usage", usage=self.usage)]
         if kind == "error":
             raise ProtocolError((ev.get("error") or {}).get("message") or "upstream stream error", 502)
         return []
@@ -412,7 +410,6 @@ _STOP_OUT = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use
 _CHOICE_IN = {"auto": "auto", "any": "required", "none": "none"}
 _CHOICE_OUT = {"auto": "auto", "required": "any", "none": "none"}
 _EFFORT_IN = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
-_EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 _MIN_BUDGET = 1024
 _COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 # Blocks that only Anthropic itself can use (server tools and their results): left out of translations.
@@ -465,30 +462,31 @@ def _blocks(content, where: str, names: dict) -> list:
 def _source(source: dict, where: str, kind: str) -> Part:
     """An image or document source: base64 data, a URL, or (documents) plain text."""
     stype = source.get("type")
-    default_type = "image/png" if kind == "image" else "application/pdf"
+    document = kind == "document"
     if stype == "base64":
-        return Part("image", data=source.get("data") or "", media_type=source.get("media_type") or default_type)
-    if stype == "url":
-        return Part("image", url=source.get("url") or "", media_type="" if kind == "image" else default_type)
+        media_type = source.get("media_type") or ("application/pdf" if document else "image/png")
+        return media(media_type, data=source.get("data") or "", file=document)
+    if stype == "url":  # URL documents are PDFs
+        return media("application/pdf" if document else "", url=source.get("url") or "", file=document)
     if stype == "text" and kind == "document":
         return Part("text", text=source.get("data") or "")
     raise ProtocolError(f"{where}.source: type {stype!r} can only be sent to an Anthropic upstream")
 
 
-def _decode_thinking(thinking: dict, effort) -> dict | None:
+def _decode_thinking(thinking: dict, effort) -> Reasoning | None:
     kind = thinking.get("type")
     if kind == "enabled" and thinking.get("budget_tokens"):
-        return {"budget_tokens": thinking["budget_tokens"]}
+        return Reasoning(budget_tokens=thinking["budget_tokens"])
     if kind == "adaptive" or (effort and kind != "disabled"):
-        return {"effort": _EFFORT_IN.get(effort, "medium")}
+        return Reasoning(effort=_EFFORT_IN.get(effort, "medium"))
     return None
 
 
-def _thinking_budget(reasoning, max_tokens: int) -> int | None:
+def _thinking_budget(reasoning: Reasoning | None, max_tokens: int) -> int | None:
     """A budget Anthropic accepts: at least 1024 and below max_tokens (else no thinking)."""
     if not reasoning:
         return None
-    budget = reasoning.get("budget_tokens") or _EFFORT_BUDGET.get(reasoning.get("effort"))
+    budget = reasoning.as_budget()
     if not budget or max_tokens <= _MIN_BUDGET:
         return None
     return min(max(budget, _MIN_BUDGET), max_tokens - 1)
@@ -521,7 +519,7 @@ def _encode_messages(messages: list) -> list:
 def _request_block(p: Part) -> dict | None:
     if p.kind == "text":
         return {"type": "text", "text": p.text} if p.text else None
-    if p.kind == "image":
+    if p.kind in MEDIA:
         return _media_block(p)
     if p.kind == "tool_call":
         return {"type": "tool_use", "id": _tool_id(p.id), "name": p.name, "input": arguments_object(p.arguments)}
@@ -540,13 +538,24 @@ def _request_block(p: Part) -> dict | None:
 
 
 def _media_block(p: Part) -> dict:
-    media = p.media_type or ""
-    kind = "document" if media == "application/pdf" else "image"
-    if media and kind == "image" and not media.startswith("image/"):
-        raise ProtocolError(f"Anthropic models cannot take {media} input")
+    """An image, or a file as a document: PDFs (data or URL) and plain text are what Anthropic takes."""
+    kind = "document" if p.kind == "file" else "image"
+    if kind == "document" and p.media_type == "text/plain" and p.data:
+        return {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": _text_of(p)}}
+    if kind == "document" and p.media_type not in ("application/pdf", ""):
+        raise ProtocolError(f"Anthropic models cannot take {p.media_type} files (only PDFs and plain text)")
     if p.url:
         return {"type": kind, "source": {"type": "url", "url": p.url}}
-    return {"type": kind, "source": {"type": "base64", "media_type": media or "image/png", "data": p.data}}
+    default_type = "application/pdf" if kind == "document" else "image/png"
+    return {"type": kind, "source": {"type": "base64", "media_type": p.media_type or default_type, "data": p.data}}
+
+
+def _text_of(p: Part) -> str:
+    """A plain-text file's base64 data as its text (Anthropic takes text documents as text)."""
+    try:
+        return base64.b64decode(p.data, validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise ProtocolError("a text/plain file must be base64 of UTF-8 text") from None
 
 
 def _response_block(p: Part) -> dict | None:
@@ -605,12 +614,6 @@ def _new_tool_id() -> str:
 
 def _message_id(upstream_id: str) -> str:
     return upstream_id if upstream_id.startswith("msg_") else "msg_" + secrets.token_hex(12)
-
-
-def _stop_reason(reason: str, parts: list) -> str:
-    if reason in (None, "stop") and any(p.kind == "tool_call" for p in parts):
-        return "tool_use"
-    return _STOP_OUT.get(reason, "end_turn")
 
 
 def _usage(u: dict) -> Usage:

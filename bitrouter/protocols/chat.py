@@ -5,9 +5,10 @@ import re
 import secrets
 import time
 
-from bitrouter.protocols import (Event, Message, Part, Protocol, ProtocolError, Request, Response, Route, Tool,
-                                 Usage, content_items, effort_for_budget, media_part, native_proof, proof,
-                                 reply_model, set_given, sse)
+from bitrouter.protocols import (Event, Message, Part, Protocol, ProtocolError, Reasoning, Request, Response,
+                                 ResponseFormat, Route, Tool, ToolChoice, Usage, add_system, content_items, data_url,
+                                 extension_of, finish_reason, media, media_part, native_proof, proof, reply_model,
+                                 set_given, set_options, sse, type_of)
 from bitrouter.protocols import error_message  # the upstream error reader, shared: {"error": {...}}
 
 NAME = "openai"
@@ -35,12 +36,8 @@ def decode_request(body: dict) -> Request:
         if not isinstance(msg, dict):
             raise ProtocolError(f"messages[{i}] must be an object")
         role = msg.get("role")
-        if role in ("system", "developer"):  # up front: the instructions; later: a system message in place
-            text = [p for p in _content_parts(msg.get("content"), i) if p.kind == "text"]
-            if req.messages:
-                req.messages.append(Message("system", text))
-            else:
-                req.system += text
+        if role in ("system", "developer"):
+            add_system(req, _content_parts(msg.get("content"), i))
         elif role == "user":
             req.messages.append(Message("user", _content_parts(msg.get("content"), i)))
         elif role == "assistant":
@@ -66,9 +63,9 @@ def decode_request(body: dict) -> Request:
         req.tools.append(Tool(fn.get("name", ""), fn.get("description", ""), fn.get("parameters") or {}))
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
-        req.tool_choice = {"name": (choice.get("function") or {}).get("name", "")}
+        req.tool_choice = ToolChoice("required", (choice.get("function") or {}).get("name", ""))
     elif choice in ("auto", "none", "required"):
-        req.tool_choice = choice
+        req.tool_choice = ToolChoice(choice)
     req.parallel_tool_calls = body.get("parallel_tool_calls")
     req.max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     req.temperature = body.get("temperature")
@@ -77,7 +74,7 @@ def decode_request(body: dict) -> Request:
     req.stop = [stop] if isinstance(stop, str) else list(stop or [])
     req.response_format = _decode_format(body.get("response_format"))
     if body.get("reasoning_effort"):
-        req.reasoning = {"effort": body["reasoning_effort"]}
+        req.reasoning = Reasoning(effort=body["reasoning_effort"])
     req.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     req.user = body.get("user")
     return req
@@ -97,7 +94,7 @@ def encode_response(resp: Response, model: str, request: Request | None = None) 
     return {"id": _chat_id(resp.id), "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": _CHAT_FINISH.get(resp.finish_reason, "stop")}],
+                         "finish_reason": _finish_out(resp.finish_reason)}],
             "usage": encode_usage(resp.usage)}
 
 
@@ -136,7 +133,7 @@ class StreamEncoder:
 
     def finish_stream(self) -> bytes:
         """The chunk with the finish reason, the usage chunk if the client asked for it, then [DONE]."""
-        out = self._chunk({}, _CHAT_FINISH.get(self.finish_reason, "stop"))
+        out = self._chunk({}, _finish_out(self.finish_reason))
         if self.include_usage:
             out += sse.frame({**self._base(), "choices": [], "usage": encode_usage(self.usage or Usage())})
         return out + b"data: [DONE]\n\n"
@@ -239,22 +236,12 @@ def encode_request(req: Request, model_id: str) -> dict:
         body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                           "parameters": t.parameters or {"type": "object", "properties": {}}}}
                          for t in req.tools]
-    if isinstance(req.tool_choice, dict) and req.tools:
-        body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice["name"]}}
-    elif req.tool_choice and req.tools:  # OpenAI rejects a tool_choice without tools
-        body["tool_choice"] = req.tool_choice
-    if req.parallel_tool_calls is not None and req.tools:
-        body["parallel_tool_calls"] = req.parallel_tool_calls
-    set_given(body, "max_completion_tokens", req.max_tokens)
-    set_given(body, "temperature", req.temperature)
-    set_given(body, "top_p", req.top_p)
-    if req.stop:
-        body["stop"] = req.stop
+    tool_options(body, req, lambda name: {"type": "function", "function": {"name": name}})
+    set_options(body, req, _OPTIONS)
     if req.response_format:
         body["response_format"] = _encode_format(req.response_format)
     if req.reasoning:
-        body["reasoning_effort"] = req.reasoning.get("effort") or effort_for_budget(req.reasoning.get("budget_tokens"))
-    set_given(body, "user", req.user)
+        body["reasoning_effort"] = req.reasoning.as_effort()
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -275,7 +262,7 @@ def decode_response(body: dict) -> Response:
         parts.append(Part("text", text=msg["refusal"]))
     parts += [_tool_call(call) for call in msg.get("tool_calls") or []]
     return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
-                    finish_reason=_finish(choice.get("finish_reason"), parts), usage=usage_of(body))
+                    finish_reason=_FINISH.get(choice.get("finish_reason"), "stop"), usage=usage_of(body))
 
 
 class StreamDecoder:
@@ -317,11 +304,33 @@ class StreamDecoder:
                 if fn.get("arguments"):
                     out.append(Event("tool_args", index=index, text=fn["arguments"]))
             if choice.get("finish_reason"):
-                reason = choice["finish_reason"]
-                out.append(Event("finish", reason="tool_calls" if self.calls and reason == "stop" else _finish(reason, [])))
+                reason = finish_reason(_FINISH.get(choice["finish_reason"]), bool(self.calls))
+                out.append(Event("finish", reason=reason))
         if chunk.get("usage"):
             out.append(Event("usage", usage=usage_of(chunk)))
         return out
+
+
+def tool_options(body: dict, req: Request, named) -> None:
+    """tool_choice (a forced tool as named(name) makes it) and parallel_tool_calls, as both OpenAI
+    APIs take them: only with tools, since OpenAI rejects a tool_choice without any."""
+    if not req.tools:
+        return
+    if req.tool_choice:
+        body["tool_choice"] = named(req.tool_choice.name) if req.tool_choice.name else req.tool_choice.mode
+    set_given(body, "parallel_tool_calls", req.parallel_tool_calls)
+
+
+def json_schema_format(spec: dict) -> ResponseFormat:
+    """A JSON-schema output format from OpenAI's {name, schema, strict} (both APIs use it)."""
+    return ResponseFormat("json_schema", spec.get("name") or "response", spec.get("schema") or {}, spec.get("strict"))
+
+
+def json_schema_spec(fmt: ResponseFormat) -> dict:
+    """A JSON-schema output format as OpenAI's {name, schema, strict} (strict only when known)."""
+    spec = {"name": fmt.name or "response", "schema": fmt.schema or {}}
+    set_given(spec, "strict", fmt.strict)
+    return spec
 
 
 def encode_usage(u: Usage) -> dict:
@@ -339,7 +348,8 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
 _ERROR_CODES = {401: "invalid_api_key", 402: "budget_exceeded", 403: "forbidden",
                 413: "request_too_large", 429: "rate_limit_exceeded"}
 _USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
-_CHAT_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
+_OPTIONS = {"max_completion_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "stop": "stop",
+            "user": "user"}  # wire name -> Request field
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
            "content_filter": "content_filter"}
 
@@ -361,11 +371,22 @@ def _content_parts(content, i: int) -> list:
             parts.append(Part("text", text=item.get("text") or item.get("refusal") or ""))
         elif kind == "image_url":
             parts.append(media_part((item.get("image_url") or {}).get("url", "")))
-        elif kind == "file" and (item.get("file") or {}).get("file_data", "").startswith("data:"):
-            parts.append(media_part(item["file"]["file_data"]))
+        elif kind == "file" and (item.get("file") or {}).get("file_data"):
+            parts.append(_file_part(item["file"]))
+        elif kind == "file":
+            raise ProtocolError(f"messages[{i}].content: a file by file_id needs files stored at OpenAI; "
+                                "send its file_data")
         else:
             raise ProtocolError(f"messages[{i}].content: unsupported part type {kind!r}")
     return parts
+
+
+def _file_part(file: dict) -> Part:
+    """A `file` content part's data: a data: URL, or bare base64 typed by the file name (else a PDF)."""
+    data = file["file_data"]
+    if isinstance(data, str) and data.startswith("data:"):
+        return media_part(data, "application/pdf", file=True)
+    return media(type_of(str(file.get("filename") or ""), "application/pdf"), data=data, file=True)
 
 
 def _tool_call(call: dict) -> Part:
@@ -406,13 +427,14 @@ def _encode_message(msg: Message) -> list:
 
 
 def _encode_part(p: Part) -> dict:
-    if p.kind == "image" and p.data and not (p.media_type or "image/").startswith("image/"):
-        # Documents (PDFs) travel as image parts with their own media type; Chat takes them as files.
-        return {"type": "file", "file": {"filename": "document." + p.media_type.rpartition("/")[2],
-                                         "file_data": f"data:{p.media_type};base64,{p.data}"}}
+    if p.kind == "file":  # Chat takes files as data only
+        if p.url:
+            raise ProtocolError(f"a file by URL ({p.url[:80]}) cannot go to a Chat Completions provider; "
+                                "send the file's data instead")
+        return {"type": "file", "file": {"filename": "document." + extension_of(p.media_type),
+                                         "file_data": data_url(p)}}
     if p.kind == "image":
-        url = p.url or f"data:{p.media_type or 'image/png'};base64,{p.data}"
-        return {"type": "image_url", "image_url": {"url": url}}
+        return {"type": "image_url", "image_url": {"url": data_url(p)}}
     return {"type": "text", "text": p.text}
 
 
@@ -426,25 +448,19 @@ def _decode_format(fmt):
     if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
         return None
     if fmt["type"] == "json_schema":
-        schema = fmt.get("json_schema") or {}
-        return {"type": "json_schema", "name": schema.get("name", "response"),
-                "schema": schema.get("schema") or {}, "strict": schema.get("strict")}
+        return json_schema_format(fmt.get("json_schema") or {})
+    return ResponseFormat("json_object")
+
+
+def _encode_format(fmt: ResponseFormat) -> dict:
+    if fmt.kind == "json_schema":
+        return {"type": "json_schema", "json_schema": json_schema_spec(fmt)}
     return {"type": "json_object"}
 
 
-def _encode_format(fmt: dict) -> dict:
-    if fmt["type"] == "json_schema":
-        spec = {"name": fmt.get("name") or "response", "schema": fmt.get("schema") or {}}
-        if fmt.get("strict") is not None:
-            spec["strict"] = fmt["strict"]
-        return {"type": "json_schema", "json_schema": spec}
-    return {"type": "json_object"}
-
-
-def _finish(reason, parts) -> str:
-    if any(p.kind == "tool_call" for p in parts) and reason in (None, "stop"):
-        return "tool_calls"
-    return _FINISH.get(reason, "stop")
+def _finish_out(reason) -> str:
+    """A unified finish reason as Chat's (an error has no Chat reason of its own)."""
+    return reason if reason in ("length", "tool_calls", "content_filter") else "stop"
 
 
 def _chat_id(upstream_id: str) -> str:

@@ -11,9 +11,9 @@ import re
 import secrets
 from urllib.parse import quote
 
-from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Request, Response,
-                                 Route, Tool, Usage, arguments_object, native_proof, proof, reply_model, set_given,
-                                 sse)
+from bitrouter.protocols import (MEDIA, SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Reasoning,
+                                 Request, Response, ResponseFormat, Route, Tool, ToolChoice, Usage, arguments_object,
+                                 finish_reason, media, native_proof, proof, reply_model, set_options, sse, type_of)
 from bitrouter.protocols import error_message  # the upstream error reader, shared: {"error": {...}}
 
 NAME = "google"
@@ -75,9 +75,9 @@ def decode_request(body: dict) -> Request:
             req.tools.append(Tool(fd.get("name", ""), fd.get("description") or "", schema))
     calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
     allowed = calling.get("allowedFunctionNames") or []
-    req.tool_choice = _MODE_IN.get(calling.get("mode"))
-    if req.tool_choice == "required" and len(allowed) == 1:
-        req.tool_choice = {"name": allowed[0]}
+    mode = _MODE_IN.get(calling.get("mode"))
+    if mode:
+        req.tool_choice = ToolChoice(mode, allowed[0] if mode == "required" and len(allowed) == 1 else "")
     config = body.get("generationConfig") or {}
     req.max_tokens = config.get("maxOutputTokens")
     req.temperature = config.get("temperature")
@@ -86,8 +86,7 @@ def decode_request(body: dict) -> Request:
     req.stop = list(config.get("stopSequences") or [])
     if config.get("responseMimeType") == "application/json":
         schema = config.get("responseJsonSchema") or json_schema(config.get("responseSchema") or {})
-        req.response_format = {"type": "json_schema", "name": "response", "schema": schema, "strict": None} \
-            if schema else {"type": "json_object"}
+        req.response_format = ResponseFormat("json_schema", schema=schema) if schema else ResponseFormat("json_object")
     req.reasoning = _decode_thinking(config.get("thinkingConfig") or {})
     return req
 
@@ -108,7 +107,6 @@ class StreamEncoder:
         self.model = model
         self.id = _response_id()
         self.calls = {}  # unified tool index -> [id, name, argument fragments], sent whole
-        self.any_calls = False
         self.signature = ""  # a proof waiting for the part it belongs on (the next call or text)
         self.finish_reason = None
         self.usage = None
@@ -123,7 +121,6 @@ class StreamEncoder:
             return self._frame(self._flush() + [part])
         if kind == "tool_call":
             self.calls[ev.index] = [ev.id, ev.name, []]
-            self.any_calls = True
         elif kind == "tool_args":
             call = self.calls.get(ev.index)
             if call:
@@ -141,9 +138,8 @@ class StreamEncoder:
         parts = self._flush() or [{"text": ""}]
         if self.signature:
             parts, self.signature = _signed([{"thoughtSignature": self.signature}] + parts), ""
-        reason = "tool_calls" if self.any_calls and self.finish_reason in (None, "stop") else self.finish_reason
         candidate = {"content": {"role": "model", "parts": parts},
-                     "finishReason": _FINISH_OUT.get(reason, "STOP"), "index": 0}
+                     "finishReason": _FINISH_OUT.get(self.finish_reason, "STOP"), "index": 0}
         return sse.frame({"candidates": [candidate], "usageMetadata": encode_usage(self.usage or Usage()),
                           "modelVersion": self.model, "responseId": self.id})
 
@@ -273,21 +269,16 @@ def encode_request(req: Request, model_id: str) -> dict:
             declarations.append(fd)
         body["tools"] = [{"functionDeclarations": declarations}]
         if req.tool_choice:
-            calling = {"mode": "ANY" if isinstance(req.tool_choice, dict) else _MODE_OUT[req.tool_choice]}
-            if isinstance(req.tool_choice, dict):
-                calling["allowedFunctionNames"] = [req.tool_choice["name"]]
+            calling = {"mode": _MODE_OUT[req.tool_choice.mode]}
+            if req.tool_choice.name:
+                calling["allowedFunctionNames"] = [req.tool_choice.name]
             body["toolConfig"] = {"functionCallingConfig": calling}
     config = {}
-    set_given(config, "maxOutputTokens", req.max_tokens)
-    set_given(config, "temperature", req.temperature)
-    set_given(config, "topP", req.top_p)
-    set_given(config, "topK", req.top_k)
-    if req.stop:
-        config["stopSequences"] = req.stop
+    set_options(config, req, _OPTIONS)
     if req.response_format:
         config["responseMimeType"] = "application/json"
-        if req.response_format.get("schema"):
-            config["responseJsonSchema"] = req.response_format["schema"]
+        if req.response_format.schema:
+            config["responseJsonSchema"] = req.response_format.schema
     thinking = _encode_thinking(req.reasoning)
     if thinking:
         config["thinkingConfig"] = thinking
@@ -322,8 +313,7 @@ def decode_response(body: dict) -> Response:
     if not body.get("candidates") and (body.get("promptFeedback") or {}).get("blockReason"):
         reason = "SAFETY"
     return Response(id=body.get("responseId", ""), model=body.get("modelVersion", ""), parts=parts,
-                    finish_reason=_finish_in(reason, any(p.kind == "tool_call" for p in parts)),
-                    usage=usage_of(body))
+                    finish_reason=_FINISH_IN.get(reason, "stop"), usage=usage_of(body))
 
 
 class StreamDecoder:
@@ -360,7 +350,7 @@ class StreamDecoder:
         reason = candidate.get("finishReason")
         if reason:
             self.finished = True
-            out.append(Event("finish", reason=_finish_in(reason, self.calls > 0)))
+            out.append(Event("finish", reason=finish_reason(_FINISH_IN.get(reason), self.calls > 0)))
         if self.usage and self.finished and (reason or chunk.get("usageMetadata")):
             out.append(Event("usage", usage=self.usage))  # with the finish, and any later correction
         return out
@@ -450,14 +440,18 @@ _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 402: "FAILED_PRECOND
            404: "NOT_FOUND", 405: "NOT_FOUND", 409: "ABORTED", 413: "INVALID_ARGUMENT",
            429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
            502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
-_FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
-             "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR"}
+_FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+             "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR")
+# Gemini's finish reasons, unified; any other (OTHER, LANGUAGE...) counts as STOP.
+_FINISH_IN = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL": "error",
+              "UNEXPECTED_TOOL_CALL": "error", **dict.fromkeys(_FILTERED, "content_filter")}
 _FINISH_OUT = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY",
                "error": "OTHER"}
+_OPTIONS = {"maxOutputTokens": "max_tokens", "temperature": "temperature", "topP": "top_p", "topK": "top_k",
+            "stopSequences": "stop"}  # generationConfig name -> Request field
 _MODE_IN = {"AUTO": "auto", "VALIDATED": "auto", "NONE": "none", "ANY": "required"}
 _MODE_OUT = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _LEVEL_IN = {"MINIMAL": "low", "LOW": "low", "MEDIUM": "medium", "HIGH": "high", "XHIGH": "high"}
-_EFFORT_BUDGET = {"minimal": 512, "low": 2048, "medium": 8192, "high": 24576}
 _OUTPUT_KEYS = ("output", "result", "content")  # how clients name a function's result
 # Schema fields Gemini's function declarations take as they are (the rest is rewritten or dropped).
 _SCHEMA_KEYS = {"format", "title", "description", "nullable", "maxItems", "minItems", "required", "minProperties",
@@ -519,27 +513,27 @@ def _media_parts(part: dict) -> list:
         return [Part("text", text=part["text"])] if part["text"] else []
     if "inlineData" in part:
         blob = part["inlineData"] or {}
-        return [Part("image", data=blob.get("data") or "", media_type=blob.get("mimeType") or "image/png")]
+        return [media(blob.get("mimeType") or "image/png", data=blob.get("data") or "")]
     if "fileData" in part:
         ref = part["fileData"] or {}
-        return [Part("image", url=ref.get("fileUri") or "", media_type=ref.get("mimeType") or "")]
+        return [media(ref.get("mimeType") or "", url=ref.get("fileUri") or "")]
     return []
 
 
-def _decode_thinking(thinking: dict) -> dict | None:
+def _decode_thinking(thinking: dict) -> Reasoning | None:
     budget = thinking.get("thinkingBudget")
     if budget is not None:
         if budget == 0:
             return None
-        return {"budget_tokens": budget} if budget > 0 else {"effort": "medium"}  # -1: dynamic
+        return Reasoning(budget_tokens=budget) if budget > 0 else Reasoning(effort="medium")  # -1: dynamic
     level = str(thinking.get("thinkingLevel") or "").upper()
-    return {"effort": _LEVEL_IN[level]} if level in _LEVEL_IN else None
+    return Reasoning(effort=_LEVEL_IN[level]) if level in _LEVEL_IN else None
 
 
-def _encode_thinking(reasoning) -> dict | None:
+def _encode_thinking(reasoning: Reasoning | None) -> dict | None:
     if not reasoning:
         return None
-    budget = reasoning.get("budget_tokens") or _EFFORT_BUDGET.get(reasoning.get("effort"))
+    budget = reasoning.as_budget()
     return {"thinkingBudget": budget, "includeThoughts": True} if budget else None
 
 
@@ -571,20 +565,18 @@ def _encode_contents(messages: list) -> list:
 def _request_parts(p: Part, names: dict) -> list:
     if p.kind == "text":
         return [{"text": p.text}] if p.text else []
-    if p.kind == "image":
+    if p.kind in MEDIA:  # Gemini takes any media type, inline or by URI
         if p.url:
-            return [{"fileData": {"mimeType": p.media_type or _guess_type(p.url), "fileUri": p.url}}]
+            default_type = "image/jpeg" if p.kind == "image" else "application/pdf"
+            return [{"fileData": {"mimeType": p.media_type or type_of(p.url, default_type), "fileUri": p.url}}]
         return [{"inlineData": {"mimeType": p.media_type or "image/png", "data": p.data}}]
     if p.kind == "tool_call":
         return [{"functionCall": {"name": p.name, "args": arguments_object(p.arguments)}}]
     if p.kind == "tool_result":
         text = "\n".join(c.text for c in p.content if c.kind == "text")
         response = {"name": p.name or names.get(p.id, ""), "response": {"error" if p.is_error else "output": text}}
-        media = []
-        for c in p.content:
-            if c.kind == "image":
-                media += _request_parts(c, names)
-        return [{"functionResponse": response}] + media
+        extra = [part for c in p.content if c.kind in MEDIA for part in _request_parts(c, names)]
+        return [{"functionResponse": response}] + extra
     if p.kind == "reasoning":  # only Gemini's own signatures; its thoughts' text is not sent back
         native = native_proof(p.signature, NAME)
         return [{"thoughtSignature": native["signature"]}] if native else []
@@ -641,25 +633,6 @@ def _call_part(call_id: str, name: str, arguments: str) -> dict:
     if call_id:
         call["id"] = call_id  # clients echo it in functionResponse.id, which keeps pairing exact
     return {"functionCall": call}
-
-
-def _finish_in(reason, has_calls: bool) -> str:
-    if reason in (None, "STOP"):
-        return "tool_calls" if has_calls else "stop"
-    if reason == "MAX_TOKENS":
-        return "length"
-    if reason in _FILTERED:
-        return "content_filter"
-    return "error" if reason in ("MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL") else "stop"
-
-
-def _guess_type(url: str) -> str:
-    ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
-    return _EXT_TYPES.get(ext, "image/jpeg")
-
-
-_EXT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
-              "webp": "image/webp", "pdf": "application/pdf"}
 
 
 def _response_id() -> str:

@@ -18,9 +18,10 @@ import json
 import secrets
 import time
 
-from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Request, Response,
-                                 Route, Tool, Usage, content_items, effort_for_budget, media_part, native_proof,
-                                 proof, reply_model, set_given, sse)
+from bitrouter.protocols import (SEAL_PREFIX, Event, Message, Part, Protocol, ProtocolError, Reasoning, Request,
+                                 Response, ResponseFormat, Route, Tool, ToolChoice, Usage, add_system, content_items,
+                                 data_url, extension_of, finish_reason, media, media_part, native_proof, proof,
+                                 reply_model, set_options, sse, type_of)
 from bitrouter.protocols import error_message  # the upstream error reader, shared: {"error": {...}}
 from bitrouter.protocols import chat
 
@@ -78,7 +79,7 @@ def decode_request(body: dict) -> Request:
     req.response_format = _decode_format((body.get("text") or {}).get("format"))
     effort = (body.get("reasoning") or {}).get("effort")
     if effort:
-        req.reasoning = {"effort": effort}
+        req.reasoning = Reasoning(effort=effort)
     req.user = body.get("safety_identifier") or body.get("user")
     req.cache_key = body.get("prompt_cache_key")
     return req
@@ -192,19 +193,13 @@ class StreamEncoder:
             return b""
         out = self._close_current() + self._close_calls()
         self.current = len(self.output)
-        if kind == "message":
-            item = _message_item(_new_id("msg"), "", "in_progress")
-            self.output.append(item)
-            return out + self._emit("response.output_item.added", output_index=self.current,
-                                    item={**item, "content": []}) + \
-                self._emit("response.content_part.added", item_id=item["id"], output_index=self.current,
-                           content_index=0, part=dict(item["content"][0]))
-        item = _reasoning_item(_new_id("rs"), "", "")
+        item = _message_item(_new_id("msg"), "", "in_progress") if kind == "message" else \
+            _reasoning_item(_new_id("rs"), "", "")
         self.output.append(item)
-        return out + self._emit("response.output_item.added", output_index=self.current,
-                                item={**item, "summary": []}) + \
-            self._emit("response.reasoning_summary_part.added", item_id=item["id"], output_index=self.current,
-                       summary_index=0, part=dict(item["summary"][0]))
+        parts, part_event, position, _ = _TEXT_ITEMS[kind]
+        return out + self._emit("response.output_item.added", output_index=self.current, item={**item, parts: []}) + \
+            self._emit(part_event + ".added", item_id=item["id"], output_index=self.current, **{position: 0},
+                       part=dict(item[parts][0]))
 
     def _add(self, unified_index: int, call_id: str, name: str) -> bytes:
         index = len(self.output)
@@ -218,19 +213,14 @@ class StreamEncoder:
             return b""
         index, self.current = self.current, None
         item = self.output[index]
-        if item["type"] == "message":
+        message = item["type"] == "message"
+        if message:
             item["status"] = "completed"
-            part = item["content"][0]
-            return (self._emit("response.output_text.done", item_id=item["id"], output_index=index,
-                               content_index=0, text=part["text"], logprobs=[])
-                    + self._emit("response.content_part.done", item_id=item["id"], output_index=index,
-                                 content_index=0, part=part)
-                    + self._emit("response.output_item.done", output_index=index, item=item))
-        part = item["summary"][0]
-        return (self._emit("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
-                           summary_index=0, text=part["text"])
-                + self._emit("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
-                             summary_index=0, part=part)
+        parts, part_event, position, text_event = _TEXT_ITEMS[item["type"]]
+        part = item[parts][0]
+        return (self._emit(text_event + ".done", item_id=item["id"], output_index=index, **{position: 0},
+                           text=part["text"], **({"logprobs": []} if message else {}))
+                + self._emit(part_event + ".done", item_id=item["id"], output_index=index, **{position: 0}, part=part)
                 + self._emit("response.output_item.done", output_index=index, item=item))
 
     def _close_calls(self) -> bytes:
@@ -344,22 +334,14 @@ def encode_request(req: Request, model_id: str) -> dict:
         body["tools"] = [{"type": "function", "name": t.name, "description": t.description,
                           "parameters": t.parameters or {"type": "object", "properties": {}}, "strict": False}
                          for t in req.tools]
-    if isinstance(req.tool_choice, dict) and req.tools:
-        body["tool_choice"] = {"type": "function", "name": req.tool_choice["name"]}
-    elif req.tool_choice and req.tools:  # OpenAI rejects a tool_choice without tools
-        body["tool_choice"] = req.tool_choice
-    if req.parallel_tool_calls is not None and req.tools:
-        body["parallel_tool_calls"] = req.parallel_tool_calls
-    set_given(body, "max_output_tokens", req.max_tokens)
-    set_given(body, "temperature", req.temperature)
-    set_given(body, "top_p", req.top_p)
+    chat.tool_options(body, req, lambda name: {"type": "function", "name": name})
+    set_options(body, req, _OPTIONS)
     if req.user:  # at most 64 characters; a longer id (Claude Code's JSON) is sent as its hash
         body["safety_identifier"] = req.user if len(req.user) <= 64 else hashlib.sha256(req.user.encode()).hexdigest()
-    set_given(body, "prompt_cache_key", req.cache_key)
     if req.response_format:
         body["text"] = {"format": _encode_format(req.response_format)}
     if req.reasoning:
-        body["reasoning"] = {"effort": req.reasoning.get("effort") or effort_for_budget(req.reasoning.get("budget_tokens"))}
+        body["reasoning"] = {"effort": req.reasoning.as_effort()}
         body["include"] = ["reasoning.encrypted_content"]  # with store false, the only way to replay it
     if req.stream:
         body["stream"] = True
@@ -397,9 +379,8 @@ def decode_response(body: dict) -> Response:
                               arguments=item.get("arguments") or "{}"))
         elif kind == "reasoning":
             parts.append(_reasoning_part(item, native=True))
-    calls = any(p.kind == "tool_call" for p in parts)
     return Response(id=body.get("id", ""), model=body.get("model", ""), parts=parts,
-                    finish_reason=_finish(body, calls), usage=usage_of(body))
+                    finish_reason=_incomplete(body) or "stop", usage=usage_of(body))
 
 
 class StreamDecoder:
@@ -437,7 +418,7 @@ class StreamDecoder:
             out.append(Event("tool_args", index=index, text=body.get("arguments") or ""))
         elif kind in ("response.completed", "response.incomplete"):
             resp = body.get("response") or {}
-            out.append(Event("finish", reason=_finish(resp, bool(self.calls))))
+            out.append(Event("finish", reason=finish_reason(_incomplete(resp), bool(self.calls))))
             out.append(Event("usage", usage=usage_of(resp)))
         elif kind == "response.failed":
             raise ProtocolError(_failure(body.get("response") or {}), 502)
@@ -470,8 +451,14 @@ def encode_usage(u: Usage) -> dict:
 
 _TERMINAL_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete",
                    "failed": "response.failed"}
+# The two items whose text streams: (list of parts, part event, its index field, text event).
+_TEXT_ITEMS = {"message": ("content", "response.content_part", "content_index", "response.output_text"),
+               "reasoning": ("summary", "response.reasoning_summary_part", "summary_index",
+                             "response.reasoning_summary_text")}
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 _HOSTED = "runs on OpenAI's servers"
+_OPTIONS = {"max_output_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
+            "prompt_cache_key": "cache_key"}  # wire name -> Request field; no top_k or stop in the API
 _GENERATION_ONLY = ("stream", "store", "include", "max_output_tokens", "temperature", "top_p", "safety_identifier",
                     "prompt_cache_key")
 _WITH_RESPONSE = frozenset(TERMINAL + ("response.created", "response.in_progress", "response.queued"))
@@ -484,9 +471,6 @@ _HOSTED_ITEMS = ("web_search_call", "file_search_call", "image_generation_call",
                  "computer_call", "computer_call_output", "mcp_call", "mcp_list_tools", "mcp_approval_request",
                  "mcp_approval_response", "tool_search_call", "tool_search_output", "local_shell_call",
                  "local_shell_call_output")
-_FILE_TYPES = {"pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "csv": "text/csv",
-               "json": "application/json", "html": "text/html"}
-_EXTENSIONS = {media: ext for ext, media in _FILE_TYPES.items()}
 
 
 def _decode_items(items: list, req: Request) -> None:
@@ -499,12 +483,8 @@ def _decode_items(items: list, req: Request) -> None:
         if kind == "message":
             role = item.get("role")
             parts = _content_parts(item.get("content"), i)
-            if role in ("system", "developer"):  # up front: the instructions; later: in place
-                text = [p for p in parts if p.kind == "text"]
-                if req.messages:
-                    req.messages.append(Message("system", text))
-                else:
-                    req.system += text
+            if role in ("system", "developer"):
+                add_system(req, parts)
             elif role == "user":
                 req.messages.append(Message("user", parts))
             elif role == "assistant":
@@ -556,20 +536,16 @@ def _content_part(part, where: str) -> Part:
         return Part("text", text=part.get("refusal") or "")
     if kind == "input_image" and part.get("image_url"):
         return media_part(part["image_url"])
-    if kind == "input_file" and (part.get("file_data") or part.get("file_url")):
-        if part.get("file_url"):
-            return Part("image", url=part["file_url"], media_type=_FILE_TYPES.get(_extension(part["file_url"]), ""))
+    if kind == "input_file" and part.get("file_url"):
+        return media(type_of(part["file_url"]), url=part["file_url"], file=True)
+    if kind == "input_file" and part.get("file_data"):
         data = part["file_data"]
-        return media_part(data if data.startswith("data:") else
-                          f"data:{_FILE_TYPES.get(_extension(part.get('filename') or ''), 'application/pdf')};base64,{data}",
-                          "application/pdf")
+        if data.startswith("data:"):
+            return media_part(data, "application/pdf", file=True)
+        return media(type_of(part.get("filename") or "", "application/pdf"), data=data, file=True)
     if kind in ("input_image", "input_file"):
         raise ProtocolError(f"{where}: {kind} by file_id needs files stored at OpenAI; send the data or a URL")
     raise ProtocolError(f"{where}: content type {kind!r} cannot be translated for a non-Responses upstream")
-
-
-def _extension(name: str) -> str:
-    return name.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
 def _output_parts(output, i: int) -> list:
@@ -645,15 +621,18 @@ def _decode_tools(body: dict, req: Request) -> None:
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
             raise ProtocolError(f"tool_choice {choice!r} is not one of auto, none, required")
-        req.tool_choice = choice
+        req.tool_choice = ToolChoice(choice)
     elif isinstance(choice, dict):
         kind = choice.get("type")
         if kind == "function":
-            req.tool_choice = {"name": choice.get("name", "")}
+            req.tool_choice = ToolChoice("required", choice.get("name", ""))
         elif kind == "allowed_tools":  # a subset of the tools, as auto or required
             allowed = {t.get("name") for t in choice.get("tools") or [] if t.get("type") == "function"}
             req.tools = [t for t in req.tools if t.name in allowed]
-            req.tool_choice = choice.get("mode") or "auto"
+            mode = choice.get("mode") or "auto"
+            if mode not in ("auto", "required"):
+                raise ProtocolError(f"tool_choice.mode {mode!r} is not one of auto, required")
+            req.tool_choice = ToolChoice(mode)
         else:
             raise ProtocolError(f"tool_choice type {kind!r} {_HOSTED}; it cannot be translated")
 
@@ -662,19 +641,15 @@ def _decode_format(fmt):
     if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
         return None
     if fmt["type"] == "json_schema":
-        return {"type": "json_schema", "name": fmt.get("name") or "response", "schema": fmt.get("schema") or {},
-                "strict": fmt.get("strict")}
+        return chat.json_schema_format(fmt)
     if fmt["type"] == "json_object":
-        return {"type": "json_object"}
+        return ResponseFormat("json_object")
     raise ProtocolError(f"text.format type {fmt['type']!r} is not one of text, json_schema, json_object")
 
 
-def _encode_format(fmt: dict) -> dict:
-    if fmt["type"] == "json_schema":
-        out = {"type": "json_schema", "name": fmt.get("name") or "response", "schema": fmt.get("schema") or {}}
-        if fmt.get("strict") is not None:
-            out["strict"] = fmt["strict"]
-        return out
+def _encode_format(fmt: ResponseFormat) -> dict:
+    if fmt.kind == "json_schema":
+        return {"type": "json_schema", **chat.json_schema_spec(fmt)}
     return {"type": "json_object"}
 
 
@@ -703,14 +678,12 @@ def _encode_message(msg: Message) -> list:
 
 
 def _encode_part(p: Part, role: str) -> dict:
-    if p.kind == "image" and p.media_type and not p.media_type.startswith("image/"):  # a PDF or other file
+    if p.kind == "file":
         if p.url:
             return {"type": "input_file", "file_url": p.url}
-        return {"type": "input_file", "filename": "file." + _EXTENSIONS.get(p.media_type, "bin"),
-                "file_data": f"data:{p.media_type};base64,{p.data}"}
+        return {"type": "input_file", "filename": "file." + extension_of(p.media_type), "file_data": data_url(p)}
     if p.kind == "image":
-        return {"type": "input_image", "image_url": p.url or f"data:{p.media_type or 'image/png'};base64,{p.data}",
-                "detail": "auto"}
+        return {"type": "input_image", "image_url": data_url(p), "detail": "auto"}
     return {"type": "output_text" if role == "assistant" else "input_text", "text": p.text}
 
 
@@ -761,12 +734,11 @@ def _response_object(rid: str, model: str, created: int, output: list, finish, u
             "usage": encode_usage(usage) if usage is not None else None}
 
 
-def _finish(resp: dict, calls: bool) -> str:
-    """A response's status (and incomplete reason) as a unified finish reason."""
-    if resp.get("status") == "incomplete":
-        reason = (resp.get("incomplete_details") or {}).get("reason")
-        return "content_filter" if reason == "content_filter" else "length"
-    return "tool_calls" if calls else "stop"
+def _incomplete(resp: dict) -> str | None:
+    """An incomplete response's reason as a unified finish reason (None when it completed)."""
+    if resp.get("status") != "incomplete":
+        return None
+    return "content_filter" if (resp.get("incomplete_details") or {}).get("reason") == "content_filter" else "length"
 
 
 def _failure(body: dict) -> str:
