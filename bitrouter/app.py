@@ -22,6 +22,7 @@ def build_app(srv) -> bottle.Bottle:
     """The bottle application with every route bound to one Server."""
     app = bottle.Bottle()
     app.config["catchall"] = False  # exceptions reach `endpoint`, which answers in the protocol's shape
+    app.uninstall(bottle.JSONPlugin)  # every endpoint returns a whole response: one wrapper less a request
     app.add_hook("before_request", _forgive_base_url)
     for wire in protocols.every():
         for route in wire.routes:

@@ -9,6 +9,7 @@ access gate, and gevent's connection handling (timeouts, draining, connection ca
 
 import collections
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -18,8 +19,10 @@ import socket
 import sys
 import time
 
+import gevent
+import gevent.event
 from gevent import pywsgi
-from gevent.pywsgi import WSGIHandler
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from bitrouter import Error, access, app, boundary, cluster, config, daemon, guardrails, hints, proxy, store, workers
 from bitrouter.metrics import Metrics, dashboard
@@ -140,9 +143,6 @@ def serve(home, cfg=None, worker_count=None) -> None:
     With more than one worker (`worker_count`, else `server.workers`) this process
     supervises that many server processes instead (bitrouter/workers.py).
     """
-    import gevent
-    import gevent.event
-
     cfg = cfg or config.load(home)
     count = cfg.server["workers"] if worker_count is None else worker_count
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -167,9 +167,6 @@ def start(home, cfg=None, mode="foreground") -> "Running":
     The process first claims the home's pid file (one server per run dir), logs to
     <logs>/bitrouter.log, reloads on SIGHUP, and publishes its URL once listening.
     """
-    import gevent
-    from gevent.pywsgi import WSGIServer
-
     srv = Server(home, cfg)
     worker = workers.role()  # (index, port) under a `--workers` supervisor, which owns the pid file
     if worker:
@@ -282,6 +279,7 @@ class _Handler(WSGIHandler):
             pass
         super().__init__(sock, *args, **kwargs)
         sock.settimeout(self._limit("idle_timeout"))
+        self._idle_while = functools.partial(self.server.in_flight.idle_while, self)  # for the body read
 
     def handle(self):
         self.server.in_flight.opened(self)
@@ -306,23 +304,21 @@ class _Handler(WSGIHandler):
     def read_requestline(self):
         if self.server.closed:
             return ""
-        with self.server.in_flight.idle_while(self):
+        with self._idle_while():
             try:
                 return super().read_requestline()
             except socket.timeout:  # idle_timeout passed without a request
                 return ""
 
     def read_request(self, raw_requestline):
-        import gevent
-
         limit = self._limit("header_timeout")
         expired = _ClientTimeout(f"request headers did not arrive within {limit:g} s (server.header_timeout)")
-        with self.server.in_flight.idle_while(self), gevent.Timeout(limit, expired):
+        with self._idle_while(), gevent.Timeout(limit, expired):
             return super().read_request(raw_requestline)
 
     def get_environ(self):
         environ = super().get_environ()
-        environ["bitrouter.idle_while"] = lambda: self.server.in_flight.idle_while(self)
+        environ["bitrouter.idle_while"] = self._idle_while
         return environ
 
     def handle_one_request(self):
@@ -401,7 +397,6 @@ class _InFlight:
     """
 
     def __init__(self, capacity: int = 0):
-        import gevent.event
         self.count = 0
         self.connections = 0
         self.capacity = capacity  # 0: no cap
@@ -431,14 +426,24 @@ class _InFlight:
     def closed(self, handler) -> None:
         self.connections -= 1
 
-    @contextlib.contextmanager
-    def idle_while(self, handler):
-        """Count handler as idle (and first to go at capacity) for the block."""
-        self.waiting[handler] = None
-        try:
-            yield
-        finally:
-            self.waiting.pop(handler, None)
+    def idle_while(self, handler) -> "_Idle":
+        """Count handler as idle (and first to go at capacity) for a `with` block."""
+        return _Idle(self.waiting, handler)
+
+
+class _Idle:
+    """The `with` block of _InFlight.idle_while (a class: it runs two or three times a request)."""
+
+    __slots__ = ("waiting", "handler")
+
+    def __init__(self, waiting: dict, handler):
+        self.waiting, self.handler = waiting, handler
+
+    def __enter__(self) -> None:
+        self.waiting[self.handler] = None
+
+    def __exit__(self, *exc) -> None:
+        self.waiting.pop(self.handler, None)
 
 
 def main() -> None:
