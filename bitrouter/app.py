@@ -16,6 +16,9 @@ from bitrouter.proxy import HttpError, Incoming
 # Base URL slips served as meant: `http://host:8787` without the /v1 an SDK expects to be
 # in its base URL, and a base URL ending in /v1 that the client adds another /v1 to.
 BASE_URL_SLIPS = ("/chat/completions", "/responses", "/messages", "/models")
+# The error shape of the admin API, of paths no protocol claims and of requests too broken
+# to have a path: OpenAI's, the one most clients read.
+FALLBACK = "openai"
 
 
 def build_app(srv) -> bottle.Bottle:
@@ -27,9 +30,8 @@ def build_app(srv) -> bottle.Bottle:
     for wire in protocols.every():
         for route in wire.routes:
             app.route(route.path, route.method, endpoint(srv, wire, proxy.HANDLERS[route.kind], route.stream))
-    chat = protocols.get("openai")  # the admin API answers in OpenAI's error shape
     for method, path, handler in admin.ROUTES:
-        app.route(path, method, endpoint(srv, chat, handler))
+        app.route(path, method, endpoint(srv, protocols.get(FALLBACK), handler))
 
     def default_error(err):  # unknown paths and wrong methods, in the shape the path's clients parse
         path = bottle.request.path
@@ -60,9 +62,9 @@ def endpoint(srv, protocol, handler, stream: bool | None = None):
 
 
 def protocol_of(path: str):
-    """The protocol whose clients use a path (the longest route prefix matching it), else Chat's:
+    """The protocol whose clients use a path (the longest route prefix matching it), else FALLBACK's:
     errors raised before any route answers are shaped for the client that called."""
-    best, length = protocols.get("openai"), 0
+    best, length = protocols.get(FALLBACK), 0
     for wire in protocols.every():
         for prefix in (*wire.client_prefixes, *(route.path.split("<", 1)[0] for route in wire.routes)):
             if len(prefix) > length and path.startswith(prefix):

@@ -20,7 +20,7 @@ def providers_command(home, as_json: bool = False) -> None:
     table += [(r["name"], r["protocol"], r["key_variable"] or "-", str(r["models"]),
                "set" if r["configured"] else "-") for r in rows]
     print(_table(table))
-    configured = sum(1 for r in rows if r["configured"] and r["key_variable"])
+    configured = sum(1 for r in rows if r["configured"] and registry.needs_key(r["api_base"]))
     print(f"\n{len(rows)} providers, {configured} with a key. "
           f"`{hints.command('models', 'PROVIDER')}` lists one provider's models.")
 

@@ -158,7 +158,7 @@ def model(srv, incoming: Incoming) -> Reply:
     """One model's entry in the protocol's shape; 404 for a model not served here."""
     authenticate(srv, incoming, "api")
     name = incoming.args["model"].removeprefix("models/")
-    if name not in {name for name, _owner in served_models(srv.runtime)}:
+    if name not in {served for served, _owner in served_models(srv.runtime)}:
         raise HttpError(404, f"model {name!r} is not served here")
     return Reply(200, json.dumps(incoming.protocol.model_entry(name)))
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 DATA_FILE = Path(__file__).with_name("providers.json")
 
-LOCAL_BASE = "mock://local"  # served in process (protocols/mock.py): no network, no key
+LOCAL_SCHEME = "mock"  # URLs served in process (protocols/mock.py): no network, no key
+LOCAL_BASE = LOCAL_SCHEME + "://local"
 
 # The mock provider is code, not a network service: a Chat Completions API in this process.
 MOCK = {
@@ -26,7 +27,7 @@ FEATURED = ("openai", "anthropic", "google", "openrouter")
 
 def needs_key(api_base: str) -> bool:
     """Whether a provider at this base URL needs a key: every one but the in-process mock."""
-    return not api_base.startswith("mock://")
+    return not api_base.startswith(LOCAL_SCHEME + "://")
 
 
 def providers() -> dict:

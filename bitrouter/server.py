@@ -24,7 +24,8 @@ import gevent.event
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from bitrouter import Error, access, app, boundary, cluster, config, daemon, guardrails, hints, proxy, store, workers
+from bitrouter import (Error, access, app, boundary, cluster, config, daemon, guardrails, hints, protocols, proxy,
+                       store, workers)
 from bitrouter.metrics import Metrics, dashboard
 from bitrouter.protocols import mock
 from bitrouter.router import Health, Router
@@ -382,7 +383,7 @@ _GEVENT_REPLIES = {
 
 def _raw_error(status: int, message: str) -> bytes:
     """A whole HTTP error response in OpenAI's error shape, for errors before any request exists."""
-    body = json.dumps(app.protocol_of("").error_body(status, message)).encode()
+    body = json.dumps(protocols.get(app.FALLBACK).error_body(status, message)).encode()
     reason = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long"}.get(status, "Error")
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {proxy.JSON}\r\nConnection: close\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body

@@ -20,8 +20,8 @@ from bitrouter import Error, boundary, config, did_you_mean, hints, protocols, r
 from bitrouter.home import CONFIG_TEMPLATE, ENV_TEMPLATE, write_private
 
 # The custom-provider kinds: the built-in parent written as `derives`, each the namesake of
-# the protocol it speaks (whose title is the label shown).
-COMPATIBLE = tuple((protocols.get(name).title, name) for name in ("openai", "anthropic", "google"))
+# the protocol it speaks (whose title is the label shown, see _compatible).
+COMPATIBLE = ("openai", "anthropic", "google")
 
 VERIFY_TIMEOUT = (3.05, 8.0)  # connect, read: a model list is cheap, a hang is not worth waiting for
 
@@ -203,7 +203,7 @@ def _custom_provider(ask, plan: Plan, session: _Session, tree: dict) -> None:
     taken = _taken(tree, plan)
     name = ask.text("Name for the custom provider (e.g. together)",
                     validate=lambda v: _name_problem(v, taken)).strip()
-    parent = ask.choose(f"API that {name} speaks", list(COMPATIBLE))
+    parent = ask.choose(f"API that {name} speaks", _compatible())
     api_base = ask.text(f"Base URL of {name} (e.g. https://api.example.com/v1)",
                         validate=_url_problem).strip().rstrip("/")
     prefix = _env_prefix(name)
@@ -409,9 +409,8 @@ def _scripted_custom(plan: Plan, spec, i: int, tree: dict, file_values: dict, ho
     taken = _taken(tree, plan)
     if _section(_section(tree, "providers"), name).get("derives") and name not in plan.providers:
         del taken[name]  # re-running a script updates the custom provider it wrote before
-    parents = [p for _, p in COMPATIBLE]
     problem = (_name_problem(name, taken) or _url_problem(str(spec.get("api_base") or ""))
-               or (None if spec.get("derives") in parents else f"derives must be one of {', '.join(parents)}"))
+               or (None if spec.get("derives") in COMPATIBLE else f"derives must be one of {', '.join(COMPATIBLE)}"))
     if problem:
         raise Error(f"{where}: {problem}")
     prefix = _env_prefix(name)
@@ -862,6 +861,11 @@ def _label(name: str, detected=(), configured=()) -> str:
     if name in detected:
         return text + " - key in environment"
     return text + " - configured" if name in configured else text
+
+
+def _compatible() -> list:
+    """(label, parent) choices for a custom provider (loads those protocols: only when asked)."""
+    return [(protocols.get(name).title, name) for name in COMPATIBLE]
 
 
 def _needs_key(name: str) -> bool:

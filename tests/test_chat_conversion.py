@@ -2,7 +2,7 @@
 
 import pytest
 
-from bitrouter.protocols import Message, Part, ProtocolError, Reasoning, Request, Response, ResponseFormat, ToolChoice, chat
+from bitrouter.protocols import Message, Part, ProtocolError, Reasoning, Request, Response, ToolChoice, chat
 
 PDF = "JVBERi0xLjQK"
 

@@ -13,9 +13,10 @@ import secrets
 
 import urllib3
 
+from bitrouter import registry
 from bitrouter.protocols import Event, Part, Request, Response, Usage, chat
 
-SCHEME = "mock"  # the URL scheme Transport serves
+SCHEME = registry.LOCAL_SCHEME  # the URL scheme Transport serves
 
 
 class Transport:
