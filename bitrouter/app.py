@@ -19,6 +19,7 @@ BASE_URL_SLIPS = ("/chat/completions", "/responses", "/messages", "/models")
 # The error shape of the admin API, of paths no protocol claims and of requests too broken
 # to have a path: OpenAI's, the one most clients read.
 FALLBACK = "openai"
+_UNPREFIXED = ("CONTENT_TYPE", "CONTENT_LENGTH")  # the headers WSGI names without HTTP_
 
 
 def build_app(srv) -> bottle.Bottle:
@@ -52,13 +53,32 @@ def endpoint(srv, protocol, handler, stream: bool | None = None):
         try:
             boundary.check_headers(bottle.request.environ)
             body = read_body(srv.runtime.cfg) if bottle.request.method == "POST" else b""
-            reply = handler(srv, Incoming(protocol, body, bottle.request.headers, bottle.request.query,
-                                          args, stream))
+            environ = bottle.request.environ
+            query = bottle.request.query if environ.get("QUERY_STRING") else {}
+            reply = handler(srv, Incoming(protocol, body, Headers(environ), query, args, stream))
         except Exception as exc:
             status, message, headers = proxy.classify(exc)
             reply = proxy.error_reply(protocol, status, message, headers, secrets=srv.runtime.secrets)
         return _respond(reply)
     return serve
+
+
+class Headers:
+    """A request's headers by name, any case, read straight from the WSGI environ.
+
+    check_headers has refused every value that is not ASCII, so none needs re-decoding
+    (bottle's own headers object re-decodes each value it is asked for).
+    """
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: dict):
+        self.environ = environ
+
+    def get(self, name: str, default=None):
+        """The header's value, or default."""
+        key = name.upper().replace("-", "_")
+        return self.environ.get(key if key in _UNPREFIXED else "HTTP_" + key, default)
 
 
 def protocol_of(path: str):
@@ -115,7 +135,11 @@ def _read_body(environ, size: int, timeout: float) -> bytes:
         raise HttpError(400, f"request body could not be read: {str(exc)[:200]}") from None
 
 
-def _respond(reply: proxy.Reply) -> bottle.HTTPResponse:
-    resp = bottle.HTTPResponse(reply.body, reply.status, reply.headers)
-    resp.content_type = reply.content_type
-    return resp
+def _respond(reply: proxy.Reply):
+    """The reply's status and headers set on bottle's response; its body is what the route returns."""
+    response = bottle.response
+    response.status = reply.status
+    for name, value in reply.headers.items():
+        response.set_header(name, value)
+    response.content_type = reply.content_type
+    return reply.body

@@ -25,6 +25,7 @@ MAX_NAME = 256  # characters in a model or route name
 NAME = re.compile(r"[A-Za-z0-9._:/@+~\[\]-]+")
 # Header values: visible ASCII, spaces and tabs (RFC 9110 field-vchar without obs-text).
 HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+SCALARS = (str, int, float, bool, type(None))  # field types with nothing nested in them
 
 
 class Invalid(StatusError, ValueError):
@@ -36,7 +37,9 @@ class Invalid(StatusError, ValueError):
 def load_json(data: bytes, what: str = "request body"):
     """Parse JSON within the depth limit; NaN, Infinity and numbers beyond a double are refused."""
     try:
-        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+        if not isinstance(data, str):
+            data = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads does
+        value = _DECODER.decode(data)
     except RecursionError:
         raise Invalid(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
     except UnicodeDecodeError:
@@ -70,13 +73,15 @@ def check_fields(value, where: str = "request"):
     stack = [(value, where)]
     while stack:
         node, path = stack.pop()
-        for name, kind in _field_types(type(node)):
+        for name, kind, scalar in _field_types(type(node)):
             item = getattr(node, name)
             if isinstance(kind, frozenset):  # a Literal: one of a closed set of strings
                 if not (isinstance(item, str) and item in kind):
                     raise Invalid(f"{path}.{name} is not one of {', '.join(sorted(kind))}")
             elif kind is not object and not isinstance(item, kind):
                 raise Invalid(f"{path}.{name} has the wrong type ({type(item).__name__})")
+            if scalar:
+                continue
             if dataclasses.is_dataclass(item):  # reasoning, response_format, tool_choice, usage
                 stack.append((item, f"{path}.{name}"))
             elif isinstance(item, list):
@@ -90,8 +95,8 @@ def check_fields(value, where: str = "request"):
 
 @functools.cache
 def _field_types(cls) -> tuple:
-    """(field name, the type isinstance checks its value against, or a Literal's values) for a
-    unified-model dataclass.
+    """(field name, the type isinstance checks its value against, or a Literal's values, whether
+    that type is scalar: nothing nested to check) for a unified-model dataclass.
 
     Resolving the annotations costs far more than checking the values: it is done once per class.
     """
@@ -103,7 +108,8 @@ def _field_types(cls) -> tuple:
             kind = frozenset(typing.get_args(kind))
         if kind is float or kind == float | None:  # a JSON 1 is a fine temperature
             kind = kind | int
-        found.append((field.name, kind))
+        scalar = isinstance(kind, frozenset) or all(t in SCALARS for t in typing.get_args(kind) or (kind,))
+        found.append((field.name, kind, scalar))
     return tuple(found)
 
 
@@ -112,6 +118,9 @@ def check_headers(environ: dict) -> None:
 
     Such a value is never forwarded upstream, and never reaches code that decodes headers.
     """
+    values = "".join([value for value in environ.values() if value.__class__ is str])
+    if values.isascii() and values.isprintable():
+        return  # the usual request, decided in one pass (isprintable leaves out \t: the loop decides)
     for key, value in environ.items():
         if value.__class__ is str and value.isascii() and value.isprintable():
             continue  # the usual value, decided without a regex (isprintable leaves out \t: the regex decides)
@@ -182,6 +191,9 @@ def _openings(data) -> int:
     if isinstance(data, str):
         return data.count("{") + data.count("[")
     return data.count(b"{") + data.count(b"[")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)  # built once, not per body
 
 
 def _depth(value) -> int:

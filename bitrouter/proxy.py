@@ -37,6 +37,7 @@ log = logging.getLogger("bitrouter")
 JSON = "application/json"
 COUNT_CACHE_SIZE = 512  # provider token counts kept, by endpoint and request body
 KEEPALIVE_QUEUE = 16  # encoded chunks held per stream while its client is not reading
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)  # built once: json.dumps builds one per call with options
 
 
 class HttpError(StatusError):
@@ -50,7 +51,7 @@ class HttpError(StatusError):
 class Incoming:
     """One client request as the HTTP layer hands it over.
 
-    headers is a case-insensitive mapping (bottle's), or a dict with lower-case names;
+    headers has get(name) by lower-case name (app.Headers, or a dict with lower-case names);
     args are the route's path arguments (Gemini's model); stream is the route's say
     (Gemini streams by method), None when the body says.
     """
@@ -424,7 +425,7 @@ def _all_parts(message):
 def _wire_json(payload) -> bytes:
     """A body for the upstream: strict JSON (a NaN that got this far is refused, not sent)."""
     try:
-        return json.dumps(payload, allow_nan=False).encode()
+        return _STRICT_JSON.encode(payload).encode()
     except ValueError as exc:
         raise HttpError(400, f"request has a number JSON cannot carry: {exc}") from None
 

@@ -312,9 +312,7 @@ class _Handler(WSGIHandler):
                 return ""
 
     def read_request(self, raw_requestline):
-        limit = self._limit("header_timeout")
-        expired = _ClientTimeout(f"request headers did not arrive within {limit:g} s (server.header_timeout)")
-        with self._idle_while(), gevent.Timeout(limit, expired):
+        with self._idle_while(), gevent.Timeout(self._limit("header_timeout"), _HeadersLate):
             return super().read_request(raw_requestline)
 
     def get_environ(self):
@@ -330,8 +328,9 @@ class _Handler(WSGIHandler):
 
     def _handle_client_error(self, ex):
         super()._handle_client_error(ex)  # logs it
-        if isinstance(ex, _ClientTimeout):
-            return "408", _raw_error(408, str(ex))
+        if isinstance(ex, _HeadersLate):
+            limit = self._limit("header_timeout")
+            return "408", _raw_error(408, f"request headers did not arrive within {limit:g} s (server.header_timeout)")
         return "400", _raw_error(400, "malformed HTTP request")
 
     def _send_error_response_if_possible(self, error_code):
@@ -370,8 +369,10 @@ class _Handler(WSGIHandler):
         return self.server.srv.runtime.cfg.server[name] or None  # 0 turns a timeout off
 
 
-class _ClientTimeout(ValueError):
-    """A client too slow to send its request (gevent answers ValueErrors from reading one with a 400)."""
+class _HeadersLate(ValueError):
+    """A client too slow to send its request headers (gevent answers ValueErrors from reading
+    them with a 400; this one becomes a 408). A class, raised by the deadline only when it
+    passes: nothing is built for the requests that are on time."""
 
 
 # gevent's empty-bodied error replies, by the bytes it would send, and what they mean.

@@ -18,6 +18,8 @@ from urllib3.exceptions import (HTTPError, NameResolutionError, NewConnectionErr
 # Statuses that say "this endpoint cannot serve right now" (as does every 5xx): try the
 # next endpoint. 401/403 mean BitRouter's own key for that provider is bad.
 RETRYABLE_STATUSES = frozenset({401, 403, 408, 429})
+MAX_TARGETS = 1024  # parsed upstream URLs kept
+NO_RETRIES = urllib3.Retry(total=False, redirect=False)  # what retries=False means, built once, not per call
 
 
 class UpstreamError(StatusError):
@@ -54,6 +56,7 @@ class Pools:
         self.set_timeouts(connect_timeout, read_timeout)
         self.maxsize = maxsize
         self._pools = {}
+        self._targets = {}  # URL -> (its parts, path and query): providers' URLs are few and fixed
         self._transports = {}  # URL scheme -> an in-process transport (see mount)
 
     def set_timeouts(self, connect_timeout: float, read_timeout: float) -> None:
@@ -67,13 +70,18 @@ class Pools:
 
     def send(self, url: str, headers: dict, body: bytes) -> "Reply":
         """POST body and return once the status line and headers arrive (the body is read later)."""
-        parts = urlsplit(url)
+        target = self._targets.get(url)
+        if target is None:
+            parts = urlsplit(url)
+            target = self._targets[url] = parts, parts.path + ("?" + parts.query if parts.query else "")
+            if len(self._targets) > MAX_TARGETS:  # URLs with per-request parts (Gemini's ?key=): start afresh
+                self._targets.clear()
+        parts, path = target
         if parts.scheme in self._transports:
             return Reply(self._transports[parts.scheme].send(url, headers, body))
         pool = self._pool(parts.scheme, parts.hostname, parts.port)
-        path = parts.path + ("?" + parts.query if parts.query else "")
         try:
-            raw = pool.urlopen("POST", path, body=body, headers=headers, retries=False, redirect=False,
+            raw = pool.urlopen("POST", path, body=body, headers=headers, retries=NO_RETRIES, redirect=False,
                                timeout=self.timeout, preload_content=False, decode_content=True)
         except NameResolutionError:  # urllib3 files these under timeouts; they are not
             raise UpstreamError(f"cannot resolve host {parts.hostname} (check the provider's api_base "
@@ -115,6 +123,16 @@ class Reply:
 
     def read(self, limit: int = 0) -> bytes:
         """The whole body, up to limit bytes (0: no limit); a longer one is a 502 UpstreamError."""
+        length = self.headers.get("content-length", "")
+        # The usual reply, read in one call: its length is known, within the limit, and not
+        # compressed (a compressed body's length says nothing of what it decodes to).
+        if length.isdigit() and not (limit and int(length) > limit) and "content-encoding" not in self.headers:
+            try:
+                return self._raw.read()
+            except (ProtocolError, ReadTimeoutError, HTTPError, OSError) as exc:
+                raise _read_failed(exc) from None
+            finally:
+                self._raw.release_conn()
         parts, size = [], 0
         for chunk in self.chunks():
             size += len(chunk)
@@ -135,8 +153,7 @@ class Reply:
                     return
                 yield chunk
         except (ProtocolError, ReadTimeoutError, HTTPError, OSError) as exc:
-            raise UpstreamError(f"upstream read failed: {_reason(exc)}",
-                                kind="timeout" if isinstance(exc, ReadTimeoutError) else "connect") from None
+            raise _read_failed(exc) from None
         finally:
             raw.release_conn()
 
@@ -167,6 +184,12 @@ def parse_retry_after(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _read_failed(exc) -> UpstreamError:
+    """A body read that failed part-way, as an UpstreamError."""
+    return UpstreamError(f"upstream read failed: {_reason(exc)}",
+                         kind="timeout" if isinstance(exc, ReadTimeoutError) else "connect")
 
 
 def _reason(exc) -> str:
