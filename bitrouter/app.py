@@ -20,6 +20,7 @@ BASE_URL_SLIPS = ("/chat/completions", "/responses", "/messages", "/models")
 # to have a path: OpenAI's, the one most clients read.
 FALLBACK = "openai"
 _UNPREFIXED = ("CONTENT_TYPE", "CONTENT_LENGTH")  # the headers WSGI names without HTTP_
+_ENVIRON_KEYS = {}  # header name -> its WSGI environ key
 
 
 def build_app(srv) -> bottle.Bottle:
@@ -77,8 +78,13 @@ class Headers:
 
     def get(self, name: str, default=None):
         """The header's value, or default."""
-        key = name.upper().replace("-", "_")
-        return self.environ.get(key if key in _UNPREFIXED else "HTTP_" + key, default)
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = name.upper().replace("-", "_")
+            key = key if key in _UNPREFIXED else "HTTP_" + key
+            if len(_ENVIRON_KEYS) < 256:  # the names the code asks for: a few, always the same
+                _ENVIRON_KEYS[name] = key
+        return self.environ.get(key, default)
 
 
 def protocol_of(path: str):

@@ -550,6 +550,8 @@ class _RotatingLog(RotatingFileHandler):
 # Credentials that are not in the configuration: bearer headers, JWTs, common key shapes.
 _SECRET = re.compile(r"(?i)\bbearer\s+[\w.~+/=-]+|\bsk-[\w-]{8,}|\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"
                      r"|\bAIza[\w-]{20,}")
+_PLAIN_FIELD = re.compile(r"[\w.:/@+-]+")  # a log field value that needs no quoting
+_SECRET_LEADS = ("bearer", "sk-", "eyj", "aiza")  # how each _SECRET alternative starts, folded
 
 
 def _size(text: str) -> int:
@@ -559,7 +561,12 @@ def _size(text: str) -> int:
 
 def _scrub(message: str, keys) -> str:
     """A log line with the configured keys masked and other credential shapes redacted."""
-    return _SECRET.sub(guardrails.REDACTED, boundary.redact(message, keys))
+    message = boundary.redact(message, keys)
+    if message.isascii():  # every _SECRET match starts with one of its leads: most lines need no regex
+        folded = message.lower()
+        if not any(map(folded.__contains__, _SECRET_LEADS)):
+            return message
+    return _SECRET.sub(guardrails.REDACTED, message)
 
 
 class _Redact(logging.Filter):
@@ -830,7 +837,7 @@ def _who(current: Daemon) -> str:
 
 def _field(value: str) -> str:
     """A client-supplied value for a log line: quoted when it could break the line's format."""
-    return value if re.fullmatch(r"[\w.:/@+-]+", value) else json.dumps(value)
+    return value if _PLAIN_FIELD.fullmatch(value) else json.dumps(value)
 
 
 def _inode(path) -> int | None:

@@ -439,30 +439,33 @@ def _reason(exc: Exception, url: str = "") -> str:
 
 def _bound(row: dict) -> tuple:
     """A spend row as the insert binds it, storable by every database: encodable strings of
-    bounded length, ints in range, the time as naive UTC (now when omitted), defaults for the rest."""
-    values = []
-    for name, default, clean in _BINDING:
-        value = row.get(name)
-        values.append(default if value is None else clean(value))
-    if values[_COLUMN["time"]] is None:
-        values[_COLUMN["time"]] = _utc_naive(time.time())
+    bounded length, ints in range, the time as naive UTC (now when omitted), defaults for the rest.
+
+    It runs once a request: the usual value is accepted by a type and range check, and
+    only another one is converted.
+    """
+    values = [row.get(name) for name in SPEND_FIELDS]
+    for i, default, size in _TEXT_COLUMNS:
+        value = values[i]
+        if value is None:
+            values[i] = default
+        elif value.__class__ is not str or not value.isascii() or "\x00" in value or len(value) > size:
+            values[i] = _text(value, size)
+    for i, default, limit in _INT_COLUMNS:
+        value = values[i]
+        if value is None:
+            values[i] = default
+        elif value.__class__ is not int or not -limit <= value <= limit:
+            values[i] = max(-limit, min(limit, int(value)))
+    when = values[_COLUMN["time"]]
+    values[_COLUMN["time"]] = _utc_naive(time.time() if when is None else when)
     return tuple(values)
 
 
-def _cleaner(field):
-    """The function that makes one column's values storable (resolved once per column)."""
-    if isinstance(field, peewee.CharField):
-        def text(value, size=field.max_length):
-            if type(value) is not str or not value.isascii():
-                value = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
-            return value.replace("\x00", "\\x00")[:size]
-        return text
-    if isinstance(field, peewee.IntegerField):  # BigIntegerField is one too
-        limit = 2 ** 63 - 1 if isinstance(field, peewee.BigIntegerField) else 2 ** 31 - 1
-        return lambda value: max(-limit, min(limit, int(value)))
-    return lambda value: value
-
-
+def _text(value, size: int) -> str:
+    """Any value as a string the database can store: UTF-8 encodable, no NUL, at most size characters."""
+    value = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return value.replace("\x00", "\\x00")[:size]
 
 
 def _private_sqlite(url: str) -> None:
@@ -490,6 +493,9 @@ def _utc_naive(value) -> datetime:
     return datetime.fromtimestamp(float(value), timezone.utc).replace(tzinfo=None)
 
 
-# (column, default, cleaner) per column, in SPEND_FIELDS order (what `_bound` makes of a row).
-_BINDING = tuple((name, SpendLog._meta.fields[name].default,
-                  _utc_naive if name == "time" else _cleaner(SpendLog._meta.fields[name])) for name in SPEND_FIELDS)
+# (column index, default, size or limit) of the text and integer columns, for `_bound`.
+_TEXT_COLUMNS = tuple((i, SpendLog._meta.fields[name].default, SpendLog._meta.fields[name].max_length)
+                      for i, name in enumerate(SPEND_FIELDS) if isinstance(SpendLog._meta.fields[name], peewee.CharField))
+_INT_COLUMNS = tuple((i, SpendLog._meta.fields[name].default,
+                      2 ** 63 - 1 if isinstance(SpendLog._meta.fields[name], peewee.BigIntegerField) else 2 ** 31 - 1)
+                     for i, name in enumerate(SPEND_FIELDS) if isinstance(SpendLog._meta.fields[name], peewee.IntegerField))

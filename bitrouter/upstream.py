@@ -73,26 +73,27 @@ class Pools:
         target = self._targets.get(url)
         if target is None:
             parts = urlsplit(url)
-            target = self._targets[url] = parts, parts.path + ("?" + parts.query if parts.query else "")
-            if len(self._targets) > MAX_TARGETS:  # URLs with per-request parts (Gemini's ?key=): start afresh
+            target = parts.scheme, parts.hostname, parts.port, parts.path + ("?" + parts.query if parts.query else "")
+            if len(self._targets) >= MAX_TARGETS:  # URLs with per-request parts (Gemini's ?key=): start afresh
                 self._targets.clear()
-        parts, path = target
-        if parts.scheme in self._transports:
-            return Reply(self._transports[parts.scheme].send(url, headers, body))
-        pool = self._pool(parts.scheme, parts.hostname, parts.port)
+            self._targets[url] = target
+        scheme, host, port, path = target
+        if scheme in self._transports:
+            return Reply(self._transports[scheme].send(url, headers, body))
+        pool = self._pool(scheme, host, port)
         try:
             raw = pool.urlopen("POST", path, body=body, headers=headers, retries=NO_RETRIES, redirect=False,
                                timeout=self.timeout, preload_content=False, decode_content=True)
         except NameResolutionError:  # urllib3 files these under timeouts; they are not
-            raise UpstreamError(f"cannot resolve host {parts.hostname} (check the provider's api_base "
+            raise UpstreamError(f"cannot resolve host {host} (check the provider's api_base "
                                 "and this machine's DNS)", kind="connect") from None
         except NewConnectionError as exc:
-            raise UpstreamError(f"cannot connect to {parts.hostname}: {_reason(exc)}", kind="connect") from None
+            raise UpstreamError(f"cannot connect to {host}: {_reason(exc)}", kind="connect") from None
         except (TimeoutError, ReadTimeoutError) as exc:
-            raise UpstreamError(f"timed out connecting to {parts.hostname}: {_reason(exc)}",
+            raise UpstreamError(f"timed out connecting to {host}: {_reason(exc)}",
                                 kind="timeout") from None
         except HTTPError as exc:
-            raise UpstreamError(f"cannot reach {parts.hostname}: {_reason(exc)}",
+            raise UpstreamError(f"cannot reach {host}: {_reason(exc)}",
                                 kind="connect") from None
         return Reply(raw)
 
@@ -103,6 +104,7 @@ class Pools:
         self._pools.clear()
 
     def _pool(self, scheme: str, host: str, port: int | None):
+        """The keep-alive pool of an origin, made on first use."""
         key = (scheme, host, port)
         pool = self._pools.get(key)
         if pool is None:

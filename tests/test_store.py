@@ -231,7 +231,7 @@ def test_a_row_the_database_refuses_is_dropped_alone(url):
         writer.log(row(model=f"m{i}"))
     # A row that skipped cleaning, as every row did before: the database cannot encode it.
     bad = {**row(model="\ud800"), "time": datetime.now(timezone.utc).replace(tzinfo=None)}
-    writer._rows.append(tuple(bad.get(name, default) for name, default, _clean in store._BINDING))
+    writer._rows.append(tuple(bad.get(name, store.SpendLog._meta.fields[name].default) for name in store.SPEND_FIELDS))
     writer.close()
     assert count_rows(url) == 10
 
