@@ -284,7 +284,7 @@ class _Answer:
         if self.kind == "passthrough":
             field_name = self.inbound.model_field
             if data.get(field_name, model) != model:  # name the model the client asked for
-                raw = json.dumps({**data, field_name: model}).encode()
+                raw = protocols.body_model(raw, data, field_name, model)
             return raw, self.inbound.usage_of(data)
         resp = self.upstream.decode_response(data)
         for part in resp.parts:

@@ -534,10 +534,25 @@ def reply_model(raw: bytes, field_name: str, model: str) -> bytes:
 
     Only the key followed by a string value is replaced: inside string values quotes are
     escaped, so text or tool arguments that mention a model are never touched. (Frames
-    only: a whole body is rewritten through its parsed JSON, where tool inputs are objects.)
+    only: a whole body goes through body_model, as tool inputs in it are objects.)
     """
     named = f'"{field_name}":{json.dumps(model)}'.encode()
     return _model_pattern(field_name).sub(lambda _: named, raw)
+
+
+def body_model(raw: bytes, data: dict, field_name: str, model: str) -> bytes:
+    """A whole reply body (raw, parsed as data) with its top-level model field set to the client's name.
+
+    A key that occurs once in a body without \\u escapes is the top-level one (an escaped
+    spelling of it is the only other way to write it), so it is replaced in place; any other
+    body is re-encoded from its parsed JSON, where tool inputs with such a field are objects.
+    """
+    if raw.count(b'"' + field_name.encode() + b'"') == 1 and b"\\u" not in raw:
+        named = f'"{field_name}":{json.dumps(model)}'.encode()
+        renamed, found = _model_pattern(field_name).subn(lambda _: named, raw, count=1)
+        if found:
+            return renamed
+    return json.dumps({**data, field_name: model}).encode()
 
 
 _EXTENSION_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
