@@ -14,6 +14,16 @@ def did_you_mean(word, choices, cutoff: float = 0.6) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def native(module: str, name: str):
+    """The interpreter's own object, even after gevent's monkey-patching replaced it."""
+    import importlib
+    import sys
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        return monkey.get_original(module, name)
+    return getattr(importlib.import_module(module), name)
+
+
 class StatusError(Exception):
     """The base of every error on the request path: it knows how to answer the client.
 

@@ -7,18 +7,16 @@ connection on its own OS thread.
 """
 
 import contextlib
-import importlib
 import json
 import logging
 import os
 import secrets
-import sys
 import time
 from datetime import datetime, timezone
 
 import peewee
 
-from bitrouter import Error
+from bitrouter import Error, native
 from bitrouter.config import mask_url
 from bitrouter.home import private_file
 
@@ -250,7 +248,7 @@ class SpendWriter:
         self.url = url
         self.interval = interval
         self.batch_size = batch_size
-        allocate_lock = _native("_thread", "allocate_lock")
+        allocate_lock = native("_thread", "allocate_lock")
         self._lock = allocate_lock()  # guards _rows and _pending
         self._wakeup = allocate_lock()  # held while the thread may sleep; released to wake it
         self._done = allocate_lock()
@@ -266,7 +264,7 @@ class SpendWriter:
                         f"VALUES ({', '.join([self._db.param] * len(SPEND_FIELDS))})")
         self._wakeup.acquire()
         self._done.acquire()
-        _native("_thread", "start_new_thread")(self._run, ())
+        native("_thread", "start_new_thread")(self._run, ())
 
     def log(self, row: dict) -> None:
         """Queue one spend row (SpendLog field names; `time` may be a Unix time or omitted)."""
@@ -415,14 +413,6 @@ _COLUMN = {name: i for i, name in enumerate(SPEND_FIELDS)}
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _native(module: str, name: str):
-    """The interpreter's own object, even after gevent's monkey-patching replaced it."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        return monkey.get_original(module, name)
-    return getattr(importlib.import_module(module), name)
 
 
 def _drop_connection(db) -> None:

@@ -1,25 +1,34 @@
 """Calling providers: pooled keep-alive connections, explicit timeouts, streamed reads.
 
-The hot path uses urllib3's connection pools directly (the transport underneath
-`requests`): a pooled urlopen costs a fraction of a `requests.Session.request`, and the
-proxy makes one per client request. urllib3 sets TCP_NODELAY on every connection.
+Each call is one `http.client` exchange on a kept-alive connection of the provider's
+origin (TCP_NODELAY, the connect timeout for connecting, the read timeout for every read),
+with the reply's headers read into a plain dict. That is the leanest call the standard
+library offers: urllib3's pool around the same exchange costs about as much again, and
+the email package that http.client parses headers with costs more than the rest of the
+call (docs/performance.md). Nothing is retried but a kept-alive connection the server
+had closed unseen, which is replaced once by a new one.
 """
 
 import email.utils
+import http.client
+import select
+import socket
+import ssl
 import time
+import zlib
 from urllib.parse import urlsplit
 
-import urllib3
-
+import bitrouter
 from bitrouter import StatusError
-from urllib3.exceptions import (HTTPError, NameResolutionError, NewConnectionError, ProtocolError,
-                                ReadTimeoutError, TimeoutError)
 
 # Statuses that say "this endpoint cannot serve right now" (as does every 5xx): try the
 # next endpoint. 401/403 mean BitRouter's own key for that provider is bad.
 RETRYABLE_STATUSES = frozenset({401, 403, 408, 429})
 MAX_TARGETS = 1024  # parsed upstream URLs kept
-NO_RETRIES = urllib3.Retry(total=False, redirect=False)  # what retries=False means, built once, not per call
+# What a kept-alive connection the server closed unseen fails with when it is used again.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_READ_ERRORS = (OSError, http.client.HTTPException, ValueError)  # a body read cut off or malformed
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Content-Encoding -> zlib wbits
 
 
 class UpstreamError(StatusError):
@@ -50,22 +59,25 @@ class UpstreamError(StatusError):
 
 
 class Pools:
-    """One keep-alive pool per upstream origin, shared by every provider on that origin."""
+    """Kept-alive connections per upstream origin, shared by every provider on that origin."""
 
     def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 300.0, maxsize: int = 256):
         self.set_timeouts(connect_timeout, read_timeout)
-        self.maxsize = maxsize
-        self._pools = {}
-        self._targets = {}  # URL -> (its parts, path and query): providers' URLs are few and fixed
+        self.maxsize = maxsize  # idle connections kept per origin
+        self._idle = {}  # (scheme, host, port) -> idle connections, the most recently used last
+        self._targets = {}  # URL -> (scheme, host, port, path and query): providers' URLs are few and fixed
         self._transports = {}  # URL scheme -> an in-process transport (see mount)
+        self._tls = None  # the TLS context, made for the first https origin
+        self._poll = bitrouter.native("select", "poll")  # a check that returns at once, not via the event loop
 
     def set_timeouts(self, connect_timeout: float, read_timeout: float) -> None:
-        """Timeouts for every call from now on (a reload changes them; pools are kept)."""
-        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        """Timeouts for every call from now on (a reload changes them; connections are kept)."""
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
 
     def mount(self, scheme: str, transport) -> None:
         """Send calls to `scheme://` URLs to `transport.send(url, headers, body)` instead of a socket;
-        it returns a urllib3 response (the built-in mock provider is one)."""
+        it returns a response with status, headers, read(), read1(n) and close() (the built-in
+        mock provider is one)."""
         self._transports[scheme] = transport
 
     def send(self, url: str, headers: dict, body: bytes) -> "Reply":
@@ -80,48 +92,105 @@ class Pools:
         scheme, host, port, path = target
         if scheme in self._transports:
             return Reply(self._transports[scheme].send(url, headers, body))
-        pool = self._pool(scheme, host, port)
+        origin = scheme, host, port
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if self._readable(conn.sock):  # the server closed it while it was idle
+                conn.close()
+                continue
+            try:
+                return self._exchange(conn, origin, path, headers, body)
+            except _STALE:  # closed by the server as it was reused: the request never reached it
+                conn.close()
+                break
+        conn = self._connect(scheme, host, port)
         try:
-            raw = pool.urlopen("POST", path, body=body, headers=headers, retries=NO_RETRIES, redirect=False,
-                               timeout=self.timeout, preload_content=False, decode_content=True)
-        except NameResolutionError:  # urllib3 files these under timeouts; they are not
-            raise UpstreamError(f"cannot resolve host {host} (check the provider's api_base "
-                                "and this machine's DNS)", kind="connect") from None
-        except NewConnectionError as exc:
-            raise UpstreamError(f"cannot connect to {host}: {_reason(exc)}", kind="connect") from None
-        except (TimeoutError, ReadTimeoutError) as exc:
-            raise UpstreamError(f"timed out connecting to {host}: {_reason(exc)}",
-                                kind="timeout") from None
-        except HTTPError as exc:
-            raise UpstreamError(f"cannot reach {host}: {_reason(exc)}",
-                                kind="connect") from None
-        return Reply(raw)
+            return self._exchange(conn, origin, path, headers, body)
+        except _STALE as exc:
+            conn.close()
+            raise UpstreamError(f"{host} closed the connection: {_reason(exc)}", kind="connect") from None
 
     def close(self) -> None:
-        """Close every pooled connection."""
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
+        """Close every idle connection."""
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
 
-    def _pool(self, scheme: str, host: str, port: int | None):
-        """The keep-alive pool of an origin, made on first use."""
-        key = (scheme, host, port)
-        pool = self._pools.get(key)
-        if pool is None:
-            cls = urllib3.HTTPSConnectionPool if scheme == "https" else urllib3.HTTPConnectionPool
-            pool = cls(host, port, maxsize=self.maxsize, block=False, timeout=self.timeout,
-                       retries=False)
-            self._pools[key] = pool
-        return pool
+    def _readable(self, sock) -> bool:
+        """Whether a socket has something to read (an idle connection has nothing, unless it was closed)."""
+        poller = self._poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    def _connect(self, scheme: str, host: str, port: int | None):
+        """A new connection to an origin (TLS for https), within the connect timeout."""
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            conn = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+        conn.response_class = _Response
+        try:
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except socket.gaierror:
+            raise UpstreamError(f"cannot resolve host {host} (check the provider's api_base "
+                                "and this machine's DNS)", kind="connect") from None
+        except TimeoutError:
+            raise UpstreamError(f"timed out connecting to {host} (upstream.connect_timeout "
+                                f"{self.connect_timeout:g} s)", kind="timeout") from None
+        except OSError as exc:  # refused, unreachable, a TLS failure
+            conn.close()
+            raise UpstreamError(f"cannot connect to {host}: {_reason(exc)}", kind="connect") from None
+        return conn
+
+    def _exchange(self, conn, origin: tuple, path: str, headers: dict, body: bytes) -> "Reply":
+        """Send one request on a connection and read the reply's status and headers.
+
+        A reset or an empty reply (_STALE) propagates for send() to decide on; any other
+        failure is an UpstreamError, the connection closed.
+        """
+        try:
+            conn.sock.settimeout(self.read_timeout)
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+        except _STALE:
+            raise
+        except TimeoutError:
+            conn.close()
+            raise UpstreamError(f"timed out waiting for {origin[1]} (upstream.read_timeout "
+                                f"{self.read_timeout:g} s)", kind="timeout") from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise UpstreamError(f"cannot reach {origin[1]}: {_reason(exc)}", kind="connect") from None
+        return Reply(response, lambda whole: self._release(origin, conn, response, whole))
+
+    def _release(self, origin: tuple, conn, response, whole: bool) -> None:
+        """Keep a connection whose reply was read to its end for the next call, unless it is closing."""
+        reusable = whole and not response.will_close and (response.isclosed() or response.length == 0)
+        response.close()
+        idle = self._idle.setdefault(origin, [])
+        if reusable and len(idle) < self.maxsize:
+            idle.append(conn)
+        else:
+            conn.close()
 
 
 class Reply:
-    """An upstream response whose body has not been read yet."""
+    """An upstream response whose body has not been read yet.
 
-    def __init__(self, raw):
+    Reading the body to its end hands the connection back for the next call (done(True));
+    close(), a failed read or an abandoned stream discards it (done(False)).
+    """
+
+    def __init__(self, raw, done=None):
         self._raw = raw
+        self._done = done
         self.status = raw.status
-        self.headers = raw.headers
+        self.headers = raw.headers  # by lower-case name
 
     def read(self, limit: int = 0) -> bytes:
         """The whole body, up to limit bytes (0: no limit); a longer one is a 502 UpstreamError."""
@@ -130,11 +199,12 @@ class Reply:
         # compressed (a compressed body's length says nothing of what it decodes to).
         if length.isdigit() and not (limit and int(length) > limit) and "content-encoding" not in self.headers:
             try:
-                return self._raw.read()
-            except (ProtocolError, ReadTimeoutError, HTTPError, OSError) as exc:
+                data = self._raw.read()
+            except _READ_ERRORS as exc:
+                self.close()
                 raise _read_failed(exc) from None
-            finally:
-                self._raw.release_conn()
+            self._finished(True)
+            return data
         parts, size = [], 0
         for chunk in self.chunks():
             size += len(chunk)
@@ -146,23 +216,36 @@ class Reply:
         return b"".join(parts)
 
     def chunks(self):
-        """Yield body bytes as soon as they arrive (no buffering to a fixed size)."""
-        raw = self._raw
+        """Yield body bytes as soon as they arrive (no buffering to a fixed size), decoded if compressed."""
+        raw, whole = self._raw, False
+        coding = self.headers.get("content-encoding", "identity").strip().lower()
+        decoder = None if coding == "identity" else zlib.decompressobj(_CODINGS.get(coding, 0))
+        if decoder is not None and coding not in _CODINGS:
+            self.close()
+            raise UpstreamError(f"upstream sent a body in an encoding BitRouter cannot read ({coding[:40]})",
+                                status=502)
         try:
             while True:
                 chunk = raw.read1(65536)
                 if not chunk:
-                    return
-                yield chunk
-        except (ProtocolError, ReadTimeoutError, HTTPError, OSError) as exc:
+                    break
+                chunk = decoder.decompress(chunk) if decoder else chunk
+                if chunk:
+                    yield chunk
+            tail = decoder.flush() if decoder else b""
+            if tail:
+                yield tail
+            whole = True
+        except _READ_ERRORS as exc:
             raise _read_failed(exc) from None
+        except zlib.error as exc:
+            raise UpstreamError(f"upstream body does not decode as {coding}: {exc}", status=502) from None
         finally:
-            raw.release_conn()
+            self._finished(whole)
 
     def close(self) -> None:
         """Abandon the body (the connection is discarded, not reused)."""
-        self._raw.close()
-        self._raw.release_conn()
+        self._finished(False)
 
     def error(self, protocol, limit: int = 0) -> UpstreamError:
         """A non-2xx reply as an UpstreamError: status, the protocol's reading of the body, Retry-After."""
@@ -171,6 +254,14 @@ class Reply:
         return UpstreamError(message, status=self.status,
                              retry_after=parse_retry_after(self.headers.get("retry-after")),
                              body=body, headers=dict(self.headers), protocol=protocol)
+
+    def _finished(self, whole: bool) -> None:
+        """Hand the connection back once (reusable if the body was read whole)."""
+        done, self._done = self._done, None
+        if done is not None:
+            done(whole)
+        elif not whole:
+            self._raw.close()
 
 
 def parse_retry_after(value) -> float | None:
@@ -191,10 +282,59 @@ def parse_retry_after(value) -> float | None:
 def _read_failed(exc) -> UpstreamError:
     """A body read that failed part-way, as an UpstreamError."""
     return UpstreamError(f"upstream read failed: {_reason(exc)}",
-                         kind="timeout" if isinstance(exc, ReadTimeoutError) else "connect")
+                         kind="timeout" if isinstance(exc, TimeoutError) else "connect")
 
 
 def _reason(exc) -> str:
-    """The innermost useful message of a urllib3 exception."""
-    reason = getattr(exc, "reason", None) or exc
-    return str(reason).split(": ", 1)[-1][:200]
+    """A failure's message, without an errno prefix, at most 200 characters."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    return " ".join(str(text).split())[:200]
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's response with its headers read into a dict by lower-case name.
+
+    begin() is http.client's, but for the headers: the email package it parses them
+    with costs more than the rest of a pooled call (docs/performance.md).
+    """
+
+    def begin(self):
+        version, status, reason = self._read_status()
+        while status == http.client.CONTINUE:  # a 100 Continue and its headers are skipped
+            http.client._read_headers(self.fp)
+            version, status, reason = self._read_status()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.code = self.status = status
+        self.reason = reason.strip()
+        self.headers = self.msg = _headers(http.client._read_headers(self.fp))
+        self.chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
+        self.chunk_left = None
+        self.will_close = self._check_close()
+        length = self.headers.get("content-length", "")
+        self.length = int(length) if length.isdigit() and not self.chunked else None
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or status < 200 or self._method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True  # the body ends when the connection does
+
+
+def _headers(lines: list) -> dict:
+    """Header lines as http.client reads them, as a dict by lower-case name (repeats joined by ", ")."""
+    headers, name = {}, None
+    for line in lines:
+        text = line.decode("iso-8859-1")
+        if name and text[:1] in (" ", "\t"):  # an obsolete folded line continues the last header
+            headers[name] += " " + text.strip()
+            continue
+        name, colon, value = text.partition(":")
+        if not colon:
+            name = None
+            continue
+        name, value = name.strip().lower(), value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers

@@ -30,6 +30,9 @@ ROUNDS = 3  # the compared runs alternate in this many rounds of SECONDS / ROUND
 FRAMES = 50
 # A provider key of a real key's length: a key that is also a word of every reply (the
 # alias `bench`) would make every redaction pass do its work, which no real key does.
+# The minimal relays (scripts/minimal_relay.py) by the upstream client they call with: urllib3,
+# as issue 13 set the stack's ceiling, and BitRouter's own (what is left is the pipeline).
+RELAYS = {"relay": "urllib3", "lean_relay": "bitrouter"}
 KEY = "sk-bench-7f3a9c2e5b8d1f4a6c0e9b2d"
 CHAT = {"model": "bench", "messages": [{"role": "user", "content": "hello"}]}
 MESSAGES = {"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
@@ -59,8 +62,9 @@ def run(stack_extra: dict | None = None) -> dict:
     """Every wrk measurement in one run; returns the report's `wrk` part."""
     ensure_tools()
     report = {"seconds_per_run": SECONDS}
-    with Upstreams() as up, Gateway("relay", up) as relay, Gateway("bitrouter", up) as br:
-        targets = {"direct": up.port, "relay": relay.port, "bitrouter": br.port}
+    with Upstreams() as up, Gateway("relay", up) as relay, Gateway("lean_relay", up) as lean, \
+            Gateway("bitrouter", up) as br:
+        targets = {"direct": up.port, "relay": relay.port, "lean_relay": lean.port, "bitrouter": br.port}
         report["rss_mb_idle"] = rss_mb(br.proc.pid)
         for name, port in targets.items():  # warm every path (connections, code) before timing
             wrk(port, "/v1/chat/completions", CHAT, 1, 1.0)
@@ -91,15 +95,15 @@ def summary(report: dict) -> dict:
     """The targets as ratios of one run."""
     lat, rps = report["latency_c1"], report["throughput_c32"]
     added = {name: {p: round(lat[name][p] - lat["direct"][p], 3) for p in ("p50_ms", "p99_ms")}
-             for name in ("relay", "bitrouter")}
-    out = {"rps": {name: round(r["rps"]) for name, r in rps.items()},
-           "rps_vs_relay": round(rps["bitrouter"]["rps"] / rps["relay"]["rps"], 3),
-           "added_c1": added,
-           "added_p50_vs_relay": _ratio(added["bitrouter"]["p50_ms"], added["relay"]["p50_ms"]),
-           "added_p99_vs_relay": _ratio(added["bitrouter"]["p99_ms"], added["relay"]["p99_ms"]),
-           "translation_added_p50_ms": round(report["translated_c1"]["anthropic_to_chat"]["p50_ms"]
-                                             - report["translated_c1"]["passthrough"]["p50_ms"], 3),
-           "observers_cost": round(1 - report["observers"]["full"]["rps"] / report["observers"]["bare"]["rps"], 3)}
+             for name in ("relay", "lean_relay", "bitrouter")}
+    out = {"rps": {name: round(r["rps"]) for name, r in rps.items()}, "added_c1": added}
+    for relay in RELAYS:  # the targets against the issue's relay, and against one with BitRouter's own client
+        out[f"rps_vs_{relay}"] = round(rps["bitrouter"]["rps"] / rps[relay]["rps"], 3)
+        out[f"added_p50_vs_{relay}"] = _ratio(added["bitrouter"]["p50_ms"], added[relay]["p50_ms"])
+        out[f"added_p99_vs_{relay}"] = _ratio(added["bitrouter"]["p99_ms"], added[relay]["p99_ms"])
+    out["translation_added_p50_ms"] = round(report["translated_c1"]["anthropic_to_chat"]["p50_ms"]
+                                            - report["translated_c1"]["passthrough"]["p50_ms"], 3)
+    out["observers_cost"] = round(1 - report["observers"]["full"]["rps"] / report["observers"]["bare"]["rps"], 3)
     if "litellm" in report:
         out["rps_vs_litellm"] = round(rps["bitrouter"]["rps"] / report["litellm"]["rps"], 1)
     return out
@@ -217,7 +221,7 @@ class Upstreams:
 
 
 class Gateway:
-    """BitRouter (`bare`: without its observers; `extra` merged into its config) or the minimal relay."""
+    """BitRouter (`bare`: without its observers; `extra` merged into its config) or a minimal relay (RELAYS)."""
 
     def __init__(self, kind: str, up: Upstreams, bare: bool = False, extra: dict | None = None):
         self.kind, self.up, self.bare, self.extra = kind, up, bare, extra or {}
@@ -226,9 +230,10 @@ class Gateway:
         self.port = bench.free_port()
         scripts = Path(__file__).parent
         base = f"http://127.0.0.1:{self.up.port}"
-        if self.kind == "relay":
+        if self.kind in RELAYS:
             self.tmp = None
-            self.proc = subprocess.Popen([sys.executable, str(scripts / "minimal_relay.py"), str(self.port), base])
+            self.proc = subprocess.Popen([sys.executable, str(scripts / "minimal_relay.py"), str(self.port), base,
+                                          RELAYS[self.kind]])
         else:
             self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
             home = Path(self.tmp.name)
