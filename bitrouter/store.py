@@ -260,8 +260,8 @@ class SpendWriter:
         self._db.close()  # this thread's connection; the writer thread opens its own
         left, right = self._db.quote  # the driver's identifier quotes: "" or ``
         columns = ", ".join(f"{left}{name}{right}" for name in SPEND_FIELDS)
-        self._insert = (f"INSERT INTO {left}{SpendLog._meta.table_name}{right} ({columns}) "
-                        f"VALUES ({', '.join([self._db.param] * len(SPEND_FIELDS))})")
+        self._insert_head = f"INSERT INTO {left}{SpendLog._meta.table_name}{right} ({columns}) VALUES "
+        self._row_marks = f"({', '.join([self._db.param] * len(SPEND_FIELDS))})"
         self._wakeup.acquire()
         self._done.acquire()
         native("_thread", "start_new_thread")(self._run, ())
@@ -348,15 +348,20 @@ class SpendWriter:
     def _flush(self, batch: list) -> bool:
         """Insert a batch in one transaction; True on success (bad rows are dropped, logged).
 
-        The rows are already the tuples the statement binds, so the driver's executemany
-        does the whole batch in one call (SQLite's releases the GIL while it writes): no
-        Python-level query building while the server's requests wait for the interpreter.
+        The rows are already the tuples the statement binds, and go in multi-row INSERTs of
+        ROWS_PER_INSERT: a driver's executemany runs one statement per row, and SQLite's
+        gives the interpreter up and takes it back around each, so every row made the
+        event loop that serves requests wait for this thread once more.
         When the batch fails for any reason but an unusable database, its rows are tried one
         by one, so a row the database refuses is set aside instead of blocking every other.
         """
         try:
             with self._db.atomic(), peewee.__exception_wrapper__:
-                self._db.cursor().executemany(self._insert, batch)
+                cursor = self._db.cursor()
+                for start in range(0, len(batch), ROWS_PER_INSERT):
+                    rows = batch[start:start + ROWS_PER_INSERT]
+                    cursor.execute(self._insert_head + ", ".join([self._row_marks] * len(rows)),
+                                   [value for values in rows for value in values])
         except (peewee.OperationalError, peewee.InterfaceError) as exc:  # unreachable, locked, closed: retry
             _drop_connection(self._db)
             log.warning("spend log write failed (%d rows kept): %s", len(batch),
@@ -372,7 +377,7 @@ class SpendWriter:
         for i, values in enumerate(batch):
             try:
                 with self._db.atomic():
-                    self._db.execute_sql(self._insert, values)
+                    self._db.execute_sql(self._insert_head + self._row_marks, values)
             except (peewee.OperationalError, peewee.InterfaceError) as exc:
                 _drop_connection(self._db)
                 log.warning("spend log write failed (%d rows kept): %s", len(batch) - i,
@@ -393,9 +398,11 @@ class SpendWriter:
 
     def _count(self, values: tuple, sign: int) -> None:
         """Add a row to (or take it from) the pending totals of its token and account (lock held)."""
+        token_hash, account = values[_COLUMN["token_hash"]], values[_COLUMN["account"]]
+        if token_hash is None and account is None:  # an open server's rows: nobody's budget
+            return
         cost = int(values[_COLUMN["cost_micro_usd"]])
         success = int(int(values[_COLUMN["status"]]) < 400)
-        token_hash, account = values[_COLUMN["token_hash"]], values[_COLUMN["account"]]
         keys = [("token", token_hash)] if token_hash is not None else []
         if account is not None:
             keys.append(("account", account))
@@ -408,6 +415,8 @@ class SpendWriter:
                 self._pending.pop(key, None)
 
 
+# Rows per INSERT statement: its parameters stay within SQLite's oldest limit of 999.
+ROWS_PER_INSERT = 999 // len(SPEND_FIELDS)
 # A spend row as the insert binds it: every column in SPEND_FIELDS order, defaults filled in.
 _COLUMN = {name: i for i, name in enumerate(SPEND_FIELDS)}
 
