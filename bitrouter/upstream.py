@@ -71,8 +71,8 @@ class Pools:
         self._poll = bitrouter.native("select", "poll")  # a check that returns at once, not via the event loop
 
     def set_timeouts(self, connect_timeout: float, read_timeout: float) -> None:
-        """Timeouts for every call from now on (a reload changes them; connections are kept)."""
-        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        """Timeouts for every call from now on, 0 for none (a reload changes them; connections are kept)."""
+        self.connect_timeout, self.read_timeout = connect_timeout or None, read_timeout or None
 
     def mount(self, scheme: str, transport) -> None:
         """Send calls to `scheme://` URLs to `transport.send(url, headers, body)` instead of a socket;

@@ -4,6 +4,8 @@ compressed and cut-short replies, header reading (bitrouter/upstream.py)."""
 import gzip
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import zlib
 
@@ -18,13 +20,14 @@ OK = b'{"ok": true}'
 class ScriptedServer:
     """A TCP server on 127.0.0.1 whose n-th connection is served by script(n, connection)."""
 
-    def __init__(self, script):
+    def __init__(self, script, tls: ssl.SSLContext | None = None):
         self.script = script
+        self.tls = tls
         self.accepted = 0
         self.requests = []  # (connection number, request line) in the order they arrived
         self.closed = threading.Event()  # set each time the server closes a connection
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1/chat/completions"
+        self.url = f"http{'s' if tls else ''}://127.0.0.1:{self.listener.getsockname()[1]}/v1/chat/completions"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def read_request(self, conn, number: int) -> bool:
@@ -57,7 +60,11 @@ class ScriptedServer:
 
     def _serve(self, number, conn):
         try:
+            if self.tls:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             self.script(self, number, conn)
+        except ssl.SSLError:  # a client that refused the certificate
+            pass
         finally:
             conn.close()
             self.closed.set()
@@ -193,4 +200,44 @@ def test_headers_are_read_by_lower_case_name_with_repeats_joined(pools):
     got = pools.send(server.url, {}, b"{}")
     assert (got.headers["x-thing"], got.headers["retry-after"], got.headers["x-folded"]) == ("a, b", "7", "one two")
     assert got.read() == OK
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem), made with openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", folder / "key.pem", "-out", folder / "cert.pem"],
+                   check=True, capture_output=True)
+    return folder
+
+
+def tls_server(certificate, script=keep_alive) -> ScriptedServer:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
+    return ScriptedServer(script, tls=context)
+
+
+def test_an_https_upstream_is_verified_against_the_trusted_certificates_and_kept_alive(certificate, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate / "cert.pem"))  # what OpenSSL trusts by default
+    server, pools = tls_server(certificate), upstream.Pools(connect_timeout=2, read_timeout=5)
+    assert [call(pools, server) for _ in range(3)] == [OK] * 3
+    assert server.accepted == 1
+    pools.close()
+    server.close()
+
+
+def test_an_https_upstream_whose_certificate_is_not_trusted_is_refused(certificate, pools):
+    server = tls_server(certificate)
+    with pytest.raises(upstream.UpstreamError, match="cannot connect to 127.0.0.1: .*certificate verify failed"):
+        call(pools, server)
+    assert server.requests == []
+    server.close()
+
+
+def test_a_timeout_of_0_is_no_timeout(pools):
+    pools.set_timeouts(0, 0)
+    server = ScriptedServer(keep_alive)
+    assert call(pools, server) == OK
     server.close()
