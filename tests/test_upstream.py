@@ -81,6 +81,15 @@ def keep_alive(server, number, conn):
         conn.sendall(reply())
 
 
+def first_then_keep_alive(first):
+    """A script serving the first connection by first(server, connection), every later one by keep_alive."""
+    def script(server, number, conn):
+        if number > 1:
+            return keep_alive(server, number, conn)
+        return first(server, conn)
+    return script
+
+
 @pytest.fixture
 def pools():
     pools = upstream.Pools(connect_timeout=2, read_timeout=5)
@@ -113,14 +122,12 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_before_use(pools)
 
 
 def test_a_reused_connection_closed_as_the_request_went_out_is_replaced_once(pools):
-    def drop_second(server, number, conn):
-        if number > 1:
-            return keep_alive(server, number, conn)
-        server.read_request(conn, number)
+    def drop_second(server, conn):
+        server.read_request(conn, 1)
         conn.sendall(reply())
-        server.read_request(conn, number)  # read, then closed without an answer
+        server.read_request(conn, 1)  # read, then closed without an answer
 
-    server = ScriptedServer(drop_second)
+    server = ScriptedServer(first_then_keep_alive(drop_second))
     assert call(pools, server) == OK
     assert call(pools, server) == OK
     assert [n for n, _ in server.requests] == [1, 1, 2]
@@ -137,13 +144,11 @@ def test_a_new_connection_closed_without_an_answer_is_an_upstream_error(pools):
 
 
 def test_a_reply_cut_short_is_a_read_failure_and_its_connection_is_not_reused(pools):
-    def cut(server, number, conn):
-        if number > 1:
-            return keep_alive(server, number, conn)
-        server.read_request(conn, number)
+    def cut(server, conn):
+        server.read_request(conn, 1)
         conn.sendall(reply(b'{"ok": true, "long": "' + b"x" * 100 + b'"}')[:-50])
 
-    server = ScriptedServer(cut)
+    server = ScriptedServer(first_then_keep_alive(cut))
     with pytest.raises(upstream.UpstreamError, match="upstream read failed"):
         call(pools, server)
     assert call(pools, server) == OK and server.accepted == 2
