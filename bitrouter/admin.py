@@ -80,9 +80,10 @@ def metrics(srv, incoming: Incoming) -> Reply:
 
 
 def events(srv, incoming: Incoming) -> Reply:
-    """`GET /admin/events`: request events as SSE, with keep-alive comments (docs/tui.md)."""
+    """`GET /admin/events`: request events as SSE, with keep-alive comments; `?brief=1`: each
+    event only says what happened, without the request (docs/tui.md)."""
     authenticate(srv, incoming, "admin")
-    sub = srv.metrics.subscribe()
+    sub = srv.metrics.subscribe(brief=incoming.query.get("brief") == "1")
     # connection: close, so draining never waits on an idle keep-alive
     return Reply(200, _event_frames(srv, sub), {"cache-control": "no-cache", "connection": "close"},
                  sse.CONTENT_TYPE)
@@ -133,7 +134,7 @@ def _event_frames(srv, sub):
                 dropped = sub.dropped
             secrets = srv.runtime.secrets  # a reload may change them
             for event in batch:
-                error = event["request"]["error"]
+                error = event["request"]["error"] if "request" in event else ""
                 if error:
                     event = {**event, "request": {**event["request"], "error": redact(error, secrets)}}
                 frames.append(f"id: {event['seq']}\n".encode() + sse.frame(event, event["type"]))

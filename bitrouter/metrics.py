@@ -58,7 +58,8 @@ class Record:
 class Subscription:
     """One subscriber's bounded inbox; when full, the oldest item is dropped and counted."""
 
-    def __init__(self, keep: int):
+    def __init__(self, keep: int, brief: bool = False):
+        self.brief = brief  # events without their request: "something changed" is all this reader needs
         self.items = deque(maxlen=keep)
         self.dropped = 0
         self.closed = False
@@ -164,9 +165,9 @@ class Metrics:
             key = tuple((k, "other" if k in ("route", "endpoint") else v) for k, v in key)
         series[key] = series.get(key, 0) + value
 
-    def subscribe(self, keep: int = 1000) -> Subscription:
-        """A new event inbox; events are {"type", "seq", "request"} dicts."""
-        sub = Subscription(keep)
+    def subscribe(self, keep: int = 1000, brief: bool = False) -> Subscription:
+        """A new event inbox; events are {"type", "seq", "request"} dicts, {"type", "seq"} when brief."""
+        sub = Subscription(keep, brief)
         if self.closed:
             sub.close()
         else:
@@ -247,11 +248,17 @@ class Metrics:
         return self.today
 
     def _publish(self, kind: str, record: Record, **extra) -> None:
-        """One event, built once for every subscriber: a copy, so later changes stay out."""
+        """One event, built once for every subscriber that wants it whole (a copy, so later changes
+        stay out) and once for every brief one."""
         self._seq += 1
-        event = {"type": kind, "seq": self._seq, "request": record.as_dict(), **extra}
+        whole = brief = None
         for sub in self.subscribers:
-            sub.push(event)
+            if sub.brief:
+                brief = brief or {"type": kind, "seq": self._seq}
+                sub.push(brief)
+            else:
+                whole = whole or {"type": kind, "seq": self._seq, "request": record.as_dict(), **extra}
+                sub.push(whole)
 
 
 @dataclass

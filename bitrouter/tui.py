@@ -149,7 +149,7 @@ class Local:
         return "in-process"
 
     def subscribe(self):
-        return self.srv.metrics.subscribe(INBOX)
+        return self.srv.metrics.subscribe(INBOX, brief=True)  # an event only says the snapshot is stale
 
     def reload(self) -> tuple[str, str]:
         try:
@@ -227,7 +227,7 @@ class Remote:
         from bitrouter.protocols import sse
         while not self._stop.is_set():
             try:
-                with self.admin.stream("/admin/events") as chunks:
+                with self.admin.stream("/admin/events?brief=1") as chunks:  # "something changed" is enough
                     inbox.push({"type": "connected"})
                     parser = sse.Parser()
                     for chunk in chunks:

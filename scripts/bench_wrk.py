@@ -285,13 +285,13 @@ server.serve(home.resolve(home_dir=sys.argv[1]))
 
 
 def dashboard_attached(port: int):
-    """A reader of GET /admin/events for the duration (what `bitrouter tui` holds open)."""
+    """A reader of GET /admin/events?brief=1 for the duration (what `bitrouter tui` holds open)."""
     import contextlib
 
     @contextlib.contextmanager
     def attached():
         sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(b"GET /admin/events HTTP/1.1\r\nhost: bench\r\n\r\n")
+        sock.sendall(b"GET /admin/events?brief=1 HTTP/1.1\r\nhost: bench\r\n\r\n")
         reader = gevent.spawn(_drain, sock)
         try:
             yield

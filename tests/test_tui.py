@@ -375,10 +375,10 @@ def test_running_streams_and_provider_health(start_server):
 
 
 class EventReader:
-    """Collects SSE lines from /admin/events in a background thread."""
+    """Collects SSE lines from /admin/events (or another path) in a background thread."""
 
-    def __init__(self, url):
-        self.resp = requests.get(url + "/admin/events", stream=True, timeout=10)
+    def __init__(self, url, path="/admin/events"):
+        self.resp = requests.get(url + path, stream=True, timeout=10)
         self.lines = []
         self.ended = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -419,6 +419,20 @@ def test_admin_events_stream(start_server):
     named = [line for line in reader.lines if line.startswith("event: ")]
     assert named[:4] == ["event: finished", "event: finished", "event: started", "event: finished"]
     wait_until(lambda: ": keep-alive" in reader.lines, what="a keep-alive comment while idle")
+
+
+def test_brief_admin_events_say_what_happened_without_the_request(start_server):
+    server = start_server(MOCK)
+    brief, whole = EventReader(server.url, "/admin/events?brief=1"), EventReader(server.url)
+    wait_until(lambda: brief.lines and whole.lines, what="the opening comments")
+    assert chat(server.url, "default", "hello events").status_code == 200
+    assert chat(server.url, "default", "a stream", stream=True).status_code == 200
+    wait_until(lambda: len(brief.events()) >= 3 and len(whole.events()) >= 3, what="three events each")
+    assert [(e["type"], e["request"]["model"]) for e in whole.events()] == [
+        ("finished", "default"), ("started", "default"), ("finished", "default")]
+    assert brief.events() == [{"type": e["type"], "seq": e["seq"]} for e in whole.events()]
+    assert [line for line in brief.lines if line.startswith("event: ")] == [
+        "event: finished", "event: started", "event: finished"]
 
 
 def test_a_stalled_event_reader_does_not_hold_up_requests(start_server):
