@@ -116,6 +116,7 @@ class Router:
         self.dynamic = dynamic  # name -> Route, shared with the server so it survives reloads
         self.health = health
         self._catalog = None  # model id -> configured providers whose catalog lists it, built on demand
+        self._aliases = {}  # alias name -> its Route, made once per configuration (Routes are never changed in place)
 
     def resolve(self, model: str) -> Route:
         """Dynamic routes, then `provider:model_id`, then aliases, then a bare catalog id; else 404.
@@ -131,9 +132,13 @@ class Router:
         if sep and model_id and provider in self.cfg.providers:
             return Route(name=model, source="direct", strategy="priority",
                          endpoints=[Endpoint(provider, model_id)], **self.cfg.routing)
+        route = self._aliases.get(model)
+        if route is not None:
+            return route
         alias = self.cfg.models.get(model)
         if alias is not None:
-            return route_from_alias(alias)
+            route = self._aliases[model] = route_from_alias(alias)
+            return route
         owners = self._owners(model)
         if len(owners) == 1:
             return Route(name=model, source="bare", strategy="priority",
@@ -155,6 +160,8 @@ class Router:
             wheel = [i for i, e in enumerate(usable) for _ in range(e.weight)]
             start = wheel[self.health.next_turn(route.name) % len(wheel)]
             usable = usable[start:] + usable[:start]
+        if len(usable) == 1:
+            return usable
         return sorted(usable, key=lambda e: self.health.cooling(e.label))  # stable: order kept within each group
 
     def dispatch(self, route: Route, attempt, sleep=time.sleep):
