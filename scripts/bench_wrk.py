@@ -84,7 +84,9 @@ def run(stack_extra: dict | None = None) -> dict:
         wrk(bare.port, "/v1/chat/completions", CHAT, 1, 1.0)
         wrk(full.port, "/v1/chat/completions", CHAT, 1, 1.0)
         with dashboard_attached(full.port):
-            report["observers"] = interleaved({"bare": bare.port, "full": full.port}, 32)
+            # A few per cent between two processes: twice the time, in rounds of a second.
+            report["observers"] = interleaved({"bare": bare.port, "full": full.port}, 32, rounds=4 * ROUNDS,
+                                              seconds=2 * SECONDS)
     if os.environ.get("BENCH_PEERS") == "1":
         report["litellm"] = litellm_run()
     report["summary"] = summary(report)
@@ -130,14 +132,14 @@ def _which(exe: str):
     return shutil.which(exe) or shutil.which(exe, path="/usr/sbin:/usr/bin:/sbin")
 
 
-def interleaved(targets: dict, connections: int, rounds: int = ROUNDS) -> dict:
-    """wrk against each target in turn, `rounds` times (SECONDS in all for each), so that the
+def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: float = SECONDS) -> dict:
+    """wrk against each target in turn, `rounds` times (`seconds` in all for each), so that the
     load other processes put on the machine falls on every target alike: req/s over all the
     rounds, p50 and p99 the median of the rounds'."""
     runs = {name: [] for name in targets}
     for _ in range(rounds):
         for name, port in targets.items():
-            runs[name].append(wrk(port, "/v1/chat/completions", CHAT, connections, SECONDS / rounds))
+            runs[name].append(wrk(port, "/v1/chat/completions", CHAT, connections, seconds / rounds))
     out = {}
     for name, results in runs.items():
         requests, seconds = sum(r["requests"] for r in results), sum(r["seconds"] for r in results)
