@@ -295,7 +295,9 @@ class _Response(http.client.HTTPResponse):
     """http.client's response with its headers read into a dict by lower-case name.
 
     begin() is http.client's, but for the headers: the email package it parses them
-    with costs more than the rest of a pooled call (docs/performance.md).
+    with costs more than the rest of a pooled call (docs/performance.md). It uses
+    http.client's own status-line and header-line readers (`_read_status`, `_read_headers`,
+    `_check_close`: private, unchanged since Python 3.5), so their limits and errors hold.
     """
 
     def begin(self):
