@@ -122,10 +122,15 @@ def ensure_tools() -> None:
     """Install Debian's nginx and wrk when missing (the bench runs as root on CI machines)."""
     missing = [tool for tool, exe in (("nginx", "nginx"), ("wrk", "wrk")) if not _which(exe)]
     if missing:
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+        install(*missing)
+
+
+def install(*packages: str) -> None:
+    """Install Debian packages (as root, or through sudo)."""
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *packages], check=True, env=env)
 
 
 def _which(exe: str):
@@ -239,17 +244,7 @@ class Gateway:
         else:
             self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
             home = Path(self.tmp.name)
-            (home / "bitrouter.yaml").write_text(json.dumps({
-                "server": {"listen": f"127.0.0.1:{self.port}"},
-                "providers": {
-                    "fast": {"derives": "openai", "api_base": f"{base}/v1", "api_key": KEY},
-                    "sse": {"derives": "openai", "api_base": f"{base}/sse/v1", "api_key": KEY},
-                    "drip": {"derives": "openai", "api_base": f"http://127.0.0.1:{self.up.drip_port}/v1",
-                             "api_key": KEY}},
-                "models": {"bench": {"endpoints": [{"provider": "fast", "model_id": "m"}]},
-                           "bench-stream": {"endpoints": [{"provider": "sse", "model_id": "m"}]},
-                           "bench-drip": {"endpoints": [{"provider": "drip", "model_id": "m"}]}},
-                **self.extra}))
+            write_home(home, self.port, self.up, self.extra)
             command = [sys.executable, "-c", BARE, str(home)] if self.bare else \
                 [str(Path(sys.executable).with_name("bitrouter")), "--home-dir", str(home), "serve"]
             self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -265,6 +260,21 @@ class Gateway:
         self.proc.wait(30)
         if self.tmp:
             self.tmp.cleanup()
+
+
+def write_home(home: Path, port: int, up: Upstreams, extra: dict | None = None) -> None:
+    """BitRouter's configuration for the bench: `bench`, `bench-stream` and `bench-drip` on the upstreams."""
+    base = f"http://127.0.0.1:{up.port}"
+    (home / "bitrouter.yaml").write_text(json.dumps({
+        "server": {"listen": f"127.0.0.1:{port}"},
+        "providers": {
+            "fast": {"derives": "openai", "api_base": f"{base}/v1", "api_key": KEY},
+            "sse": {"derives": "openai", "api_base": f"{base}/sse/v1", "api_key": KEY},
+            "drip": {"derives": "openai", "api_base": f"http://127.0.0.1:{up.drip_port}/v1", "api_key": KEY}},
+        "models": {"bench": {"endpoints": [{"provider": "fast", "model_id": "m"}]},
+                   "bench-stream": {"endpoints": [{"provider": "sse", "model_id": "m"}]},
+                   "bench-drip": {"endpoints": [{"provider": "drip", "model_id": "m"}]}},
+        **(extra or {})}))
 
 
 # BitRouter without its observers: no metrics counting, no spend rows, no events; the
