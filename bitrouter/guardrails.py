@@ -240,11 +240,11 @@ class Policy:
                     found = 1 if pattern.search(text) else 0
                 count += found
             if count:
-                hits.append(Hit(rule.name, direction, rule.action, where, count))
+                hits.append(Hit(rule.name, direction, rule.action, spelled(where), count))
                 if rule.action == "block":
                     blocked.append(rule)
         if blocked:
-            raise GuardrailError(self.block_message(direction, where, blocked))
+            raise GuardrailError(self.block_message(direction, spelled(where), blocked))
         return text
 
     def walk(self, body: dict, fields: tuple, direction: str, hits: list) -> bool:
@@ -316,7 +316,8 @@ def compile_policy(raw, fail, secrets=()) -> Policy:
 
 
 def strings(body: dict, paths) -> list:
-    """(container, key, where) for every conversation string under the dotted key paths of body."""
+    """(container, key, where) for every conversation string under the dotted key paths of body
+    (where: the string's place, as walk_json gives it)."""
     found = []
     for path in paths:
         node, names = body, path.split(".")
@@ -328,7 +329,12 @@ def strings(body: dict, paths) -> list:
 
 
 def walk_json(node, key, where: str) -> list:
-    """(container, key, where) for every string under node[key], in document order, skipping OPAQUE keys."""
+    """(container, key, where) for every string under node[key], in document order, skipping OPAQUE keys.
+
+    A string's place is where (the name of node[key]) for node[key] itself, else the pair
+    (its parent's place, its key): `spelled` writes it out as `messages[3].content`, which
+    only hits need, so a long conversation's walk builds no text for the thousands of others.
+    """
     found, todo = [], [(node, key, where)]
     while todo:  # a stack, not recursion: cheaper per node, and any depth
         node, key, where = todo.pop()
@@ -337,10 +343,19 @@ def walk_json(node, key, where: str) -> list:
             if value:
                 found.append((node, key, where))
         elif isinstance(value, dict):
-            todo += [(value, name, f"{where}.{name}") for name in reversed(value) if name not in OPAQUE]
+            todo += [(value, name, (where, name)) for name in reversed(value) if name not in OPAQUE]
         elif isinstance(value, list):
-            todo += [(value, i, f"{where}[{i}]") for i in range(len(value) - 1, -1, -1)]
+            todo += [(value, i, (where, i)) for i in range(len(value) - 1, -1, -1)]
     return found
+
+
+def spelled(where) -> str:
+    """A place from walk_json written out: `messages[3].content`."""
+    steps = []
+    while isinstance(where, tuple):
+        where, key = where
+        steps.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return where + "".join(reversed(steps))
 
 
 def lead(source: str) -> tuple[str, bool] | None:
