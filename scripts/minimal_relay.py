@@ -27,39 +27,36 @@ HEADERS = {"content-type": "application/json"}
 app = bottle.Bottle()
 
 
-def call_urllib3():
+def urllib3_client():
+    """(send, stream) over one urllib3 pool."""
     pool = urllib3.PoolManager(maxsize=64, block=False, retries=False).connection_from_url(UPSTREAM)
 
-    def call(path, body):
-        reply = pool.urlopen("POST", path, body=body, headers=HEADERS, preload_content=False)
-        return reply.status, reply.headers.get("content-type", ""), reply.stream(65536, decode_content=False), reply.read
-    return call
+    def send(path, body):
+        return pool.urlopen("POST", path, body=body, headers=HEADERS, preload_content=False)
+    return send, lambda reply: reply.stream(65536, decode_content=False)
 
 
-def call_bitrouter():
+def bitrouter_client():
+    """(send, stream) over BitRouter's upstream.Pools."""
     from bitrouter.upstream import Pools
 
     pools = Pools()
-
-    def call(path, body):
-        reply = pools.send(UPSTREAM + path, HEADERS, body)
-        return reply.status, reply.headers.get("content-type", ""), reply.chunks(), reply.read
-    return call
+    return (lambda path, body: pools.send(UPSTREAM + path, HEADERS, body)), lambda reply: reply.chunks()
 
 
-call = {"urllib3": call_urllib3, "bitrouter": call_bitrouter}[CLIENT]()
+send, stream = {"urllib3": urllib3_client, "bitrouter": bitrouter_client}[CLIENT]()
 
 
 @app.post("<path:path>")
 def chat(path):
     body = json.loads(bottle.request.body.read())
     body["model"] = "m"
-    status, content_type, chunks, read = call(path, json.dumps(body).encode())
-    bottle.response.status = status
-    if content_type.startswith("text/event-stream"):
+    reply = send(path, json.dumps(body).encode())
+    bottle.response.status = reply.status
+    if reply.headers.get("content-type", "").startswith("text/event-stream"):
         bottle.response.content_type = "text/event-stream"
-        return chunks
-    data = read()
+        return stream(reply)
+    data = reply.read()
     json.loads(data)  # a gateway reads the reply (usage, errors); this one only parses it
     bottle.response.content_type = "application/json"
     return data

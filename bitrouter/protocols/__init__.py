@@ -548,9 +548,8 @@ def body_model(raw: bytes, data: dict, field_name: str, model: str) -> bytes:
     body is re-encoded from its parsed JSON, where tool inputs with such a field are objects.
     """
     if raw.count(b'"' + field_name.encode() + b'"') == 1 and b"\\u" not in raw:
-        named = f'"{field_name}":{json.dumps(model)}'.encode()
-        renamed, found = _model_pattern(field_name).subn(lambda _: named, raw, count=1)
-        if found:
+        renamed = reply_model(raw, field_name, model)
+        if renamed != raw:  # the key had a string value (it differs from model: a rename is due)
             return renamed
     return json.dumps({**data, field_name: model}).encode()
 
