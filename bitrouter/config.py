@@ -168,12 +168,6 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
-def mask_url(url: str) -> str:
-    """Hide the password in a database URL."""
-    # Greedy up to the last `@` before the path: an unencoded `@` may sit in the password.
-    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
-
-
 # ---------------------------------------------------------------- helpers
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
 from bitrouter import Error, boundary, client, config, guardrails, hints
-from bitrouter.home import private_file, private_folder
+from bitrouter.home import mask_url, private_file, private_folder
 
 log = logging.getLogger("bitrouter")
 
@@ -172,7 +172,7 @@ def status_report(home) -> dict:
     host = cfg.host_port[0]
     required = cfg.auth["mode"] == "on" or (cfg.auth["mode"] == "auto" and (trusted or not config.is_loopback(host)))
     report.update(
-        database=config.mask_url(cfg.database_url), listen=cfg.listen,
+        database=mask_url(cfg.database_url), listen=cfg.listen,
         auth={"mode": cfg.auth["mode"], "tokens_required": bool(required), "active_account": account,
               "trusted_issuers": trusted},
         providers=[{"name": name, "protocol": p.api_protocol, "api_base": p.api_base,

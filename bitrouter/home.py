@@ -1,6 +1,7 @@
 """Where BitRouter keeps its files: home resolution, path overrides, scaffolding and private files."""
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -117,7 +118,6 @@ def create_if_missing(home: Home) -> Home:
 
 def given_options(paths: dict) -> list:
     """The global options a hint must repeat: those --home-dir does not imply, a database password masked."""
-    from bitrouter.config import mask_url
     layout = at(_absolute(paths["home_dir"], Path.cwd())) if paths.get("home_dir") else None
     given = []
     for key, value in paths.items():
@@ -125,6 +125,12 @@ def given_options(paths: dict) -> list:
             continue  # what --home-dir implies anyway (a daemon's command line spells it all out)
         given += ["--" + key.replace("_", "-"), mask_url(str(value)) if key == "db" else str(value)]
     return given
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a database URL."""
+    # Greedy up to the last `@` before the path: an unencoded `@` may sit in the password.
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
 
 
 def require_existing(home: Home) -> Home:

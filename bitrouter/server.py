@@ -26,6 +26,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from bitrouter import (Error, access, app, boundary, cluster, config, daemon, guardrails, hints, protocols, proxy,
                        store, workers)
+from bitrouter.home import mask_url
 from bitrouter.metrics import Metrics, dashboard
 from bitrouter.protocols import mock
 from bitrouter.router import Health, Router
@@ -135,7 +136,7 @@ class Server:
 def _bound_settings(cfg) -> dict:
     """Settings a running server cannot change: its socket, its processes, the database it opened."""
     return {"server.listen": cfg.listen, "server.workers": cfg.server["workers"],
-            "database.url": config.mask_url(cfg.database_url)}
+            "database.url": mask_url(cfg.database_url)}
 
 
 def serve(home, cfg=None, worker_count=None) -> None:

@@ -2,23 +2,26 @@
 
 SQLite by default, any peewee URL otherwise (`postgresql://user:pass@host/db` needs a
 PostgreSQL driver such as psycopg2 installed). A `Store` is one open database; the models
-are bound to none, each store binds its own queries. The spend writer keeps its own
-connection on its own OS thread.
+are bound to none, each store binds its own queries. The spend writer's rows are
+committed by a process of their own.
 """
 
 import contextlib
 import json
 import logging
+import marshal
+import numbers
 import os
 import secrets
+import signal
+import sys
 import time
 from datetime import datetime, timezone
 
 import peewee
 
 from bitrouter import Error, native
-from bitrouter.config import mask_url
-from bitrouter.home import private_file
+from bitrouter.home import mask_url, private_file
 
 log = logging.getLogger("bitrouter.store")
 
@@ -235,19 +238,29 @@ class Store:
 
 
 class SpendWriter:
-    """Writes spend rows in batches on a background OS thread; `log` never waits on the database.
+    """Writes spend rows in batches through a writer process; `log` never waits on the database.
 
-    The thread and its locks are the interpreter's own even when gevent has monkey-patched
-    the process: a greenlet would run SQLite calls on the event loop that serves requests.
-    `log` only appends to a list; the thread takes the rows `interval` seconds after the
-    first of them arrived (or when `batch_size` are waiting), so it does not compete with
-    the event loop for the interpreter once per row, and sleeps while nothing is logged. `close()` writes everything still waiting.
+    `log` only appends a row to a list. A background OS thread takes the rows `interval`
+    seconds after the first of them arrived (or when `batch_size` are waiting), hands them
+    to a child process over a pipe and waits for its answer; the child (`write_rows`) binds
+    them and commits them. The database work is a process's, not a thread's: a thread that
+    binds and inserts rows takes this process's interpreter lock in many short turns (SQLite's
+    driver lets go of it around every call), and every turn made the event loop that serves
+    requests wait once more. The thread and its locks are the interpreter's own even when
+    gevent has monkey-patched the process, and the child starts with the first batch.
+
+    A row is pending (counted by `pending`, for budget checks) until the child says it is
+    stored. If the child dies, its batch is sent again to a new one: a child killed between
+    its commit and its answer writes that batch twice (counted twice, never lost). `close()`
+    writes everything still waiting; the child ignores SIGINT and SIGTERM, which a terminal or
+    a supervisor sends the whole process group, and ends when its pipe closes.
     """
 
     def __init__(self, url: str, interval: float = 0.2, batch_size: int = 500):
         self.url = url
         self.interval = interval
         self.batch_size = batch_size
+        connect(url).close()  # fail at start-up, not on the first flush
         allocate_lock = native("_thread", "allocate_lock")
         self._lock = allocate_lock()  # guards _rows and _pending
         self._wakeup = allocate_lock()  # held while the thread may sleep; released to wake it
@@ -256,12 +269,7 @@ class SpendWriter:
         self._pending: dict = {}
         self._closed = False
         self._failing = False  # the last write failed: the backoff, not a full batch, decides when
-        self._db = connect(url)  # fail at start-up, not on the first flush
-        self._db.close()  # this thread's connection; the writer thread opens its own
-        left, right = self._db.quote  # the driver's identifier quotes: "" or ``
-        columns = ", ".join(f"{left}{name}{right}" for name in SPEND_FIELDS)
-        self._insert_head = f"INSERT INTO {left}{SpendLog._meta.table_name}{right} ({columns}) VALUES "
-        self._row_marks = f"({', '.join([self._db.param] * len(SPEND_FIELDS))})"
+        self._child = None  # the writer process, started with the first batch
         self._wakeup.acquire()
         self._done.acquire()
         native("_thread", "start_new_thread")(self._run, ())
@@ -270,7 +278,11 @@ class SpendWriter:
         """Queue one spend row (SpendLog field names; `time` may be a Unix time or omitted)."""
         if self._closed:
             raise RuntimeError("the spend writer is closed")
-        values = _bound(row)
+        values = tuple(map(row.get, SPEND_FIELDS))
+        if not _PIPED.issuperset(map(type, values)):  # the pipe carries marshal's plain types
+            values = tuple(map(_piped, values))
+        if values[_TIME] is None:
+            values = (*values[:_TIME], time.time(), *values[_TIME + 1:])
         with self._lock:
             self._count(values, +1)
             self._rows.append(values)
@@ -297,7 +309,7 @@ class SpendWriter:
     # ------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        """Every interval (or when woken), take the waiting rows and commit them."""
+        """Every interval (or when woken), take the waiting rows and have them committed."""
         batch: list = []
         failures = 0
         try:
@@ -318,7 +330,7 @@ class SpendWriter:
                     del self._rows[:take]
                 if batch:
                     if self._flush(batch):
-                        batch, failures = [], 0
+                        failures = 0
                     else:
                         failures += 1
                         if stopping and failures >= 5:
@@ -335,7 +347,7 @@ class SpendWriter:
                 if stopping and not batch:
                     break
         finally:
-            self._db.close()
+            self._stop_child()
             self._done.release()
 
     def _wake(self) -> None:
@@ -346,49 +358,32 @@ class SpendWriter:
             pass
 
     def _flush(self, batch: list) -> bool:
-        """Insert a batch in one transaction; True on success (bad rows are dropped, logged).
+        """Have the writer process store a batch; True once every row is stored or dropped.
 
-        The rows are already the tuples the statement binds, and go in multi-row INSERTs of
-        ROWS_PER_INSERT: a driver's executemany runs one statement per row, and SQLite's
-        gives the interpreter up and takes it back around each, so every row made the
-        event loop that serves requests wait for this thread once more.
-        When the batch fails for any reason but an unusable database, its rows are tried one
-        by one, so a row the database refuses is set aside instead of blocking every other.
+        The rows it has done are forgotten and taken off the batch; the rest stay for the
+        next try (the database may be back by then, or a new child started).
         """
         try:
-            with self._db.atomic(), peewee.__exception_wrapper__:
-                cursor = self._db.cursor()
-                for start in range(0, len(batch), ROWS_PER_INSERT):
-                    rows = batch[start:start + ROWS_PER_INSERT]
-                    cursor.execute(self._insert_head + ", ".join([self._row_marks] * len(rows)),
-                                   [value for values in rows for value in values])
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:  # unreachable, locked, closed: retry
-            _drop_connection(self._db)
-            log.warning("spend log write failed (%d rows kept): %s", len(batch),
-                        _reason(exc, self.url))
+            if self._child is None:
+                self._child = _WriterProcess(self.url)
+            _send(self._child.rows, batch)
+            done, notes = _receive(self._child.answers)
+        except (OSError, EOFError) as exc:
+            log.warning("spend writer process failed (%d rows kept): %s", len(batch),
+                        str(exc) or type(exc).__name__)
+            self._stop_child(kill=True)
             return False
-        except Exception:
-            return self._flush_each(batch)
-        self._forget(batch)
-        return True
+        for level, text in notes:  # the child's log lines, already masked
+            log.log(level, "%s", text)
+        self._forget(batch[:done])
+        del batch[:done]
+        return not batch
 
-    def _flush_each(self, batch: list) -> bool:
-        """Insert rows one at a time; a row refused for its content is dropped with a log line."""
-        for i, values in enumerate(batch):
-            try:
-                with self._db.atomic():
-                    self._db.execute_sql(self._insert_head + self._row_marks, values)
-            except (peewee.OperationalError, peewee.InterfaceError) as exc:
-                _drop_connection(self._db)
-                log.warning("spend log write failed (%d rows kept): %s", len(batch) - i,
-                            _reason(exc, self.url))
-                del batch[:i]  # those were written (or dropped) and forgotten already
-                return False
-            except Exception as exc:
-                log.error("spend row dropped, the database refused it (%s): %r", _reason(exc, self.url),
-                          {k: values[_COLUMN[k]] for k in ("model", "status", "token_hash")})
-            self._forget([values])
-        return True
+    def _stop_child(self, kill: bool = False) -> None:
+        """End the writer process: its pipe closes, it finishes its batch and exits."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.close(kill)
 
     def _forget(self, rows: list) -> None:
         """Take committed (or dropped) rows out of the pending totals."""
@@ -398,11 +393,12 @@ class SpendWriter:
 
     def _count(self, values: tuple, sign: int) -> None:
         """Add a row to (or take it from) the pending totals of its token and account (lock held)."""
-        token_hash, account = values[_COLUMN["token_hash"]], values[_COLUMN["account"]]
+        token_hash, account = values[_TOKEN_HASH], values[_ACCOUNT]
         if token_hash is None and account is None:  # an open server's rows: nobody's budget
             return
-        cost = int(values[_COLUMN["cost_micro_usd"]])
-        success = int(int(values[_COLUMN["status"]]) < 400)
+        cost = int(values[_COST] or 0)
+        status = values[_STATUS]
+        success = int(status is None or int(status) < 400)
         keys = [("token", token_hash)] if token_hash is not None else []
         if account is not None:
             keys.append(("account", account))
@@ -415,10 +411,124 @@ class SpendWriter:
                 self._pending.pop(key, None)
 
 
+def write_rows(source=None, answers=None) -> None:
+    """The writer process (`SpendWriter` starts it): the database URL, then batches of rows,
+    each answered with (rows done, log lines) once committed; ends when `source` closes."""
+    source = source or sys.stdin.buffer
+    answers = answers or sys.stdout.buffer
+    for name in ("SIGINT", "SIGTERM"):  # sent to the whole group; the server's close() ends this
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    notes = _Notes()
+    log.addHandler(notes)
+    log.propagate = False
+    inserter = _Inserter(_receive(source))
+    try:
+        while True:
+            try:
+                batch = _receive(source)
+            except EOFError:
+                return
+            done = inserter.write(batch)
+            try:
+                _send(answers, (done, notes.take()))
+            except OSError:  # the server is gone: the rows are stored, nobody to tell
+                return
+    finally:
+        inserter.close()
+
+
+class _Inserter:
+    """The writer process's side: binds rows and commits them in multi-row INSERTs."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.db = None  # connected for the first batch, and again after a failure to connect
+
+    def close(self) -> None:
+        """Close the connection, if there is one."""
+        if self.db is not None:
+            self.db.close()
+
+    def write(self, batch: list) -> int:
+        """Store a batch in one transaction; how many of its rows are done (stored, or dropped
+        as unstorable, with a log line): all of them unless the database became unusable.
+
+        Statements of ROWS_PER_INSERT rows: a driver's executemany runs one statement per row.
+        When the batch fails for any reason but an unusable database, its rows are tried one
+        by one, so a row the database refuses is set aside instead of blocking every other.
+        """
+        if self.db is None:
+            try:
+                self._connect()
+            except Error as exc:  # its message masks the URL's password
+                log.warning("spend log write failed (%d rows kept): %s", len(batch), exc)
+                return 0
+        rows = [_bound_or_none(values) for values in batch]
+        storable = [values for values in rows if values is not None]
+        try:
+            with self.db.atomic(), peewee.__exception_wrapper__:
+                cursor = self.db.cursor()
+                for start in range(0, len(storable), ROWS_PER_INSERT):
+                    chunk = storable[start:start + ROWS_PER_INSERT]
+                    cursor.execute(self.insert_head + ", ".join([self.row_marks] * len(chunk)),
+                                   [value for values in chunk for value in values])
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:  # unreachable, locked, closed: retry
+            _drop_connection(self.db)
+            log.warning("spend log write failed (%d rows kept): %s", len(batch), _reason(exc, self.url))
+            return 0
+        except Exception:
+            return self._write_each(rows)
+        return len(batch)
+
+    def _connect(self) -> None:
+        """Open the database and make the insert statement's parts in its dialect."""
+        self.db = connect(self.url)
+        left, right = self.db.quote  # the driver's identifier quotes: "" or ``
+        columns = ", ".join(f"{left}{name}{right}" for name in SPEND_FIELDS)
+        self.insert_head = f"INSERT INTO {left}{SpendLog._meta.table_name}{right} ({columns}) VALUES "
+        self.row_marks = f"({', '.join([self.db.param] * len(SPEND_FIELDS))})"
+
+    def _write_each(self, rows: list) -> int:
+        """Insert rows one at a time; a row refused for its content is dropped with a log line."""
+        for i, values in enumerate(rows):
+            if values is None:
+                continue
+            try:
+                with self.db.atomic():
+                    self.db.execute_sql(self.insert_head + self.row_marks, values)
+            except (peewee.OperationalError, peewee.InterfaceError) as exc:
+                _drop_connection(self.db)
+                log.warning("spend log write failed (%d rows kept): %s", len(rows) - i,
+                            _reason(exc, self.url))
+                return i
+            except Exception as exc:
+                log.error("spend row dropped, the database refused it (%s): %r", _reason(exc, self.url),
+                          {k: values[_COLUMN[k]] for k in ("model", "status", "token_hash")})
+        return len(rows)
+
+
+class _Notes(logging.Handler):
+    """The writer process's log lines, kept to go back with the next answer."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record) -> None:
+        self.lines.append((record.levelno, record.getMessage()))
+
+    def take(self) -> list:
+        lines, self.lines = self.lines, []
+        return lines
+
+
 # Rows per INSERT statement: its parameters stay within SQLite's oldest limit of 999.
 ROWS_PER_INSERT = 999 // len(SPEND_FIELDS)
 # A spend row as the insert binds it: every column in SPEND_FIELDS order, defaults filled in.
 _COLUMN = {name: i for i, name in enumerate(SPEND_FIELDS)}
+_TIME, _TOKEN_HASH, _ACCOUNT = _COLUMN["time"], _COLUMN["token_hash"], _COLUMN["account"]
+_COST, _STATUS = _COLUMN["cost_micro_usd"], _COLUMN["status"]
+_PIPED = frozenset((str, int, float, bool, type(None)))  # what `log` hands the writer process unchanged
 
 
 # ---------------------------------------------------------------- helpers
@@ -436,14 +546,13 @@ def _reason(exc: Exception, url: str = "") -> str:
     return mask_url(text.replace(url, mask_url(url)) if url else text)
 
 
-def _bound(row: dict) -> tuple:
+def _bound(raw: tuple) -> tuple:
     """A spend row as the insert binds it, storable by every database: encodable strings of
-    bounded length, ints in range, the time as naive UTC (now when omitted), defaults for the rest.
+    bounded length, ints in range, the time as naive UTC, defaults for the rest.
 
-    It runs once a request: the usual value is accepted by a type and range check, and
-    only another one is converted.
+    The usual value is accepted by a type and range check, and only another one is converted.
     """
-    values = [row.get(name) for name in SPEND_FIELDS]
+    values = list(raw)
     for i, default, size in _TEXT_COLUMNS:
         value = values[i]
         if value is None:
@@ -456,9 +565,90 @@ def _bound(row: dict) -> tuple:
             values[i] = default
         elif value.__class__ is not int or not -limit <= value <= limit:
             values[i] = max(-limit, min(limit, int(value)))
-    when = values[_COLUMN["time"]]
-    values[_COLUMN["time"]] = _utc_naive(time.time() if when is None else when)
+    values[_TIME] = _utc_naive(values[_TIME])
     return tuple(values)
+
+
+def _bound_or_none(raw: tuple) -> tuple | None:
+    """`_bound`, or None with a log line for a row that cannot be stored (a status of "abc")."""
+    try:
+        return _bound(raw)
+    except (TypeError, ValueError, OverflowError) as exc:
+        log.error("spend row dropped, it cannot be stored (%s): %r", exc,
+                  {k: raw[_COLUMN[k]] for k in ("model", "status", "token_hash")})
+        return None
+
+
+def _piped(value):
+    """A row's value as the pipe to the writer process carries it (marshal's plain types)."""
+    if isinstance(value, datetime):  # naive means UTC, as the tables store it
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None if value is None else str(value)
+
+
+class _WriterProcess:
+    """A running `write_rows` process and its two pipes, told the database URL through its
+    pipe, never in its arguments (a password would show in `ps`).
+
+    Started with the interpreter's own posix_spawn rather than the subprocess module: it is
+    called from the writer thread, and a monkey-patched process's subprocess and posix_spawn
+    are gevent's, which watch the child from the event loop's thread.
+    """
+
+    def __init__(self, url: str):
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        search_path = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
+        rows_in, rows_out = os.pipe()  # both ends close on exec but for the two dup2'ed below
+        answers_in, answers_out = os.pipe()
+        self.rows = os.fdopen(rows_out, "wb")
+        self.answers = os.fdopen(answers_in, "rb")
+        self.pid = None
+        try:
+            self.pid = native("os", "posix_spawn")(
+                sys.executable, [sys.executable, "-c", "from bitrouter import store; store.write_rows()"],
+                {**os.environ, "PYTHONPATH": search_path},
+                file_actions=[(os.POSIX_SPAWN_DUP2, rows_in, 0), (os.POSIX_SPAWN_DUP2, answers_out, 1)])
+            _send(self.rows, url)
+        except OSError:
+            self.close(kill=True)
+            raise
+        finally:
+            os.close(rows_in)
+            os.close(answers_out)
+
+    def close(self, kill: bool = False) -> None:
+        """Close its pipe and wait for it to exit (kill it first for a failed one)."""
+        if kill and self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+        for pipe in (self.rows, self.answers):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        if self.pid:
+            with contextlib.suppress(ChildProcessError):  # gevent's SIGCHLD handler may have reaped it
+                native("os", "waitpid")(self.pid, 0)
+
+
+def _send(pipe, message) -> None:
+    """One message on a pipe: its length, then its marshal bytes."""
+    data = marshal.dumps(message)
+    pipe.write(len(data).to_bytes(4, "big"))
+    pipe.write(data)
+    pipe.flush()
+
+
+def _receive(pipe):
+    """The next message on a pipe; EOFError once it has closed."""
+    head = pipe.read(4)
+    size = int.from_bytes(head, "big") if len(head) == 4 else -1
+    data = pipe.read(size) if size >= 0 else b""
+    if size < 0 or len(data) < size:
+        raise EOFError("the writer pipe closed")
+    return marshal.loads(data)
 
 
 def _text(value, size: int) -> str:

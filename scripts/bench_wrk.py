@@ -319,11 +319,15 @@ def _drain(sock) -> None:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MB."""
+    """Resident memory of a process and its children (BitRouter's spend writer process), in MB."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_mb(int(child)) * 1024
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+            total += int(line.split()[1])
+    return round(total / 1024, 1)
 
 
 # ---------------------------------------------------------------- streaming

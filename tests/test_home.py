@@ -240,3 +240,14 @@ def test_cli_scaffolds_the_default_home_under_home(places):
     status = status_of(project, clean_env(user))
     assert status["home"].strip() == str(user / ".bitrouter")
     assert mode(user / ".bitrouter" / ".env") == 0o600
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgres://user:s3cret@db.example:5432/br", "postgres://user:***@db.example:5432/br"),
+    ("postgres://user:p@ss@db/br", "postgres://user:***@db/br"),
+    ("redis://:only-pass@cache/0", "redis://:***@cache/0"),
+    ("postgres://user@db/br", "postgres://user@db/br"),
+    ("sqlite:////home/u/.bitrouter/bitrouter.db", "sqlite:////home/u/.bitrouter/bitrouter.db"),
+])
+def test_mask_url_hides_only_the_password(url, masked):
+    assert home.mask_url(url) == masked

@@ -1,5 +1,7 @@
 """The database layer: tables, the batching spend writer and budget totals."""
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -7,6 +9,7 @@ import textwrap
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from conftest import wait_until
@@ -225,15 +228,15 @@ def test_hostile_strings_are_cleaned_and_never_block_other_rows(url):
     assert writer.pending(token_hash="t" * 64) == (0, 0)
 
 
-def test_a_row_the_database_refuses_is_dropped_alone(url):
+def test_a_row_that_cannot_be_stored_is_dropped_alone(url, caplog):
     writer = store.SpendWriter(url, interval=60, batch_size=100_000)
     for i in range(10):
         writer.log(row(model=f"m{i}"))
-    # A row that skipped cleaning, as every row did before: the database cannot encode it.
-    bad = {**row(model="\ud800"), "time": datetime.now(timezone.utc).replace(tzinfo=None)}
-    writer._rows.append(tuple(bad.get(name, store.SpendLog._meta.fields[name].default) for name in store.SPEND_FIELDS))
+    writer.log(row(model="slow", latency_ms="very"))  # no integer: the writer process cannot bind it
     writer.close()
     assert count_rows(url) == 10
+    assert writer.pending(token_hash="t" * 64) == (0, 0)
+    assert "spend row dropped, it cannot be stored" in caplog.text and "'slow'" in caplog.text
 
 
 def test_two_stores_in_one_process_keep_to_their_own_database(tmp_path):
@@ -254,3 +257,61 @@ def test_a_closed_store_reopens_on_its_next_call(db):
     db.close()
     assert db.db.is_closed()
     assert db.revoked_hashes() == {"h" * 64}
+
+
+def writer_process(writer, url):
+    """The writer's child process, once a first batch has gone through it."""
+    writer.log(row(model="first"))
+    wait_until(lambda: count_rows(url) >= 1, what="the first batch")
+    return writer._child.pid
+
+
+def test_a_killed_writer_process_is_replaced_and_no_row_is_lost(url):
+    writer = store.SpendWriter(url, interval=0.01, batch_size=50)
+    first = writer_process(writer, url)
+    os.kill(first, signal.SIGKILL)
+    for i in range(120):
+        writer.log(row(model=f"m{i}"))
+    writer.close()
+    assert count_rows(url) == 121
+    assert writer.pending(token_hash="t" * 64) == (0, 0)
+    with pytest.raises(ProcessLookupError):  # reaped, not left a zombie
+        os.kill(first, 0)
+
+
+def test_the_writer_process_ignores_group_signals_and_never_sees_the_url_in_its_arguments(tmp_path):
+    url = f"sqlite:///{tmp_path / 'secret-name.db'}"
+    store.Store(url).close()
+    writer = store.SpendWriter(url, interval=0.01, batch_size=50)
+    pid = writer_process(writer, url)
+    assert b"secret-name" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    os.kill(pid, signal.SIGINT)  # what Ctrl-C and a supervisor's stop send the whole group
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(30):
+        writer.log(row())
+    writer.close()  # the server's close, not the signals, ends it: every row is written
+    assert count_rows(url) == 31
+
+
+def test_the_writer_process_ends_with_the_server_however_it_dies(url):
+    script = textwrap.dedent(f"""
+        import os, time
+        from bitrouter import store
+        writer = store.SpendWriter({url!r}, interval=0.01)
+        writer.log({{"model": "m"}})
+        while writer._child is None or writer._pending:
+            time.sleep(0.01)
+        print(writer._child.pid, flush=True)
+        os.kill(os.getpid(), 9)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    child = int(result.stdout)
+
+    def gone():
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"  # exited, its parent gone
+    wait_until(gone, what="the orphaned writer process to exit")
+    assert count_rows(url) == 1
