@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -36,6 +37,8 @@ log = logging.getLogger("bitrouter")
 
 FD_TARGET = 65536  # the open-file soft limit the server asks for (never above the hard limit)
 FD_RESERVE = 64  # file descriptors kept for the listener, log, database and such
+MAX_HEADER_LINE = 65536  # bytes in one request header line (http.client's limit, which gevent used)
+MAX_HEADERS = 100  # request header fields
 
 
 class Runtime:
@@ -316,6 +319,9 @@ class _Handler(WSGIHandler):
         with self._idle_while(), gevent.Timeout(self._limit("header_timeout"), _HeadersLate):
             return super().read_request(raw_requestline)
 
+    def MessageClass(self, rfile, _seekable=0):  # noqa: N802 (gevent's name)
+        return _RequestHeaders.read(rfile)
+
     def get_environ(self):
         environ = super().get_environ()
         environ["bitrouter.idle_while"] = self._idle_while
@@ -368,6 +374,74 @@ class _Handler(WSGIHandler):
 
     def _limit(self, name: str) -> float | None:
         return self.server.srv.runtime.cfg.server[name] or None  # 0 turns a timeout off
+
+
+class _RequestHeaders:
+    """A request's header fields, read the way RFC 9112 asks, in place of gevent's parse (the
+    email package's, which took a twelfth of a request's time).
+
+    gevent reads what it needs through `status` (not empty: answered with a 400), `get`,
+    `getheader`, `typeheader`, `headers` (the lines again, for the environ) and `del`. A line
+    that is not `name: value` (a name that is not a token or has white space before its
+    colon, a folded continuation line) and differing Content-Length values are refused, as
+    the RFC asks of a server: a proxy that reads them one way while the next hop reads them
+    another is open to request smuggling.
+    """
+
+    def __init__(self, fields: list, status: str = ""):
+        self.fields = fields  # (name, value) in order; the values stripped, as latin-1 text
+        self.status = status
+        self._first = {}
+        for name, value in fields:
+            self._first.setdefault(name.lower(), value)
+
+    @classmethod
+    def read(cls, rfile) -> "_RequestHeaders":
+        """The header lines up to the blank one (or the end of the stream)."""
+        fields = []
+        while True:
+            line = rfile.readline(MAX_HEADER_LINE + 1)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            if len(line) > MAX_HEADER_LINE:
+                return cls([], "header line too long")
+            if len(fields) == MAX_HEADERS:
+                return cls([], f"more than {MAX_HEADERS} header fields")
+            field = _HEADER_FIELD.fullmatch(line)
+            if field is None:
+                return cls([], "malformed header line")
+            fields.append((field[1].decode("latin-1"), field[2].decode("latin-1")))
+        headers = cls(fields)
+        lengths = {value for name, value in fields if name.lower() == "content-length"}
+        return headers if len(lengths) < 2 else cls([], "conflicting Content-Length headers")
+
+    def get(self, name: str, default=None):
+        """The first field of that name (any case)."""
+        return self._first.get(name.lower(), default)
+
+    getheader = get
+
+    @property
+    def typeheader(self):
+        return self._first.get("content-type")
+
+    @property
+    def headers(self):
+        """The fields as header lines, which gevent's environ is built from."""
+        return [f"{name}: {value}\r\n" for name, value in self.fields]
+
+    def __delitem__(self, name: str) -> None:
+        lower = name.lower()
+        if lower not in self._first:
+            raise KeyError(name)
+        del self._first[lower]
+        self.fields = [(n, v) for n, v in self.fields if n.lower() != lower]
+
+
+# One header line: a token (RFC 9110's field-name), a colon, the value without its surrounding
+# white space. Control characters and non-ASCII bytes in values are the app's to refuse
+# (boundary.check_headers), in the client's own protocol.
+_HEADER_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*\r?\n")
 
 
 class _HeadersLate(ValueError):

@@ -232,6 +232,13 @@ def test_headers_with_bad_bytes_are_a_400_and_never_forwarded(world, header):
     (b"GARBAGE\r\n\r\n", 400),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
     (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    # Header lines a smuggler bets two hops read differently (RFC 9112 section 5).
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length : 2\r\n\r\n{}", 400),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-A: b\r\n folded: on\r\n\r\n", 400),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-" + b"a" * 70_000 + b": 1\r\n\r\n", 400),
+    (b"POST /v1/chat/completions HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n", 400),
 ])
 def test_malformed_http_gets_a_json_error(world, request_bytes, status):
     reply = raw_request(world[0], request_bytes)
@@ -239,6 +246,16 @@ def test_malformed_http_gets_a_json_error(world, request_bytes, status):
     assert head.startswith(b"HTTP/1.1 %d" % status), reply[:200]
     assert json.loads(body)["error"]["message"]
     assert reply.count(b"HTTP/1.1") == 1  # one answer, not gevent's second one glued on
+
+
+def test_header_lines_the_rfc_allows_are_read_as_they_mean(world):
+    body = json.dumps({"model": "mock:echo", "messages": USER}).encode()
+    reply = raw_request(world[0], b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        b"content-type:application/json\r\nContent-Length: %d\r\nCONTENT-LENGTH:  %d \t\r\n"
+                        b"X-Empty:\r\n\r\n" % (len(body), len(body)) + body)
+    head, _, answer = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), reply[:300]
+    assert json.loads(answer)["choices"][0]["message"]["content"]
 
 
 @pytest.mark.parametrize("query", ["recent=%B2", "recent=" + "9" * 5000, "recent=-1"])
