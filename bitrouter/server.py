@@ -31,7 +31,7 @@ from bitrouter.home import mask_url
 from bitrouter.metrics import Metrics, dashboard
 from bitrouter.protocols import mock
 from bitrouter.router import Health, Router
-from bitrouter.upstream import Pools
+from bitrouter.upstream import Pools, send_all
 
 log = logging.getLogger("bitrouter")
 
@@ -321,6 +321,18 @@ class _Handler(WSGIHandler):
 
     def MessageClass(self, rfile, _seekable=0):  # noqa: N802 (gevent's name)
         return _RequestHeaders.read(rfile)
+
+    def _sendall(self, data):
+        # gevent's, but for upstream.send_all: its socket's sendall asks the kernel for the
+        # send buffer's size on every call.
+        try:
+            send_all(self.socket, data)
+        except OSError as exc:
+            self.status = f"socket error: {exc}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
 
     def get_environ(self):
         environ = super().get_environ()

@@ -129,10 +129,9 @@ class Pools:
         if scheme == "https":
             if self._tls is None:
                 self._tls = ssl.create_default_context()
-            conn = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout, context=self._tls)
+            conn = _HTTPSConnection(host, port, timeout=self.connect_timeout, context=self._tls)
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
-        conn.response_class = _Response
+            conn = _HTTPConnection(host, port, timeout=self.connect_timeout)
         try:
             conn.connect()
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -279,6 +278,15 @@ def parse_retry_after(value) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def send_all(sock, data) -> None:
+    """`sock.sendall(data)` without gevent's look-up of the socket's send buffer size, a
+    system call for every sendall: one send for what the kernel takes at once (all of a
+    usual request or reply), sendall for the rest."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def _read_failed(exc) -> UpstreamError:
     """A body read that failed part-way, as an UpstreamError."""
     return UpstreamError(f"upstream read failed: {_reason(exc)}",
@@ -323,6 +331,25 @@ class _Response(http.client.HTTPResponse):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True  # the body ends when the connection does
+
+
+class _Sending:
+    """http.client's connection, its replies read by _Response and its bytes sent by send_all."""
+
+    response_class = _Response
+
+    def send(self, data) -> None:
+        if self.sock is None or not isinstance(data, (bytes, bytearray)):
+            return super().send(data)  # connects, or sends a file or an iterable
+        send_all(self.sock, data)
+
+
+class _HTTPConnection(_Sending, http.client.HTTPConnection):
+    """A plain upstream connection."""
+
+
+class _HTTPSConnection(_Sending, http.client.HTTPSConnection):
+    """A TLS upstream connection."""
 
 
 def _headers(lines: list) -> dict:

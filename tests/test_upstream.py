@@ -108,6 +108,24 @@ def test_one_connection_serves_call_after_call(pools):
     server.close()
 
 
+def test_a_body_larger_than_the_socket_buffer_arrives_whole(pools):
+    def echo_size(server, number, conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += conn.recv(1 << 20)
+        conn.sendall(reply(json.dumps({"size": len(body), "tail": body[-8:].decode()}).encode()))
+
+    server = ScriptedServer(echo_size)
+    body = b"x" * (16 << 20) + b"12345678"  # the first send takes what fits, sendall the rest
+    answer = pools.send(server.url, {"content-type": "application/json"}, body).read()
+    assert json.loads(answer) == {"size": len(body), "tail": "12345678"}
+    server.close()
+
+
 def test_a_connection_the_server_closed_while_idle_is_replaced_before_use(pools):
     def once(server, number, conn):
         if server.read_request(conn, number):
