@@ -1,5 +1,6 @@
 """Hostile or careless clients and upstreams, through a real server: nothing lost, nothing leaked, no 500."""
 
+import email.utils
 import json
 import signal
 import socket
@@ -256,6 +257,8 @@ def test_header_lines_the_rfc_allows_are_read_as_they_mean(world):
     head, _, answer = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), reply[:300]
     assert json.loads(answer)["choices"][0]["message"]["content"]
+    dates = [line[6:].decode() for line in head.split(b"\r\n") if line.lower().startswith(b"date: ")]
+    assert len(dates) == 1 and abs(email.utils.parsedate_to_datetime(dates[0]).timestamp() - time.time()) < 5
 
 
 @pytest.mark.parametrize("query", ["recent=%B2", "recent=" + "9" * 5000, "recent=-1"])
