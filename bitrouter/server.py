@@ -31,7 +31,7 @@ from bitrouter.home import mask_url
 from bitrouter.metrics import Metrics, dashboard
 from bitrouter.protocols import mock
 from bitrouter.router import Health, Router
-from bitrouter.upstream import Pools, send_all
+from bitrouter.upstream import ONE_SEND_BYTES, Pools, send_all
 
 log = logging.getLogger("bitrouter")
 
@@ -322,9 +322,23 @@ class _Handler(WSGIHandler):
     def MessageClass(self, rfile, _seekable=0):  # noqa: N802 (gevent's name)
         return _RequestHeaders.read(rfile)
 
+    # gevent sends a reply's headers and its first body bytes in two system calls (and TCP
+    # segments): _sendall holds the headers of a small first write and sends them with it.
+    _hold_headers = False
+    _held = None
+
+    def _write_with_headers(self, data):
+        self._hold_headers, self._held = 0 < len(data) <= ONE_SEND_BYTES, None
+        super()._write_with_headers(data)
+
     def _sendall(self, data):
-        # gevent's, but for upstream.send_all: its socket's sendall asks the kernel for the
-        # send buffer's size on every call.
+        # gevent's, but for upstream.send_all (its socket's sendall asks the kernel for the
+        # send buffer's size on every call) and the held headers.
+        if self._hold_headers:
+            self._hold_headers, self._held = False, data
+            return
+        if self._held is not None:
+            data, self._held = self._held + data, None
         try:
             send_all(self.socket, data)
         except OSError as exc:

@@ -25,6 +25,7 @@ from bitrouter import StatusError
 # next endpoint. 401/403 mean BitRouter's own key for that provider is bad.
 RETRYABLE_STATUSES = frozenset({401, 403, 408, 429})
 MAX_TARGETS = 1024  # parsed upstream URLs kept
+ONE_SEND_BYTES = 65536  # a body up to this size is sent in the same system call as its headers
 # What a kept-alive connection the server closed unseen fails with when it is used again.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _READ_ERRORS = (OSError, http.client.HTTPException, ValueError)  # a body read cut off or malformed
@@ -342,6 +343,16 @@ class _Sending:
         if self.sock is None or not isinstance(data, (bytes, bytearray)):
             return super().send(data)  # connects, or sends a file or an iterable
         send_all(self.sock, data)
+
+    def _send_output(self, message_body=None, encode_chunked=False):
+        # http.client's sends the headers and the body in two system calls (and TCP segments):
+        # a body of bytes up to ONE_SEND_BYTES goes along with its headers.
+        if message_body.__class__ is not bytes or encode_chunked or len(message_body) > ONE_SEND_BYTES:
+            return super()._send_output(message_body, encode_chunked)
+        self._buffer.extend((b"", message_body))  # joined: the headers, a blank line, the body
+        data = b"\r\n".join(self._buffer)
+        del self._buffer[:]
+        self.send(data)
 
 
 class _HTTPConnection(_Sending, http.client.HTTPConnection):
