@@ -140,10 +140,12 @@ def _which(exe: str):
 def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: float = SECONDS) -> dict:
     """wrk against each target in turn, `rounds` times (`seconds` in all for each), so that the
     load other processes put on the machine falls on every target alike: req/s over all the
-    rounds, p50 and p99 the median of the rounds'."""
+    rounds, p50 and p99 the median of the rounds'. Every other round goes in reverse order
+    (A B, B A, ...), so a drift in the machine's speed favours no target."""
     runs = {name: [] for name in targets}
-    for _ in range(rounds):
-        for name, port in targets.items():
+    order = list(targets.items())
+    for round_number in range(rounds):
+        for name, port in (order if round_number % 2 == 0 else order[::-1]):
             runs[name].append(wrk(port, "/v1/chat/completions", CHAT, connections, seconds / rounds))
     out = {}
     for name, results in runs.items():
