@@ -437,9 +437,9 @@ class _RequestHeaders:
             if field is None:
                 return cls([], "malformed header line")
             fields.append((field[1].decode("latin-1"), field[2].decode("latin-1")))
-        headers = cls(fields)
-        lengths = {value for name, value in fields if name.lower() == "content-length"}
-        return headers if len(lengths) < 2 else cls([], "conflicting Content-Length headers")
+        if len({value for name, value in fields if name.lower() == "content-length"}) > 1:
+            return cls([], "conflicting Content-Length headers")
+        return cls(fields)
 
     def get(self, name: str, default=None):
         """The first field of that name (any case)."""
