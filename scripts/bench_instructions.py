@@ -8,10 +8,12 @@ the server's instructions per request, its threads included. Counts repeat to th
 instruction, so a change of 1% shows where wrk's rounds move by 10% (docs/performance.md
 lists the counts after each change of round 3).
 
-Work on a timer (the spend writer's batches, the log's flush) is spread over fewer
-requests under valgrind's slowdown, so its share is overstated; BitRouter's database poll
-(every 0.25 s) is switched off for the count. Installs Debian's valgrind when missing;
-two servers run at a time; about a minute and a half.
+BitRouter is also counted without its observers (no metrics, spend rows or events, as in
+bench_wrk's observers pair): the difference is what they cost, a few per cent that wrk's
+rounds on this machine cannot resolve. Work on a timer (the spend writer's batches, the
+log's flush) is spread over fewer requests under valgrind's slowdown, so its share is
+overstated; BitRouter's database poll (every 0.25 s) is switched off for the count.
+Installs Debian's valgrind when missing; two servers run at a time; about two minutes.
 """
 
 import http.client
@@ -30,17 +32,20 @@ WARMUP, REQUESTS = 100, 300
 # `bitrouter serve` with the revocation and route poll off (its count depends on time, not requests).
 SERVE_WITHOUT_POLL = ("import runpy, sys, bitrouter.cluster as cluster; cluster.POLL_SECONDS = 1e9; "
                       "sys.argv[0] = 'bitrouter'; runpy.run_module('bitrouter', run_name='__main__')")
+# The same server without its observers (bench_wrk.BARE), the poll off too.
+BARE_WITHOUT_POLL = "import bitrouter.cluster as cluster; cluster.POLL_SECONDS = 1e9\n" + bench_wrk.BARE
 
 
 def main() -> None:
     bench_wrk.ensure_tools()
     if not bench_wrk._which("valgrind"):
         bench_wrk.install("valgrind")
-    kinds = [*bench_wrk.RELAYS, "bitrouter"]
+    kinds = [*bench_wrk.RELAYS, "bitrouter", "bitrouter_bare"]
     with bench_wrk.Upstreams() as up, ThreadPoolExecutor(2) as pool:
         counts = dict(zip(kinds, pool.map(lambda kind: per_request(kind, up), kinds)))
     counts["bitrouter_vs_relay"] = round(counts["bitrouter"] / counts["relay"], 3)
     counts["bitrouter_vs_lean_relay"] = round(counts["bitrouter"] / counts["lean_relay"], 3)
+    counts["observers_cost"] = round(1 - counts["bitrouter_bare"] / counts["bitrouter"], 3)
     print(json.dumps(counts, indent=2))
 
 
@@ -56,6 +61,9 @@ def instructions(kind: str, up, requests: int) -> int:
         if kind in bench_wrk.RELAYS:
             command = [sys.executable, str(Path(__file__).with_name("minimal_relay.py")), str(port),
                        f"http://127.0.0.1:{up.port}", bench_wrk.RELAYS[kind]]
+        elif kind == "bitrouter_bare":
+            bench_wrk.write_home(Path(tmp), port, up)
+            command = [sys.executable, "-c", BARE_WITHOUT_POLL, tmp]
         else:
             bench_wrk.write_home(Path(tmp), port, up)
             command = [sys.executable, "-c", SERVE_WITHOUT_POLL, "--home-dir", tmp, "serve"]
