@@ -411,11 +411,11 @@ class SpendWriter:
                 self._pending.pop(key, None)
 
 
-def write_rows(source=None, answers=None) -> None:
-    """The writer process (`SpendWriter` starts it): the database URL, then batches of rows,
-    each answered with (rows done, log lines) once committed; ends when `source` closes."""
-    source = source or sys.stdin.buffer
-    answers = answers or sys.stdout.buffer
+def write_rows() -> None:
+    """The writer process (`SpendWriter` starts it): on standard input the database URL, then
+    batches of rows, each answered on standard output with (rows done, log lines) once
+    committed; ends when standard input closes."""
+    source, answers = sys.stdin.buffer, sys.stdout.buffer
     for name in ("SIGINT", "SIGTERM"):  # sent to the whole group; the server's close() ends this
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     notes = _Notes()

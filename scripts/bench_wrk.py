@@ -30,10 +30,10 @@ ROUNDS = 3  # the compared runs alternate in this many rounds of SECONDS / ROUND
 FRAMES = 50
 # A provider key of a real key's length: a key that is also a word of every reply (the
 # alias `bench`) would make every redaction pass do its work, which no real key does.
+KEY = "sk-bench-7f3a9c2e5b8d1f4a6c0e9b2d"
 # The minimal relays (scripts/minimal_relay.py) by the upstream client they call with: urllib3,
 # as issue 13 set the stack's ceiling, and BitRouter's own (what is left is the pipeline).
 RELAYS = {"relay": "urllib3", "lean_relay": "bitrouter"}
-KEY = "sk-bench-7f3a9c2e5b8d1f4a6c0e9b2d"
 CHAT = {"model": "bench", "messages": [{"role": "user", "content": "hello"}]}
 MESSAGES = {"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
 SSE_BODY = "".join(
