@@ -56,7 +56,12 @@ class Record:
 
 
 class Subscription:
-    """One subscriber's bounded inbox; when full, the oldest item is dropped and counted."""
+    """One subscriber's bounded inbox; when full, the oldest item is dropped and counted.
+
+    A brief inbox keeps, of consecutive waiting events of one type, only the newest: its
+    reader only learns that something changed, and a busy server would otherwise encode and
+    send a frame per request to say the same thing again.
+    """
 
     def __init__(self, keep: int, brief: bool = False):
         self.brief = brief  # events without their request: "something changed" is all this reader needs
@@ -67,9 +72,17 @@ class Subscription:
 
     def push(self, item) -> None:
         """Queue an item without ever blocking."""
-        if len(self.items) == self.items.maxlen:
+        items = self.items
+        if self.brief and items:
+            try:
+                if items[-1]["type"] == item["type"]:
+                    items[-1] = item  # still waiting, so the reader has yet to take it
+                    return
+            except IndexError:  # the in-process dashboard's thread took it meanwhile
+                pass
+        if len(items) == items.maxlen:
             self.dropped += 1
-        self.items.append(item)
+        items.append(item)
         self._ready.set()
 
     def wait(self, timeout: float | None) -> list:

@@ -10,6 +10,7 @@ against a drip upstream (a frame every 0.1 s). `BENCH_SECONDS` shortens or lengt
 wrk run (6 s); `BENCH_PEERS=1` adds LiteLLM's proxy, installed into its own venv.
 """
 
+import contextlib
 import json
 import os
 import resource
@@ -27,6 +28,8 @@ import bench
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
 ROUNDS = 3  # the compared runs alternate in this many rounds of SECONDS / ROUNDS each
+OBSERVER_ROUNDS = 30  # rounds of a second each for the pair with and without the observers
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FRAMES = 50
 # A provider key of a real key's length: a key that is also a word of every reply (the
 # alias `bench`) would make every redaction pass do its work, which no real key does.
@@ -58,19 +61,29 @@ end
 """
 
 
-def run(stack_extra: dict | None = None) -> dict:
+def run() -> dict:
     """Every wrk measurement in one run; returns the report's `wrk` part."""
     ensure_tools()
     report = {"seconds_per_run": SECONDS}
+    peers = os.environ.get("BENCH_PEERS") == "1"
     with Upstreams() as up, Gateway("relay", up) as relay, Gateway("lean_relay", up) as lean, \
-            Gateway("bitrouter", up) as br:
+            Gateway("bitrouter", up) as br, (LiteLLM(up) if peers else contextlib.nullcontext()) as litellm:
         targets = {"direct": up.port, "relay": relay.port, "lean_relay": lean.port, "bitrouter": br.port}
         report["rss_mb_idle"] = rss_mb(br.proc.pid)
         for name, port in targets.items():  # warm every path (connections, code) before timing
             wrk(port, "/v1/chat/completions", CHAT, 1, 1.0)
         report["latency_c1"] = interleaved(targets, 1)
-        report["throughput_c32"] = interleaved(targets, 32)
+        if litellm:  # in the same rounds as the others, so its ratio is one period's
+            wrk(litellm.port, "/v1/chat/completions", CHAT, 32, 2.0)
+            targets["litellm"] = litellm.port
+        processes = {"direct": up.nginx.pid, "relay": relay.proc.pid, "lean_relay": lean.proc.pid,
+                     "bitrouter": br.proc.pid, **({"litellm": litellm.proc.pid} if litellm else {})}
+        report["throughput_c32"] = interleaved(targets, 32, processes=processes)
         report["rss_mb_loaded"] = rss_mb(br.proc.pid)
+        if litellm:
+            del targets["litellm"]
+            report["litellm"] = {"version": litellm.version, "rss_mb": rss_mb(litellm.proc.pid),
+                                 "latency_c1": wrk(litellm.port, "/v1/chat/completions", CHAT, 1, SECONDS)}
         wrk(br.port, "/v1/messages", MESSAGES, 1, 1.0)
         report["translated_c1"] = {"passthrough": wrk(br.port, "/v1/chat/completions", CHAT, 1, SECONDS),
                                    "anthropic_to_chat": wrk(br.port, "/v1/messages", MESSAGES, 1, SECONDS)}
@@ -81,14 +94,14 @@ def run(stack_extra: dict | None = None) -> dict:
     with Upstreams() as up, Gateway("bitrouter", up, extra={"guardrails": {"enabled": False}}) as plain:
         report["streaming"]["bitrouter_guardrails_off"] = stream_times(plain.port, "/v1/chat/completions", n=300)
     with Upstreams() as up, Gateway("bitrouter", up, bare=True) as bare, Gateway("bitrouter", up) as full:
-        wrk(bare.port, "/v1/chat/completions", CHAT, 1, 1.0)
-        wrk(full.port, "/v1/chat/completions", CHAT, 1, 1.0)
+        wrk(bare.port, "/v1/chat/completions", CHAT, 32, 1.0)
+        wrk(full.port, "/v1/chat/completions", CHAT, 32, 1.0)
         with dashboard_attached(full.port):
-            # A few per cent between two processes: twice the time, in rounds of a second.
-            report["observers"] = interleaved({"bare": bare.port, "full": full.port}, 32, rounds=4 * ROUNDS,
-                                              seconds=2 * SECONDS)
-    if os.environ.get("BENCH_PEERS") == "1":
-        report["litellm"] = litellm_run()
+            # A few per cent between two processes whose one-second rounds vary by a fifth
+            # on this machine: many rounds, and the CPU time each server spent on them.
+            report["observers"] = interleaved({"bare": bare.port, "full": full.port}, 32,
+                                              rounds=OBSERVER_ROUNDS, seconds=OBSERVER_ROUNDS,
+                                              processes={"bare": bare.proc.pid, "full": full.proc.pid})
     report["summary"] = summary(report)
     return report
 
@@ -105,9 +118,11 @@ def summary(report: dict) -> dict:
         out[f"added_p99_vs_{relay}"] = _ratio(added["bitrouter"]["p99_ms"], added[relay]["p99_ms"])
     out["translation_added_p50_ms"] = round(report["translated_c1"]["anthropic_to_chat"]["p50_ms"]
                                             - report["translated_c1"]["passthrough"]["p50_ms"], 3)
-    out["observers_cost"] = round(1 - report["observers"]["full"]["rps"] / report["observers"]["bare"]["rps"], 3)
-    if "litellm" in report:
-        out["rps_vs_litellm"] = round(rps["bitrouter"]["rps"] / report["litellm"]["rps"], 1)
+    observers = report["observers"]
+    out["observers_cost"] = round(1 - observers["full"]["rps"] / observers["bare"]["rps"], 3)
+    out["observers_cpu_cost"] = round(1 - observers["bare"]["cpu_us"] / observers["full"]["cpu_us"], 3)
+    if "litellm" in rps:
+        out["rps_vs_litellm"] = round(rps["bitrouter"]["rps"] / rps["litellm"]["rps"], 1)
     return out
 
 
@@ -137,22 +152,33 @@ def _which(exe: str):
     return shutil.which(exe) or shutil.which(exe, path="/usr/sbin:/usr/bin:/sbin")
 
 
-def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: float = SECONDS) -> dict:
+def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: float = SECONDS,
+                processes: dict | None = None) -> dict:
     """wrk against each target in turn, `rounds` times (`seconds` in all for each), so that the
     load other processes put on the machine falls on every target alike: req/s over all the
     rounds, p50 and p99 the median of the rounds'. Every other round goes in reverse order
-    (A B, B A, ...), so a drift in the machine's speed favours no target."""
+    (A B, B A, ...), so a drift in the machine's speed favours no target. With `processes`
+    (target -> pid), also each one's CPU time a request, its child processes included, and
+    the next round waits until the last one's process has finished its work (LiteLLM goes on
+    for a fifth of a second after wrk stops)."""
     runs = {name: [] for name in targets}
+    cpu = dict.fromkeys(targets, 0.0)
     order = list(targets.items())
     for round_number in range(rounds):
         for name, port in (order if round_number % 2 == 0 else order[::-1]):
+            pid = (processes or {}).get(name)
+            before = cpu_seconds(pid) if pid else 0.0
             runs[name].append(wrk(port, "/v1/chat/completions", CHAT, connections, seconds / rounds))
+            if pid:
+                cpu[name] += quiet(pid) - before
     out = {}
     for name, results in runs.items():
         requests, seconds = sum(r["requests"] for r in results), sum(r["seconds"] for r in results)
         out[name] = {"requests": requests, "seconds": round(seconds, 3), "rps": round(requests / seconds, 1),
                      **{p: sorted(r[p] for r in results)[len(results) // 2] for p in ("p50_ms", "p99_ms")},
                      "rounds": [r["rps"] for r in results]}
+        if name in (processes or {}):
+            out[name]["cpu_us"] = round(cpu[name] / requests * 1e6, 1)
     return out
 
 
@@ -300,8 +326,6 @@ server.serve(home.resolve(home_dir=sys.argv[1]))
 
 def dashboard_attached(port: int):
     """A reader of GET /admin/events?brief=1 for the duration (what `bitrouter tui` holds open)."""
-    import contextlib
-
     @contextlib.contextmanager
     def attached():
         sock = socket.create_connection(("127.0.0.1", port))
@@ -318,6 +342,28 @@ def dashboard_attached(port: int):
 def _drain(sock) -> None:
     while sock.recv(65536):
         pass
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a process and its children have used so far, in seconds."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += cpu_seconds(int(child))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return total + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def quiet(pid: int, deadline: float = 5.0) -> float:
+    """Wait (up to `deadline` seconds) until a process uses under a tenth of a core; its CPU seconds then."""
+    used, until = cpu_seconds(pid), time.monotonic() + deadline
+    while time.monotonic() < until:
+        time.sleep(0.1)
+        now = cpu_seconds(pid)
+        if now - used < 0.01:
+            return now
+        used = now
+    return used
 
 
 def rss_mb(pid: int) -> float:
@@ -422,29 +468,39 @@ def serve_drip(port: int) -> None:
 # ---------------------------------------------------------------- LiteLLM (BENCH_PEERS=1)
 
 
-def litellm_run() -> dict:
-    """LiteLLM's proxy (one worker) in a venv of its own, in front of the same nginx, at c=32."""
-    venv = Path(".bench-peers/litellm")
-    if not (venv / "bin" / "litellm").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
-    with Upstreams() as up, tempfile.TemporaryDirectory() as tmp:
-        port = bench.free_port()
-        conf = Path(tmp) / "litellm.yaml"
+class LiteLLM:
+    """LiteLLM's proxy (one worker, authentication off) in a venv of its own, in front of the bench's nginx."""
+
+    def __init__(self, up: Upstreams):
+        self.up = up
+
+    def __enter__(self):
+        venv = Path(".bench-peers/litellm")
+        if not (venv / "bin" / "litellm").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+        self.version = subprocess.run([str(venv / "bin" / "python"), "-c",
+                                       "import importlib.metadata as m; print(m.version('litellm'))"],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+        self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-litellm-")
+        self.port = bench.free_port()
+        conf = Path(self.tmp.name) / "litellm.yaml"
         # Authentication off, as BitRouter runs here (recent LiteLLM versions refuse to start so unless told).
         conf.write_text(json.dumps({"model_list": [{"model_name": "bench", "litellm_params": {
-            "model": "openai/m", "api_base": f"http://127.0.0.1:{up.port}/v1", "api_key": KEY}}],
+            "model": "openai/m", "api_base": f"http://127.0.0.1:{self.up.port}/v1", "api_key": KEY}}],
             "general_settings": {"dangerously_permit_weak_or_unset_master_key": True}}))
-        proc = subprocess.Popen([str(venv / "bin" / "litellm"), "--config", str(conf), "--port", str(port),
-                                 "--host", "127.0.0.1", "--num_workers", "1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([str(venv / "bin" / "litellm"), "--config", str(conf), "--port", str(self.port),
+                                      "--host", "127.0.0.1", "--num_workers", "1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            bench.wait_for_port(port, timeout=120)
-            wrk(port, "/v1/chat/completions", CHAT, 1, 2.0)
-            result = wrk(port, "/v1/chat/completions", CHAT, 32, SECONDS)
-            result["latency_c1"] = wrk(port, "/v1/chat/completions", CHAT, 1, SECONDS)
-            result["rss_mb"] = rss_mb(proc.pid)
-            return result
-        finally:
-            proc.terminate()
-            proc.wait(30)
+            bench.wait_for_port(self.port, timeout=120)
+            wrk(self.port, "/v1/chat/completions", CHAT, 1, 2.0)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.tmp.cleanup()

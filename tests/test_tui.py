@@ -435,6 +435,27 @@ def test_brief_admin_events_say_what_happened_without_the_request(start_server):
         "event: finished", "event: started", "event: finished"]
 
 
+def test_a_brief_inbox_keeps_only_the_newest_of_consecutive_events_of_one_type():
+    metrics = Metrics()
+    brief, whole = metrics.subscribe(brief=True), metrics.subscribe()
+
+    def request(stream=False):
+        record = metrics.begin("openai", "default", stream)
+        record.upstream = "mock:echo"
+        metrics.routed(record)  # a stream announces itself
+        record.status = 200
+        metrics.finish(record)
+
+    for _ in range(3):
+        request()
+    request(stream=True)
+    assert [e["type"] for e in whole.wait(0)] == ["finished"] * 3 + ["started", "finished"]
+    assert brief.wait(0) == [{"type": "finished", "seq": 3}, {"type": "started", "seq": 4},
+                             {"type": "finished", "seq": 5}]
+    request()  # what the reader took is not replaced: a new event waits again
+    assert brief.wait(0) == [{"type": "finished", "seq": 6}] and brief.dropped == 0
+
+
 def test_a_stalled_event_reader_does_not_hold_up_requests(start_server):
     server = start_server(MOCK)
     stalled = socket.create_connection(("127.0.0.1", server.port))
