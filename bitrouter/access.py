@@ -129,14 +129,11 @@ class Gate:
         if rec.refused or (rec.status == 401 and not rec.account):
             return
         usage = rec.usage
-        row = {"time": rec.started, "account": rec.account or None, "token_hash": rec.token_hash or None,
-               "model": rec.model, "upstream": rec.upstream or None, "protocol": rec.protocol,
-               "status": rec.status, "latency_ms": int(rec.latency_ms),
-               "input_tokens": usage.input, "output_tokens": usage.output,
-               "cache_read_tokens": usage.cache_read, "cache_write_tokens": usage.cache_write,
-               "reasoning_tokens": usage.reasoning, "cost_micro_usd": rec.cost_micro_usd}
+        row = (rec.started, rec.account or None, rec.token_hash or None, rec.model,  # store.SPEND_FIELDS
+               rec.upstream or None, rec.protocol, rec.status, int(rec.latency_ms), usage.input,
+               usage.output, usage.cache_read, usage.cache_write, usage.reasoning, rec.cost_micro_usd)
         try:
-            self.writer.log(row)  # queued (and counted as pending) before the hold is released
+            self.writer.log_values(row)  # queued (and counted as pending) before the hold is released
         except RuntimeError:  # finished after shutdown began (drain timeout passed)
             log.warning("spend row for request %s dropped: the spend writer is closed", rec.id)
         finally:

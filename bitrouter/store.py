@@ -276,9 +276,13 @@ class SpendWriter:
 
     def log(self, row: dict) -> None:
         """Queue one spend row (SpendLog field names; `time` may be a Unix time or omitted)."""
+        self.log_values(tuple(map(row.get, SPEND_FIELDS)))
+
+    def log_values(self, values: tuple) -> None:
+        """`log` for a row given as its values in SPEND_FIELDS order (the server's, per request:
+        no dict to build and read back)."""
         if self._closed:
             raise RuntimeError("the spend writer is closed")
-        values = tuple(map(row.get, SPEND_FIELDS))
         if not _PIPED.issuperset(map(type, values)):  # the pipe carries marshal's plain types
             values = tuple(map(_piped, values))
         if values[_TIME] is None:

@@ -7,6 +7,7 @@ and tokens from the CLI's own account files or from an independent pynacl signer
 import base64
 import json
 import time
+from datetime import timezone
 
 import pytest
 import yaml
@@ -331,12 +332,21 @@ def test_spend_rows_reach_the_database_and_anonymous_refusals_do_not(root, gates
     metrics = Metrics()
     gate = gates(root, cfg, metrics)
     claims = gate.authenticate(cfg, token_for(key), "api")
-    finish(metrics, claims, 42)
+    record = metrics.begin("responses", "alias", False)
+    record.account, record.token_hash, record.upstream = claims.iss, claims.token_hash, "openai:gpt-4o"
+    record.status, record.latency_ms, record.cost_micro_usd = 201, 12.7, 42
+    record.usage = Usage(input=10, output=5, cache_read=4, cache_write=3, reasoning=2)
+    metrics.finish(record)
     refusal = metrics.begin("anthropic", "x", False)
     refusal.status = 401
     metrics.finish(refusal)
     gate.close()
     rows = list(store.SpendLog.select().dicts().bind(gate.store.db))
     assert len(rows) == 1
-    assert (rows[0]["account"], rows[0]["token_hash"], rows[0]["cost_micro_usd"], rows[0]["input_tokens"]) == (
-        claims.iss, claims.token_hash, 42, 10)
+    row = rows[0]
+    assert abs(row.pop("time").replace(tzinfo=timezone.utc).timestamp() - record.started) < 0.001
+    del row["id"]
+    assert row == {"account": claims.iss, "token_hash": claims.token_hash, "model": "alias",
+                   "upstream": "openai:gpt-4o", "protocol": "responses", "status": 201, "latency_ms": 12,
+                   "input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 4, "cache_write_tokens": 3,
+                   "reasoning_tokens": 2, "cost_micro_usd": 42}
