@@ -69,8 +69,8 @@ def instructions(kind: str, up, requests: int) -> int:
             bench_wrk.write_home(Path(tmp), port, up)
             command = [sys.executable, "-c", SERVE_WITHOUT_POLL, "--home-dir", tmp, "serve"]
         out = Path(tmp) / "callgrind.out"
-        # One hash seed for every server: with random ones, dicts and sets collide differently
-        # from process to process, and the same server's count moved by ±15K a request.
+        # One hash seed for every server, so dicts and sets collide alike in every process; counts
+        # of one server still differ by up to about 15K a request (work on timers, under valgrind).
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONHASHSEED": "0"})
