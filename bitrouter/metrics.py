@@ -112,13 +112,13 @@ class Metrics:
         self.listeners = []
         self.subscribers = []
         self.endpoints = {}  # provider:model_id -> EndpointStats
-        self.totals = dict.fromkeys(TOTAL_KEYS, 0)
         self.counters = {}  # name -> {labels (sorted pairs) -> value}: Metrics.count's, for GET /metrics
         # (route, endpoint, protocol, status) -> [requests, input tokens, output tokens, micro-USD,
-        # count per latency bucket..., +Inf count, sum of seconds]: every finished request, in one place
+        # count per latency bucket..., +Inf count, sum of seconds]: every finished request, in one
+        # place; the totals are summed from it when asked for
         self.series = {}
-        self.today = {}
-        self._tomorrow = 0.0  # when `today` starts afresh (local midnight)
+        self._day = {}  # today's date, and the totals at its start
+        self._tomorrow = 0.0  # when today starts afresh (local midnight)
         self._new_day(self.started)
         self.closed = False
         self.guardrails = {}  # (pattern, direction, action) -> hits since start
@@ -142,20 +142,14 @@ class Metrics:
         """Close a record: count it and hand it to the listeners and subscribers."""
         self.running.pop(record.id, None)
         self.recent.append(record)
-        failed = record.status >= 400
-        usage = record.usage
-        for totals in (self.totals, self.today if record.started < self._tomorrow else self._new_day()):
-            totals["requests"] += 1
-            totals["errors"] += failed
-            totals["input_tokens"] += usage.input
-            totals["output_tokens"] += usage.output
-            totals["cost_micro_usd"] += record.cost_micro_usd
-        self._count_series(record, usage)
+        if record.started >= self._tomorrow:  # the first request of a new day
+            self._new_day()
+        self._count_series(record, record.usage)
         if record.upstream:
             stats = self.endpoints.get(record.upstream)
             if stats is None:
                 stats = self.endpoints[record.upstream] = EndpointStats(deque(maxlen=self._samples))
-            stats.add(record.latency_ms, failed)
+            stats.add(record.latency_ms, record.status >= 400)
         for listener in self.listeners:
             listener(record)
         if self.subscribers:
@@ -204,7 +198,7 @@ class Metrics:
         recent = max(0, min(recent, len(self.recent)))
         return {"running": [r.as_dict() for r in sorted(self.running.values(), key=lambda r: -r.id)],
                 "recent": [self.recent[-i].as_dict() for i in range(1, recent + 1)],
-                "totals": {"since_start": dict(self.totals), "today": dict(self._today())},
+                "totals": {"since_start": self._totals(), "today": self._today()},
                 "guardrails": [{"pattern": p, "direction": d, "action": a, "hits": n}
                                for (p, d, a), n in sorted(self.guardrails.items())]}
 
@@ -248,17 +242,30 @@ class Metrics:
         row[4 + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         row[-1] += seconds
 
+    def _totals(self) -> dict:
+        """Requests, errors, tokens and cost since start, summed from the series."""
+        totals = dict.fromkeys(TOTAL_KEYS, 0)
+        for (_route, _endpoint, _protocol, status), row in self.series.items():
+            totals["requests"] += row[0]
+            totals["errors"] += row[0] if int(status) >= 400 else 0
+            totals["input_tokens"] += row[1]
+            totals["output_tokens"] += row[2]
+            totals["cost_micro_usd"] += row[3]
+        return totals
+
     def _today(self) -> dict:
         """Today's totals (local date), starting afresh after midnight."""
-        return self.today if self.clock() < self._tomorrow else self._new_day()
+        if self.clock() >= self._tomorrow:
+            self._new_day()
+        now, start = self._totals(), self._day["start"]
+        return {"date": self._day["date"], **{key: now[key] - start[key] for key in TOTAL_KEYS}}
 
-    def _new_day(self, now: float | None = None) -> dict:
-        """Start today's totals afresh and note when tomorrow begins."""
+    def _new_day(self, now: float | None = None) -> None:
+        """Start today's totals afresh (from the totals so far) and note when tomorrow begins."""
         now = self.clock() if now is None else now
         day = time.localtime(now)
-        self.today = {"date": time.strftime("%Y-%m-%d", day), **dict.fromkeys(TOTAL_KEYS, 0)}
+        self._day = {"date": time.strftime("%Y-%m-%d", day), "start": self._totals()}
         self._tomorrow = time.mktime((day.tm_year, day.tm_mon, day.tm_mday + 1, 0, 0, 0, 0, 0, -1))
-        return self.today
 
     def _publish(self, kind: str, record: Record, **extra) -> None:
         """One event, built once for every subscriber that wants it whole (a copy, so later changes

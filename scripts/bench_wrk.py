@@ -7,7 +7,9 @@ stack with nothing else in it: the ceiling), in one run, so every target is a ra
 compared runs alternate in rounds, so a busy moment of the shared machine hits them alike.
 Streaming is timed with bench.py's small client; 1,000 concurrent streams are held
 against a drip upstream (a frame every 0.1 s). `BENCH_SECONDS` shortens or lengthens each
-wrk run (6 s); `BENCH_PEERS=1` adds LiteLLM's proxy, installed into its own venv.
+wrk run (6 s); `BENCH_PEERS=1` adds LiteLLM's proxy, installed into its own venv, to the
+throughput rounds. Beside req/s, the throughput rounds and the observers pair report each
+server's CPU time a request (its child processes included), read from /proc.
 """
 
 import contextlib

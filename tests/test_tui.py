@@ -17,6 +17,7 @@ from wcwidth import wcswidth
 import bitrouter
 from bitrouter import tui
 from bitrouter.metrics import Metrics, percentile
+from bitrouter.protocols import Usage
 from conftest import BITROUTER, clean_env, free_port, run_cli, wait_until
 from fakes import FakeUpstream, Reply, chat_stream, error
 
@@ -275,6 +276,14 @@ def test_today_totals_start_afresh_after_midnight():
     totals = metrics.snapshot()["totals"]
     assert totals["today"]["date"] == "2027-01-16" and totals["today"]["requests"] == 0
     assert totals["since_start"]["requests"] == 1 and totals["since_start"]["errors"] == 1
+    now[0] += 86400  # a day later, the first request itself starts the new day
+    rec = metrics.begin("openai", "next", False)
+    rec.upstream, rec.status, rec.usage = "other:m", 200, Usage(output=7)
+    metrics.finish(rec)
+    assert metrics.snapshot()["totals"] == {
+        "since_start": {"requests": 2, "errors": 1, "input_tokens": 0, "output_tokens": 7, "cost_micro_usd": 0},
+        "today": {"date": "2027-01-17", "requests": 1, "errors": 0, "input_tokens": 0, "output_tokens": 7,
+                  "cost_micro_usd": 0}}
 
 
 def test_percentile_is_nearest_rank():
