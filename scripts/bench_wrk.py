@@ -87,8 +87,8 @@ def run() -> dict:
             report["litellm"] = {"version": litellm.version, "rss_mb": rss_mb(litellm.proc.pid),
                                  "latency_c1": wrk(litellm.port, "/v1/chat/completions", CHAT, 1, SECONDS)}
         wrk(br.port, "/v1/messages", MESSAGES, 1, 1.0)
-        report["translated_c1"] = {"passthrough": wrk(br.port, "/v1/chat/completions", CHAT, 1, SECONDS),
-                                   "anthropic_to_chat": wrk(br.port, "/v1/messages", MESSAGES, 1, SECONDS)}
+        report["translated_c1"] = interleaved({"passthrough": br.port,
+                                               "anthropic_to_chat": (br.port, "/v1/messages", MESSAGES)}, 1)
         report["streaming"] = {name: stream_times(port, "/v1/chat/completions" if name == "bitrouter"
                                                   else "/sse/v1/chat/completions", n=300)
                                for name, port in targets.items()}
@@ -158,7 +158,8 @@ def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: 
                 processes: dict | None = None) -> dict:
     """wrk against each target in turn, `rounds` times (`seconds` in all for each), so that the
     load other processes put on the machine falls on every target alike: req/s over all the
-    rounds, p50 and p99 the median of the rounds'. Every other round goes in reverse order
+    rounds, p50 and p99 the median of the rounds'. A target is a port (a Chat Completions
+    request) or (port, path, body). Every other round goes in reverse order
     (A B, B A, ...), so a drift in the machine's speed favours no target. With `processes`
     (target -> pid), also each one's CPU time a request, its child processes included, and
     the next round waits until the last one's process has finished its work (LiteLLM goes on
@@ -167,10 +168,11 @@ def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: 
     cpu = dict.fromkeys(targets, 0.0)
     order = list(targets.items())
     for round_number in range(rounds):
-        for name, port in (order if round_number % 2 == 0 else order[::-1]):
+        for name, target in (order if round_number % 2 == 0 else order[::-1]):
+            port, path, body = target if isinstance(target, tuple) else (target, "/v1/chat/completions", CHAT)
             pid = (processes or {}).get(name)
             before = cpu_seconds(pid) if pid else 0.0
-            runs[name].append(wrk(port, "/v1/chat/completions", CHAT, connections, seconds / rounds))
+            runs[name].append(wrk(port, path, body, connections, seconds / rounds))
             if pid:
                 cpu[name] += quiet(pid) - before
     out = {}
