@@ -69,7 +69,7 @@ def run() -> dict:
     report = {"seconds_per_run": SECONDS}
     peers = os.environ.get("BENCH_PEERS") == "1"
     with Upstreams() as up, Gateway("relay", up) as relay, Gateway("lean_relay", up) as lean, \
-            Gateway("bitrouter", up) as br, (LiteLLM(up) if peers else contextlib.nullcontext()) as litellm:
+            Gateway("bitrouter", up) as br, (Gateway("litellm", up) if peers else contextlib.nullcontext()) as litellm:
         targets = {"direct": up.port, "relay": relay.port, "lean_relay": lean.port, "bitrouter": br.port}
         report["rss_mb_idle"] = rss_mb(br.proc.pid)
         for name, port in targets.items():  # warm every path (connections, code) before timing
@@ -84,7 +84,7 @@ def run() -> dict:
         report["rss_mb_loaded"] = rss_mb(br.proc.pid)
         if litellm:
             del targets["litellm"]
-            report["litellm"] = {"version": litellm.version, "rss_mb": rss_mb(litellm.proc.pid),
+            report["litellm"] = {"version": litellm_version(), "rss_mb": rss_mb(litellm.proc.pid),
                                  "latency_c1": wrk(litellm.port, "/v1/chat/completions", CHAT, 1, SECONDS)}
         wrk(br.port, "/v1/messages", MESSAGES, 1, 1.0)
         report["translated_c1"] = interleaved({"passthrough": br.port,
@@ -260,7 +260,8 @@ class Upstreams:
 
 
 class Gateway:
-    """BitRouter (`bare`: without its observers; `extra` merged into its config) or a minimal relay (RELAYS)."""
+    """BitRouter (`bare`: without its observers; `extra` merged into its config), a minimal
+    relay (RELAYS), or LiteLLM's proxy (one worker, authentication off, in a venv of its own)."""
 
     def __init__(self, kind: str, up: Upstreams, bare: bool = False, extra: dict | None = None):
         self.kind, self.up, self.bare, self.extra = kind, up, bare, extra or {}
@@ -273,6 +274,10 @@ class Gateway:
             self.tmp = None
             self.proc = subprocess.Popen([sys.executable, str(scripts / "minimal_relay.py"), str(self.port), base,
                                           RELAYS[self.kind]])
+        elif self.kind == "litellm":
+            self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-litellm-")
+            self.proc = subprocess.Popen(litellm_command(Path(self.tmp.name), self.port, base),
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
             home = Path(self.tmp.name)
@@ -281,7 +286,7 @@ class Gateway:
                 [str(Path(sys.executable).with_name("bitrouter")), "--home-dir", str(home), "serve"]
             self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            bench.wait_for_port(self.port)
+            bench.wait_for_port(self.port, timeout=120 if self.kind == "litellm" else 20)
         except BaseException:
             self.__exit__()
             raise
@@ -472,39 +477,25 @@ def serve_drip(port: int) -> None:
 # ---------------------------------------------------------------- LiteLLM (BENCH_PEERS=1)
 
 
-class LiteLLM:
-    """LiteLLM's proxy (one worker, authentication off) in a venv of its own, in front of the bench's nginx."""
+LITELLM_VENV = Path(".bench-peers/litellm")
 
-    def __init__(self, up: Upstreams):
-        self.up = up
 
-    def __enter__(self):
-        venv = Path(".bench-peers/litellm")
-        if not (venv / "bin" / "litellm").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
-        self.version = subprocess.run([str(venv / "bin" / "python"), "-c",
-                                       "import importlib.metadata as m; print(m.version('litellm'))"],
-                                      capture_output=True, text=True, check=True).stdout.strip()
-        self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-litellm-")
-        self.port = bench.free_port()
-        conf = Path(self.tmp.name) / "litellm.yaml"
-        # Authentication off, as BitRouter runs here (recent LiteLLM versions refuse to start so unless told).
-        conf.write_text(json.dumps({"model_list": [{"model_name": "bench", "litellm_params": {
-            "model": "openai/m", "api_base": f"http://127.0.0.1:{self.up.port}/v1", "api_key": KEY}}],
-            "general_settings": {"dangerously_permit_weak_or_unset_master_key": True}}))
-        self.proc = subprocess.Popen([str(venv / "bin" / "litellm"), "--config", str(conf), "--port", str(self.port),
-                                      "--host", "127.0.0.1", "--num_workers", "1"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            bench.wait_for_port(self.port, timeout=120)
-            wrk(self.port, "/v1/chat/completions", CHAT, 1, 2.0)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+def litellm_command(tmp: Path, port: int, base: str) -> list:
+    """LiteLLM's proxy in front of the bench's nginx (installed into LITELLM_VENV when missing)."""
+    if not (LITELLM_VENV / "bin" / "litellm").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+    conf = tmp / "litellm.yaml"
+    # Authentication off, as BitRouter runs here (recent LiteLLM versions refuse to start so unless told).
+    conf.write_text(json.dumps({"model_list": [{"model_name": "bench", "litellm_params": {
+        "model": "openai/m", "api_base": f"{base}/v1", "api_key": KEY}}],
+        "general_settings": {"dangerously_permit_weak_or_unset_master_key": True}}))
+    return [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(conf), "--port", str(port),
+            "--host", "127.0.0.1", "--num_workers", "1"]
 
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.tmp.cleanup()
+
+def litellm_version() -> str:
+    """The installed LiteLLM's version."""
+    return subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
+                           "import importlib.metadata as m; print(m.version('litellm'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
