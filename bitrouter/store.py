@@ -124,6 +124,7 @@ class Store:
     def __init__(self, url: str, shared: bool = False):
         self.url = url
         self.db = connect(url, thread_safe=not shared)
+        self._stamp_query = None  # shared_stamp's SQL and parameters, in this database's dialect
 
     def close(self) -> None:
         """Close the connection (a later call opens a new one)."""
@@ -211,11 +212,14 @@ class Store:
 
     def shared_stamp(self) -> tuple:
         """A cheap signature of what instances share: it changes with every revocation or route change."""
-        revoked = TokenRecord.select(peewee.fn.COUNT(TokenRecord.id)).where(TokenRecord.revoked == True)  # noqa: E712
-        routes_count = RouteRecord.select(peewee.fn.COUNT(RouteRecord.id))
-        routes_tags = RouteRecord.select(peewee.fn.SUM(RouteRecord.tag))
-        query = peewee.Select(columns=[revoked, routes_count, routes_tags])
-        return self._read(lambda db: query.bind(db).tuples().get())  # one round trip
+        if self._stamp_query is None:  # built once: peewee takes 0.2 ms to build it, the server
+            # asks 4 times a second from its event loop, and the query itself takes microseconds
+            revoked = TokenRecord.select(peewee.fn.COUNT(TokenRecord.id)).where(TokenRecord.revoked == True)  # noqa: E712
+            routes_count = RouteRecord.select(peewee.fn.COUNT(RouteRecord.id))
+            routes_tags = RouteRecord.select(peewee.fn.SUM(RouteRecord.tag))
+            self._stamp_query = peewee.Select(columns=[revoked, routes_count, routes_tags]).bind(self.db).sql()
+        sql, params = self._stamp_query
+        return self._read(lambda db: tuple(db.execute_sql(sql, params).fetchone()))  # one round trip
 
     # ------------------------------------------------------------ helpers
 

@@ -245,8 +245,14 @@ def test_two_stores_in_one_process_keep_to_their_own_database(tmp_path):
         a.save_route("r", {"model": "r", "endpoints": ["mock:echo"]})
         assert b.revoked_hashes() == set() and b.routes() == {}
         stamp = b.shared_stamp()
+        assert b.shared_stamp() == stamp  # asked again: the same, until something changes
         b.revoke("g" * 64)
         assert b.shared_stamp() != stamp
+        stamps = [b.shared_stamp()]
+        for _ in range(2):  # a new route, then the same route saved again (a new tag)
+            b.save_route("s", {"model": "s", "endpoints": ["mock:echo"]})
+            stamps.append(b.shared_stamp())
+        assert len(set(stamps)) == 3
         assert a.revoked_hashes() == {"h" * 64} and b.revoked_hashes() == {"g" * 64}
         assert a.delete_route("r") and not b.delete_route("r")
     assert store.TokenRecord._meta.database is None  # no store bound the models for the process
