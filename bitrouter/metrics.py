@@ -196,9 +196,10 @@ class Metrics:
     def snapshot(self, recent: int = 100) -> dict:
         """Running and recent requests (newest first), totals since start and for today."""
         recent = max(0, min(recent, len(self.recent)))
+        totals = self._totals()
         return {"running": [r.as_dict() for r in sorted(self.running.values(), key=lambda r: -r.id)],
                 "recent": [self.recent[-i].as_dict() for i in range(1, recent + 1)],
-                "totals": {"since_start": self._totals(), "today": self._today()},
+                "totals": {"since_start": totals, "today": self._today(totals)},
                 "guardrails": [{"pattern": p, "direction": d, "action": a, "hits": n}
                                for (p, d, a), n in sorted(self.guardrails.items())]}
 
@@ -253,12 +254,12 @@ class Metrics:
             totals["cost_micro_usd"] += row[3]
         return totals
 
-    def _today(self) -> dict:
-        """Today's totals (local date), starting afresh after midnight."""
+    def _today(self, totals: dict) -> dict:
+        """Today's totals (local date), from the totals since start; afresh after midnight."""
         if self.clock() >= self._tomorrow:
             self._new_day()
-        now, start = self._totals(), self._day["start"]
-        return {"date": self._day["date"], **{key: now[key] - start[key] for key in TOTAL_KEYS}}
+        start = self._day["start"]
+        return {"date": self._day["date"], **{key: totals[key] - start[key] for key in TOTAL_KEYS}}
 
     def _new_day(self, now: float | None = None) -> None:
         """Start today's totals afresh (from the totals so far) and note when tomorrow begins."""

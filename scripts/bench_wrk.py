@@ -164,13 +164,14 @@ def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: 
     (target -> pid), also each one's CPU time a request, its child processes included, and
     the next round waits until the last one's process has finished its work (LiteLLM goes on
     for a fifth of a second after wrk stops)."""
+    processes = processes or {}
     runs = {name: [] for name in targets}
     cpu = dict.fromkeys(targets, 0.0)
     order = list(targets.items())
     for round_number in range(rounds):
         for name, target in (order if round_number % 2 == 0 else order[::-1]):
             port, path, body = target if isinstance(target, tuple) else (target, "/v1/chat/completions", CHAT)
-            pid = (processes or {}).get(name)
+            pid = processes.get(name)
             before = cpu_seconds(pid) if pid else 0.0
             runs[name].append(wrk(port, path, body, connections, seconds / rounds))
             if pid:
@@ -181,7 +182,7 @@ def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: 
         out[name] = {"requests": requests, "seconds": round(seconds, 3), "rps": round(requests / seconds, 1),
                      **{p: sorted(r[p] for r in results)[len(results) // 2] for p in ("p50_ms", "p99_ms")},
                      "rounds": [r["rps"] for r in results]}
-        if name in (processes or {}):
+        if name in processes:
             out[name]["cpu_us"] = round(cpu[name] / requests * 1e6, 1)
     return out
 
@@ -355,12 +356,11 @@ def _drain(sock) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user and system) a process and its children have used so far, in seconds."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += cpu_seconds(int(child))
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return total + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    total = 0
+    for member in _family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
 
 
 def quiet(pid: int, deadline: float = 5.0) -> float:
@@ -378,13 +378,19 @@ def quiet(pid: int, deadline: float = 5.0) -> float:
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (BitRouter's spend writer process), in MB."""
     total = 0
+    for member in _family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return round(total / 1024, 1)
+
+
+def _family(pid: int):
+    """A process and its descendants (their pids), from /proc."""
+    yield pid
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
-            total += rss_mb(int(child)) * 1024
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total += int(line.split()[1])
-    return round(total / 1024, 1)
+            yield from _family(int(child))
 
 
 # ---------------------------------------------------------------- streaming
