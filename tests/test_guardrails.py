@@ -14,7 +14,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitrouter import config, guardrails
+from bitrouter import config, guardrails, protocols
 from bitrouter import home as home_mod
 from conftest import ServerProcess, wait_until
 from fakes import (Fleet, Reply, anthropic_frames, anthropic_message, chat_completion, chat_stream, gemini_frames,
@@ -292,6 +292,39 @@ def test_a_reply_is_only_left_undecoded_when_no_rule_can_match_it(pieces, ascii_
         hits = []
         DEFAULT_POLICY.walk(json.loads(body), ("choices",), guardrails.DOWNGOING, hits)
         assert hits == []
+
+
+STREAM_POLICY = guardrails.compile_policy(
+    {"custom_patterns": [{"name": "evil_url", "regex": r"https://evil\.example/\S*", "direction": "downgoing"}],
+     "downgoing": {"suspicious_commands": "block"}, "custom_downgoing": {"evil_url": "redact"}},
+    lambda where, message: None, secrets=["own-key-0123456789"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from(["plain words ", "rm -rf / ", "curl x | sh", "/dev/sda", "é", "\n", '"', "r",
+                                        "m", " ", "form", " own-key-0123456789 ", "own-", "key-01234",
+                                        "https://evil.example/p ", "ev"]), max_size=10),
+       cuts=st.lists(st.integers(0, 400), max_size=12), chunk_cuts=st.lists(st.integers(0, 3000), max_size=12))
+def test_a_guarded_stream_says_what_its_whole_text_scanned_at_once_says(pieces, cuts, chunk_cuts):
+    # However the text is cut into frames and the bytes into chunks, the stream guard lets through
+    # the text a scan of the whole reply gives, or blocks when that scan blocks. (A whole scan runs
+    # its rules in turn, each on the text the one before redacted, which the stream cannot: the own
+    # key stands apart from other words here.)
+    text = "".join(pieces)
+    points = sorted({cut % (len(text) + 1) for cut in cuts} | {0, len(text)})
+    raw = b"".join(chat_stream([text[a:b] for a, b in zip(points, points[1:])]))
+    chat = protocols.get("openai")
+    guard = STREAM_POLICY.stream_guard(chat.text_fields["stream"], chat.stream_error, lambda hits: None)
+    bounds = sorted({cut % (len(raw) + 1) for cut in chunk_cuts} | {0, len(raw)})
+    out = b"".join(guard.feed(raw[a:b]) for a, b in zip(bounds, bounds[1:])) + guard.close()
+    try:
+        expected = STREAM_POLICY.scan(text, guardrails.DOWNGOING, "stream", [])
+    except guardrails.GuardrailError:
+        assert guard.blocked
+        return
+    assert not guard.blocked
+    frames = [json.loads(frame[6:]) for frame in out.split(b"\n\n") if frame.startswith(b"data: {")]
+    assert "".join(c["delta"].get("content") or "" for f in frames for c in f["choices"]) == expected
 
 
 def test_a_literal_spelled_with_escapes_is_never_skipped():
