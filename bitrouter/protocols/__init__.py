@@ -536,8 +536,7 @@ def reply_model(raw: bytes, field_name: str, model: str) -> bytes:
     escaped, so text or tool arguments that mention a model are never touched. (Frames
     only: a whole body goes through body_model, as tool inputs in it are objects.)
     """
-    named = f'"{field_name}":{json.dumps(model)}'.encode()
-    return _model_pattern(field_name).sub(lambda _: named, raw)
+    return _renamer(field_name, model)(raw)
 
 
 def body_model(raw: bytes, data: dict, field_name: str, model: str) -> bytes:
@@ -559,6 +558,9 @@ _EXTENSION_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg
                     "csv": "text/csv", "json": "application/json", "html": "text/html"}
 
 
-@functools.lru_cache(maxsize=4)
-def _model_pattern(field_name: str):
-    return re.compile(b'"' + field_name.encode() + rb'"\s*:\s*"(?:[^"\\]|\\.)*"')
+@functools.lru_cache(maxsize=64)
+def _renamer(field_name: str, model: str):
+    """The substitution reply_model makes, built once per field and model (a stream makes it per frame)."""
+    named = f'"{field_name}":{json.dumps(model)}'.encode()
+    pattern = re.compile(b'"' + field_name.encode() + rb'"\s*:\s*"(?:[^"\\]|\\.)*"')
+    return functools.partial(pattern.sub, lambda _: named)

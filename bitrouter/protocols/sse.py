@@ -78,9 +78,10 @@ class Parser:
             if end < 0:
                 break
             self._event, self._data = "", []
-            for line in bytes(buf[start:end]).split(b"\n"):
+            raw = bytes(buf[start:end + 2])
+            for line in raw.split(b"\n")[:-2]:  # the frame's lines, less the blank line that ends it
                 self._field(line)
-            done.append((bytes(buf[start:end + 2]), self._event, "\n".join(self._data)))
+            done.append((raw, self._event, "\n".join(self._data)))
             start, self._scan, self._event, self._data = end + 2, 0, "", []
         if start:
             del buf[:start]
