@@ -396,6 +396,8 @@ class SpendWriter:
     def _forget(self, rows: list) -> None:
         """Take committed (or dropped) rows out of the pending totals."""
         with self._lock:
+            if not self._pending:  # no row counts for a budget (an open server's): no loop holding the GIL
+                return
             for values in rows:
                 self._count(values, -1)
 
