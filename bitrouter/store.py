@@ -16,7 +16,7 @@ import secrets
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import peewee
 
@@ -689,7 +689,11 @@ def _utc_naive(value) -> datetime:
     """A Unix time (or a datetime) as the naive UTC datetime the tables store."""
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
-    return datetime.fromtimestamp(float(value), timezone.utc).replace(tzinfo=None)
+    # the same microsecond as fromtimestamp(value, timezone.utc), in half the time (per row, in the writer)
+    return _EPOCH + timedelta(seconds=float(value))
+
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 # (column index, default, size or limit) of the text and integer columns, for `_bound`.

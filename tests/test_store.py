@@ -63,9 +63,9 @@ def test_full_batches_go_without_waiting_for_the_interval(url):
     writer = store.SpendWriter(url, interval=60, batch_size=500)
     for i in range(1200):
         writer.log(row(model=f"m{i}"))
-    wait_until(lambda: count_rows(url) >= 1000, what="two full batches")
+    # The rows are in the database a moment before the writer has the child's answer: wait for that.
+    wait_until(lambda: writer.pending(token_hash="t" * 64) == (200 * 10, 200), what="two full batches")
     assert count_rows(url) == 1000  # the last 200 wait for the interval or close()
-    assert writer.pending(token_hash="t" * 64) == (200 * 10, 200)
     writer.close()
     assert count_rows(url) == 1200
     assert writer.pending(token_hash="t" * 64) == (0, 0)
