@@ -10,7 +10,9 @@ import contextlib
 import json
 import logging
 import marshal
+import math
 import numbers
+import operator
 import os
 import secrets
 import signal
@@ -52,7 +54,12 @@ class TokenRecord(peewee.Model):
 
 
 class SpendLog(peewee.Model):
-    """One proxied request: who, which model, how it went, what it cost."""
+    """Proxied requests alike in who, which model and how it went, finished in the same second
+    and written together: how many, and what they cost together.
+
+    A row's `time` is its latest request's; the token, cost and latency columns are sums
+    (a busy server writes a row or two a second per kind of request, not one per request).
+    """
 
     time = peewee.DateTimeField(index=True)  # naive UTC
     account = peewee.CharField(null=True)  # issuer CAIP-10; null when the server runs open
@@ -68,6 +75,8 @@ class SpendLog(peewee.Model):
     cache_write_tokens = peewee.IntegerField(default=0)
     reasoning_tokens = peewee.IntegerField(default=0)
     cost_micro_usd = peewee.BigIntegerField(default=0)
+    # The database's own default too: a row an older BitRouter inserts on a shared database is one request.
+    requests = peewee.IntegerField(default=1, constraints=[peewee.SQL("DEFAULT 1")])
 
     class Meta:
         table_name = "spend_logs"
@@ -86,7 +95,11 @@ class RouteRecord(peewee.Model):
 
 
 MODELS = (TokenRecord, SpendLog, RouteRecord)
-SPEND_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f != "id")
+STORED_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f != "id")
+SPEND_FIELDS = STORED_FIELDS[:-1]  # a request's row, as `SpendWriter.log` takes it: all but `requests`
+# Summed over a row's requests; the other fields but `time` say which row a request joins.
+SUMMED_FIELDS = ("latency_ms", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                 "reasoning_tokens", "cost_micro_usd")
 
 
 def connect(url: str, thread_safe: bool = True) -> peewee.Database:
@@ -101,11 +114,13 @@ def connect(url: str, thread_safe: bool = True) -> peewee.Database:
         params["pragmas"] = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"}
     try:
         db = url_connect(url, **params)
-        with db.atomic():
-            if isinstance(db, peewee.PostgresqlDatabase):  # instances starting together take turns
+        # Instances starting together take turns: SQLite's write lock from the start, PostgreSQL's advisory lock.
+        with db.atomic(*("IMMEDIATE",) if isinstance(db, peewee.SqliteDatabase) else ()):
+            if isinstance(db, peewee.PostgresqlDatabase):
                 db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             for model in MODELS:  # a SchemaManager: the models are bound to no database
                 peewee.SchemaManager(model, db).create_all(safe=True)
+            _add_requests_column(db)
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
         raise Error(f"cannot open database {mask_url(url)}: {_reason(exc, url)}") from None
     return db
@@ -163,7 +178,7 @@ class Store:
     def totals(self, token_hash=None, account=None, since=None) -> tuple[int, int]:
         """(micro-USD spent, successful requests) for a token or an account, optionally since a Unix time."""
         query = SpendLog.select(peewee.fn.COALESCE(peewee.fn.SUM(SpendLog.cost_micro_usd), 0),
-                                peewee.fn.COUNT(SpendLog.id)).where(SpendLog.status < 400)
+                                peewee.fn.COALESCE(peewee.fn.SUM(SpendLog.requests), 0)).where(SpendLog.status < 400)
         if token_hash is not None:
             query = query.where(SpendLog.token_hash == token_hash)
         if account is not None:
@@ -180,7 +195,7 @@ class Store:
         upstream = peewee.fn.COALESCE(SpendLog.upstream, SpendLog.model, "?")
         keys = {"token": (name, upstream), "model": (upstream,), "account": (account, upstream)}[by]
         cost = peewee.fn.SUM(SpendLog.cost_micro_usd)
-        query = (SpendLog.select(*keys, peewee.fn.COUNT(SpendLog.id), peewee.fn.SUM(SpendLog.input_tokens),
+        query = (SpendLog.select(*keys, peewee.fn.SUM(SpendLog.requests), peewee.fn.SUM(SpendLog.input_tokens),
                                  peewee.fn.SUM(SpendLog.output_tokens), cost)
                  .join(TokenRecord, peewee.JOIN.LEFT_OUTER,
                        on=(SpendLog.token_hash == TokenRecord.token_hash))
@@ -244,17 +259,20 @@ class Store:
 class SpendWriter:
     """Writes spend rows in batches through a writer process; `log` never waits on the database.
 
-    `log` only appends a row to a list. A background OS thread takes the rows `interval`
-    seconds after the first of them arrived (or when `batch_size` are waiting), hands them
-    to a child process over a pipe and waits for its answer; the child (`write_rows`) binds
-    them and commits them. The database work is a process's, not a thread's: a thread that
-    binds and inserts rows takes this process's interpreter lock in many short turns (SQLite's
-    driver lets go of it around every call), and every turn made the event loop that serves
-    requests wait once more. The thread and its locks are the interpreter's own even when
-    gevent has monkey-patched the process, and the child starts with the first batch.
+    `log` adds a request to the waiting row of its kind (same account, token, model, upstream,
+    protocol and status, and the same second), or starts one: at a thousand requests a second
+    of one kind, the database gets a row or two a second instead of a thousand. A background
+    OS thread takes the rows `interval` seconds after the first of them was started (or when
+    `batch_size` are waiting), hands them to a child process over a pipe and waits for its
+    answer; the child (`write_rows`) binds them and commits them. The database work is a
+    process's, not a thread's: a thread that binds and inserts rows takes this process's
+    interpreter lock in many short turns (SQLite's driver lets go of it around every call),
+    and every turn made the event loop that serves requests wait once more. The thread and
+    its locks are the interpreter's own even when gevent has monkey-patched the process, and
+    the child starts with the first batch.
 
-    A row is pending (counted by `pending`, for budget checks) until the child says it is
-    stored. If the child dies, its batch is sent again to a new one: a child killed between
+    A request is pending (counted by `pending`, for budget checks) until the child says its row
+    is stored. If the child dies, its batch is sent again to a new one: a child killed between
     its commit and its answer writes that batch twice (counted twice, never lost). `close()`
     writes everything still waiting; the child ignores SIGINT and SIGTERM, which a terminal or
     a supervisor sends the whole process group, and ends when its pipe closes.
@@ -269,7 +287,7 @@ class SpendWriter:
         self._lock = allocate_lock()  # guards _rows and _pending
         self._wakeup = allocate_lock()  # held while the thread may sleep; released to wake it
         self._done = allocate_lock()
-        self._rows: list = []
+        self._rows: dict = {}  # what a row's requests share -> the row, its sums so far
         self._pending: dict = {}
         self._closed = False
         self._failing = False  # the last write failed: the backoff, not a full batch, decides when
@@ -279,12 +297,13 @@ class SpendWriter:
         native("_thread", "start_new_thread")(self._run, ())
 
     def log(self, row: dict) -> None:
-        """Queue one spend row (SpendLog field names; `time` may be a Unix time or omitted)."""
-        self.log_values(tuple(map(row.get, SPEND_FIELDS)))
+        """Queue one request's spend (SpendLog field names but `requests`; `time` may be a Unix
+        time or omitted, the others their column's default)."""
+        self.log_values(tuple(row.get(name, default) for name, default in _DEFAULTS))
 
     def log_values(self, values: tuple) -> None:
-        """`log` for a row given as its values in SPEND_FIELDS order (the server's, per request:
-        no dict to build and read back)."""
+        """`log` for a request given as its values in SPEND_FIELDS order (the server's: no dict
+        to build and read back)."""
         if self._closed:
             raise RuntimeError("the spend writer is closed")
         if not _PIPED.issuperset(map(type, values)):  # the pipe carries marshal's plain types
@@ -292,10 +311,10 @@ class SpendWriter:
         if values[_TIME] is None:
             values = (*values[:_TIME], time.time(), *values[_TIME + 1:])
         with self._lock:
-            self._count(values, +1)
-            self._rows.append(values)
+            self._count(values, +1, 1)
+            started = self._join(values)
             waiting = len(self._rows)
-        if waiting == 1 or (waiting >= self.batch_size and not self._failing):
+        if started and (waiting == 1 or (waiting >= self.batch_size and not self._failing)):
             self._wake()  # the first row starts the interval; a full batch goes at once
 
     def pending(self, token_hash=None, account=None) -> tuple[int, int]:
@@ -330,12 +349,10 @@ class SpendWriter:
                     timeout = self.interval if batch or self._rows else -1
                 woken = self._wakeup.acquire(timeout=timeout)
                 stopping = self._closed  # read first: every row logged before close() is taken below
-                with self._lock:  # woken by a full batch: whole batches, oldest first; else every row
-                    take = len(self._rows)
-                    if woken and not stopping:
-                        take -= take % self.batch_size
-                    batch += self._rows[:take]
-                    del self._rows[:take]
+                with self._lock:  # woken by the first row, the interval starts; else every row goes
+                    if not woken or stopping or len(self._rows) >= self.batch_size:
+                        batch += self._rows.values()
+                        self._rows = {}
                 if batch:
                     if self._flush(batch):
                         failures = 0
@@ -394,27 +411,50 @@ class SpendWriter:
             child.close(kill)
 
     def _forget(self, rows: list) -> None:
-        """Take committed (or dropped) rows out of the pending totals."""
+        """Take committed (or dropped) rows' requests out of the pending totals."""
         with self._lock:
             if not self._pending:  # no row counts for a budget (an open server's): no loop holding the GIL
                 return
             for values in rows:
-                self._count(values, -1)
+                self._count(values, -1, values[_REQUESTS])
 
-    def _count(self, values: tuple, sign: int) -> None:
-        """Add a row to (or take it from) the pending totals of its token and account (lock held)."""
+    def _join(self, values: tuple) -> bool:
+        """Add a request to the waiting row of its kind and second, or start one (lock held);
+        whether it started one.
+
+        Only integer sums and a finite time are summed: a request with any other value
+        (which `_bound` may refuse) gets a row of its own, so it is never dropped with others.
+        """
+        if _INTEGERS.issuperset(map(type, _SUMS(values))) and _finite_time(values[_TIME]):
+            key = (_KIND(values), int(values[_TIME]))  # a row spans a second at most
+            row = self._rows.get(key)
+            if row is not None:
+                for i in _SUMMED:
+                    row[i] += values[i]
+                if values[_TIME] > row[_TIME]:
+                    row[_TIME] = values[_TIME]
+                row[_REQUESTS] += 1
+                return False
+        else:
+            key = object()
+        self._rows[key] = [*values, 1]
+        return True
+
+    def _count(self, values, sign: int, requests: int) -> None:
+        """Add a row's requests to (or take them from) the pending totals of its token and
+        account (lock held)."""
         token_hash, account = values[_TOKEN_HASH], values[_ACCOUNT]
         if token_hash is None and account is None:  # an open server's rows: nobody's budget
             return
-        cost = int(values[_COST] or 0)
+        cost = sign * int(values[_COST] or 0)
         status = values[_STATUS]
-        success = int(status is None or int(status) < 400)
+        successes = sign * requests * (status is None or int(status) < 400)
         keys = [("token", token_hash)] if token_hash is not None else []
         if account is not None:
             keys.append(("account", account))
         for key in keys:
             total = self._pending.get(key, (0, 0, 0))
-            total = (total[0] + sign * cost, total[1] + sign * success, total[2] + sign)
+            total = (total[0] + cost, total[1] + successes, total[2] + sign * requests)
             if total[2]:  # entries go when no row of theirs is pending, not when they sum to 0
                 self._pending[key] = total
             else:
@@ -494,9 +534,9 @@ class _Inserter:
         """Open the database and make the insert statement's parts in its dialect."""
         self.db = connect(self.url)
         left, right = self.db.quote  # the driver's identifier quotes: "" or ``
-        columns = ", ".join(f"{left}{name}{right}" for name in SPEND_FIELDS)
+        columns = ", ".join(f"{left}{name}{right}" for name in STORED_FIELDS)
         self.insert_head = f"INSERT INTO {left}{SpendLog._meta.table_name}{right} ({columns}) VALUES "
-        self.row_marks = f"({', '.join([self.db.param] * len(SPEND_FIELDS))})"
+        self.row_marks = f"({', '.join([self.db.param] * len(STORED_FIELDS))})"
 
     def _write_each(self, rows: list) -> int:
         """Insert rows one at a time; a row refused for its content is dropped with a log line."""
@@ -533,15 +573,29 @@ class _Notes(logging.Handler):
 
 
 # Rows per INSERT statement: its parameters stay within SQLite's oldest limit of 999.
-ROWS_PER_INSERT = 999 // len(SPEND_FIELDS)
+ROWS_PER_INSERT = 999 // len(STORED_FIELDS)
 # A spend row as the insert binds it: every column in SPEND_FIELDS order, defaults filled in.
-_COLUMN = {name: i for i, name in enumerate(SPEND_FIELDS)}
+_COLUMN = {name: i for i, name in enumerate(STORED_FIELDS)}
 _TIME, _TOKEN_HASH, _ACCOUNT = _COLUMN["time"], _COLUMN["token_hash"], _COLUMN["account"]
-_COST, _STATUS = _COLUMN["cost_micro_usd"], _COLUMN["status"]
+_COST, _STATUS, _REQUESTS = _COLUMN["cost_micro_usd"], _COLUMN["status"], _COLUMN["requests"]
+_SUMMED = tuple(_COLUMN[name] for name in SUMMED_FIELDS)
+_SUMS = operator.itemgetter(*_SUMMED)
+# What a row's requests share: every field but the time and the sums.
+_KIND = operator.itemgetter(*(i for i, name in enumerate(SPEND_FIELDS) if name != "time" and name not in SUMMED_FIELDS))
+_INTEGERS = frozenset((int,))
+_DEFAULTS = tuple((name, SpendLog._meta.fields[name].default) for name in SPEND_FIELDS)
 _PIPED = frozenset((str, int, float, bool, type(None)))  # what `log` hands the writer process unchanged
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _add_requests_column(db) -> None:
+    """Give a spend log from before requests shared rows its `requests` column: each old row is one."""
+    table = SpendLog._meta.table_name
+    if "requests" not in {column.name for column in db.get_columns(table)}:
+        left, right = db.quote
+        db.execute_sql(f"ALTER TABLE {left}{table}{right} ADD COLUMN {left}requests{right} INTEGER NOT NULL DEFAULT 1")
 
 
 def _drop_connection(db) -> None:
@@ -681,6 +735,11 @@ def _json(value) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _finite_time(value) -> bool:
+    """Whether a request's time can be compared and stored as a Unix time."""
+    return value.__class__ in (float, int) and math.isfinite(value)
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -698,7 +757,7 @@ _EPOCH = datetime(1970, 1, 1)
 
 # (column index, default, size or limit) of the text and integer columns, for `_bound`.
 _TEXT_COLUMNS = tuple((i, SpendLog._meta.fields[name].default, SpendLog._meta.fields[name].max_length)
-                      for i, name in enumerate(SPEND_FIELDS) if isinstance(SpendLog._meta.fields[name], peewee.CharField))
+                      for i, name in enumerate(STORED_FIELDS) if isinstance(SpendLog._meta.fields[name], peewee.CharField))
 _INT_COLUMNS = tuple((i, SpendLog._meta.fields[name].default,
                       2 ** 63 - 1 if isinstance(SpendLog._meta.fields[name], peewee.BigIntegerField) else 2 ** 31 - 1)
-                     for i, name in enumerate(SPEND_FIELDS) if isinstance(SpendLog._meta.fields[name], peewee.IntegerField))
+                     for i, name in enumerate(STORED_FIELDS) if isinstance(SpendLog._meta.fields[name], peewee.IntegerField))

@@ -78,9 +78,9 @@ def workers_scaling(seconds: float) -> dict:
             done, elapsed = load(stack.proxy, 32, seconds)
             stack.stop_proxy()
             with sqlite3.connect(stack.home / "bitrouter.db") as db:
-                rows = db.execute("select count(*) from spend_logs").fetchone()[0]
+                logged = db.execute("select coalesce(sum(requests), 0) from spend_logs").fetchone()[0]
         report[f"workers_{count}"] = {"rps": round(done / elapsed, 1), "requests": done + warm,
-                                      "spend_rows": rows}
+                                      "spend_requests": logged}
     return report
 
 

@@ -51,7 +51,7 @@ def run() -> dict:
             upstream.terminate()
             upstream.wait(10)
     report["ok"] = (report["latency_c1"]["added_p50_ms"] < ADDED_P50_LIMIT_MS
-                    and report["spend_writer_c32"]["rows_missing"] == 0)
+                    and report["spend_writer_c32"]["requests_missing"] == 0)
     return report
 
 
@@ -84,13 +84,13 @@ def spend_under_load(proxy, concurrency: int, seconds: float) -> dict:
     started = time.perf_counter()
     gevent.joinall([gevent.spawn(worker) for _ in range(concurrency)])
     elapsed = time.perf_counter() - started
-    proxy.rows_expected += done[0]
+    proxy.requests_expected += done[0]
     stop_started = time.perf_counter()
     proxy.stop()
-    rows = proxy.spend_rows()
+    logged = proxy.spend_requests()
     return {"rps": round(done[0] / elapsed, 1), "load_requests": done[0],
-            "requests_total": proxy.rows_expected, "rows_written": rows,
-            "rows_missing": proxy.rows_expected - rows,
+            "requests_total": proxy.requests_expected, "requests_logged": logged,
+            "requests_missing": proxy.requests_expected - logged,
             "stop_seconds": round(time.perf_counter() - stop_started, 2)}
 
 
@@ -113,7 +113,7 @@ class Proxy:
                                         text=True).stdout.strip()
         self.proc = subprocess.Popen([str(EXE), "--home-dir", str(home), "serve"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.rows_expected = 0
+        self.requests_expected = 0
         bench.wait_for_port(self.port)
 
     def timed(self, n: int) -> list[float]:
@@ -124,7 +124,7 @@ class Proxy:
             client.post(PATH, bench.REQUEST)
             times.append((time.perf_counter() - started) * 1000)
         client.close()
-        self.rows_expected += n
+        self.requests_expected += n
         return times
 
     def stop(self) -> None:
@@ -132,9 +132,10 @@ class Proxy:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
 
-    def spend_rows(self) -> int:
+    def spend_requests(self) -> int:
+        """Requests the spend log holds."""
         with sqlite3.connect(self.home / "bitrouter.db") as conn:
-            return conn.execute("select count(*) from spend_logs").fetchone()[0]
+            return conn.execute("select coalesce(sum(requests), 0) from spend_logs").fetchone()[0]
 
 
 

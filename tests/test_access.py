@@ -349,4 +349,4 @@ def test_spend_rows_reach_the_database_and_anonymous_refusals_do_not(root, gates
     assert row == {"account": claims.iss, "token_hash": claims.token_hash, "model": "alias",
                    "upstream": "openai:gpt-4o", "protocol": "responses", "status": 201, "latency_ms": 12,
                    "input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 4, "cache_write_tokens": 3,
-                   "reasoning_tokens": 2, "cost_micro_usd": 42}
+                   "reasoning_tokens": 2, "cost_micro_usd": 42, "requests": 1}

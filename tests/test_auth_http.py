@@ -353,7 +353,7 @@ def test_concurrent_requests_are_each_logged_once_with_cost(home, start_server):
     assert server.stop() == 0  # a clean shutdown writes every queued row
     rows = spend_rows(home)
     digest = hashlib.sha256(token.encode()).hexdigest()
-    assert len(rows) == 80 and {r["token_hash"] for r in rows} == {digest}
+    assert sum(r["requests"] for r in rows) == 80 and {r["token_hash"] for r in rows} == {digest}
     assert all(r["status"] == 200 and r["upstream"] == MODEL and r["cost_micro_usd"] > 0 for r in rows)
     assert {r["protocol"] for r in rows} == {"openai", "responses", "anthropic", "google"}
     assert all(r["account"].startswith(CHAIN + ":") for r in rows)

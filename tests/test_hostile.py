@@ -61,9 +61,11 @@ def raw_request(server, data: bytes, timeout: float = 10.0) -> bytes:
         return received
 
 
-def spend_rows(home) -> list:
+def spend_requests(home) -> dict:
+    """(model, status) -> how many such requests the spend log holds."""
     with sqlite3.connect(home / "bitrouter.db") as db:
-        return db.execute("select model, status from spend_logs order by id").fetchall()
+        return {(model, status): n for model, status, n in
+                db.execute("select model, status, sum(requests) from spend_logs group by model, status")}
 
 
 def shaped(protocol: str, resp) -> str:
@@ -78,7 +80,7 @@ def shaped(protocol: str, resp) -> str:
 
 
 def test_hostile_requests_neither_write_spend_nor_block_the_good_ones(server):
-    before = len(spend_rows(server.home))
+    before = spend_requests(server.home)
     hostile = [
         ('{"model": "\\ud800", "messages": []}', {}),  # a lone surrogate: poisoned every later batch
         (json.dumps({"model": "mock:echo\u0000", "messages": USER}), {}),
@@ -92,9 +94,10 @@ def test_hostile_requests_neither_write_spend_nor_block_the_good_ones(server):
         assert resp.status_code == 400, resp.text
         assert post(server, "/v1/chat/completions", {"model": "mock:echo", "messages": USER}).status_code == 200
         good += 1
-    rows = wait_until(lambda: (r := spend_rows(server.home)[before:]) and len(r) >= good and r, 10,
-                      what="every good request's spend row")
-    assert rows == [("mock:echo", 200)] * good  # all good ones, none of the refused
+    expected = {**before, ("mock:echo", 200): before.get(("mock:echo", 200), 0) + good}
+    wait_until(lambda: spend_requests(server.home).get(("mock:echo", 200)) == expected[("mock:echo", 200)], 10,
+               what="every good request's spend")
+    assert spend_requests(server.home) == expected  # all good ones, none of the refused
 
 
 # ---------------------------------------------------------------- keys sent where they must not go

@@ -30,9 +30,10 @@ def url(db):
     return db.url
 
 
-def count_rows(url) -> int:
+def count_requests(url) -> int:
+    """Requests the spend log holds (a row holds every request of its kind in one write)."""
     with sqlite3.connect(url[len("sqlite:///"):]) as conn:
-        return conn.execute("select count(*) from spend_logs").fetchone()[0]
+        return conn.execute("select coalesce(sum(requests), 0) from spend_logs").fetchone()[0]
 
 
 def row(**fields) -> dict:
@@ -61,23 +62,94 @@ def test_bad_sqlite_path_is_a_user_error(tmp_path):
 
 def test_full_batches_go_without_waiting_for_the_interval(url):
     writer = store.SpendWriter(url, interval=60, batch_size=500)
-    for i in range(1200):
-        writer.log(row(model=f"m{i}"))
+    for i in range(500):
+        writer.log(row(model=f"m{i}"))  # 500 kinds of request: 500 rows, a full batch
     # The rows are in the database a moment before the writer has the child's answer: wait for that.
-    wait_until(lambda: writer.pending(token_hash="t" * 64) == (200 * 10, 200), what="two full batches")
-    assert count_rows(url) == 1000  # the last 200 wait for the interval or close()
+    wait_until(lambda: writer.pending(token_hash="t" * 64) == (0, 0), what="the full batch")
+    assert count_requests(url) == 500
+    for i in range(10):
+        writer.log(row(model=f"m{i}"))
+    assert writer.pending(token_hash="t" * 64) == (100, 10)  # waiting for the interval or close()
+    assert count_requests(url) == 500
     writer.close()
-    assert count_rows(url) == 1200
+    assert count_requests(url) == 510
     assert writer.pending(token_hash="t" * 64) == (0, 0)
+
+
+def test_requests_of_one_kind_share_a_row_with_their_sums(db, url):
+    writer = store.SpendWriter(url, interval=60)
+    now = time.time()
+    for i in range(300):
+        writer.log(row(time=now - 1 + i / 1000, latency_ms=2, input_tokens=10, output_tokens=i, cost_micro_usd=5,
+                       cache_read_tokens=1, cache_write_tokens=2, reasoning_tokens=3))
+    writer.log(row(time=now - 5, status=502, cost_micro_usd=0))  # another status: a row of its own
+    writer.log(row(time=now - 5, token_hash="u" * 64))  # another token
+    writer.log(row(time=now - 5, latency_ms=1.5))  # a float latency: summed with nothing
+    writer.close()
+    with sqlite3.connect(url[len("sqlite:///"):]) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = [dict(r) for r in conn.execute("select * from spend_logs order by id")]
+    assert [r["requests"] for r in rows] == [300, 1, 1, 1]
+    first = rows[0]
+    latest = datetime.fromisoformat(first.pop("time")).replace(tzinfo=timezone.utc).timestamp()
+    assert abs(latest - (now - 1 + 299 / 1000)) < 1e-5  # the latest request's time
+    assert first == {"id": 1, "account": "acct", "token_hash": "t" * 64, "model": "default",
+                     "upstream": "openai:gpt-4o", "protocol": "openai", "status": 200, "latency_ms": 600,
+                     "input_tokens": 3000, "output_tokens": sum(range(300)), "cache_read_tokens": 300,
+                     "cache_write_tokens": 600, "reasoning_tokens": 900, "cost_micro_usd": 1500,
+                     "requests": 300}
+    assert rows[1]["status"] == 502 and rows[2]["token_hash"] == "u" * 64 and rows[3]["latency_ms"] == 1
+    assert db.totals(token_hash="t" * 64) == (1510, 301)  # the 502 bills nothing and is no success
+    assert db.totals(token_hash="t" * 64, since=now - 2) == (1500, 300)
+    assert db.usage(by="account") == [{"keys": ("acct", "openai:gpt-4o"), "requests": 303, "input_tokens": 3000,
+                                       "output_tokens": sum(range(300)), "cost": 1520}]
+
+
+def test_a_spend_log_from_before_shared_rows_gets_its_requests_column(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the table as BitRouter created it before `requests`
+        conn.execute('CREATE TABLE "spend_logs" ("id" INTEGER NOT NULL PRIMARY KEY, "time" DATETIME NOT NULL, '
+                     '"account" VARCHAR(255), "token_hash" VARCHAR(64), "model" VARCHAR(255), '
+                     '"upstream" VARCHAR(255), "protocol" VARCHAR(255), "status" INTEGER NOT NULL, '
+                     '"latency_ms" INTEGER NOT NULL, "input_tokens" INTEGER NOT NULL, '
+                     '"output_tokens" INTEGER NOT NULL, "cache_read_tokens" INTEGER NOT NULL, '
+                     '"cache_write_tokens" INTEGER NOT NULL, "reasoning_tokens" INTEGER NOT NULL, '
+                     '"cost_micro_usd" INTEGER NOT NULL)')
+        conn.executemany("INSERT INTO spend_logs VALUES (NULL, '2026-01-01 00:00:00', 'acct', NULL, 'old', "
+                         "NULL, 'openai', 200, 1, 1, 1, 0, 0, 0, ?, )".replace(", )", ")"), [(4,), (6,)])
+    url = f"sqlite:///{path}"
+    writer = store.SpendWriter(url)
+    writer.log(row(cost_micro_usd=10))
+    writer.close()
+    with store.Store(url) as db:
+        assert db.totals(account="acct") == (20, 3)
+    with sqlite3.connect(path) as conn:  # a row inserted without the column (an older BitRouter's) is one request
+        conn.execute("INSERT INTO spend_logs (time, model, status, latency_ms, input_tokens, output_tokens, "
+                     "cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micro_usd, account) "
+                     "VALUES ('2026-01-01', 'older', 200, 0, 0, 0, 0, 0, 0, 1, 'acct')")
+    with store.Store(url) as db:
+        assert db.totals(account="acct") == (21, 4)
 
 
 def test_partial_batch_goes_after_the_interval(url):
     writer = store.SpendWriter(url, interval=0.05, batch_size=500)
     for _ in range(3):
         writer.log(row())
-    wait_until(lambda: count_rows(url) == 3, what="the interval flush")
+    wait_until(lambda: count_requests(url) == 3, what="the interval flush")
     writer.close()
-    assert count_rows(url) == 3
+    assert count_requests(url) == 3
+
+
+def test_requests_arriving_faster_than_the_interval_do_not_hold_their_row_back(url):
+    writer = store.SpendWriter(url, interval=0.05)
+    same = row(time=time.time())  # one kind, one second: every request joins the first one's row
+
+    def logged_meanwhile():
+        writer.log(same)  # every 20 ms, within the interval: a row is joined, not started
+        return count_requests(url)
+
+    wait_until(logged_meanwhile, what="the row the first request started")
+    writer.close()
 
 
 def test_close_flushes_everything(url):
@@ -85,7 +157,7 @@ def test_close_flushes_everything(url):
     for _ in range(777):
         writer.log(row())
     writer.close()
-    assert count_rows(url) == 777
+    assert count_requests(url) == 777
     writer.close()  # idempotent
     with pytest.raises(RuntimeError):
         writer.log(row())
@@ -125,7 +197,7 @@ def test_logging_never_waits_on_a_locked_database(db, url):
         blocker.execute("rollback")
         blocker.close()
     writer.close()
-    assert count_rows(url) == 50
+    assert count_requests(url) == 50
     assert db.totals(account="acct") == (150, 50)
 
 
@@ -221,10 +293,10 @@ def test_hostile_strings_are_cleaned_and_never_block_other_rows(url):
         writer.log(row(model=hostile[i // 2 % 4] if i % 2 else "good", latency_ms=10 ** 12))
     writer.close()
     with sqlite3.connect(url[len("sqlite:///"):]) as conn:
-        models = [m for (m,) in conn.execute("select model from spend_logs")]
-    assert len(models) == 200
-    assert models.count("good") == 100
-    assert {"\\ud800", "nul\\x00byte", "m" * 255, "\\udcff\\ud83d"} == set(models) - {"good"}
+        requests = dict(conn.execute("select model, sum(requests) from spend_logs group by model"))
+        latencies = {n for (n,) in conn.execute("select latency_ms from spend_logs")}
+    assert requests == {"good": 100, "\\ud800": 25, "nul\\x00byte": 25, "m" * 255: 25, "\\udcff\\ud83d": 25}
+    assert latencies == {2 ** 31 - 1}  # a sum beyond the column's range is its largest value
     assert writer.pending(token_hash="t" * 64) == (0, 0)
 
 
@@ -234,7 +306,7 @@ def test_a_row_that_cannot_be_stored_is_dropped_alone(url, caplog):
         writer.log(row(model=f"m{i}"))
     writer.log(row(model="slow", latency_ms="very"))  # no integer: the writer process cannot bind it
     writer.close()
-    assert count_rows(url) == 10
+    assert count_requests(url) == 10
     assert writer.pending(token_hash="t" * 64) == (0, 0)
     assert "spend row dropped, it cannot be stored" in caplog.text and "'slow'" in caplog.text
 
@@ -268,7 +340,7 @@ def test_a_closed_store_reopens_on_its_next_call(db):
 def writer_process(writer, url):
     """The writer's child process, once a first batch has gone through it."""
     writer.log(row(model="first"))
-    wait_until(lambda: count_rows(url) >= 1, what="the first batch")
+    wait_until(lambda: count_requests(url) >= 1, what="the first batch")
     return writer._child.pid
 
 
@@ -279,7 +351,7 @@ def test_a_killed_writer_process_is_replaced_and_no_row_is_lost(url):
     for i in range(120):
         writer.log(row(model=f"m{i}"))
     writer.close()
-    assert count_rows(url) == 121
+    assert count_requests(url) == 121
     assert writer.pending(token_hash="t" * 64) == (0, 0)
     with pytest.raises(ProcessLookupError):  # reaped, not left a zombie
         os.kill(first, 0)
@@ -296,7 +368,7 @@ def test_the_writer_process_ignores_group_signals_and_never_sees_the_url_in_its_
     for _ in range(30):
         writer.log(row())
     writer.close()  # the server's close, not the signals, ends it: every row is written
-    assert count_rows(url) == 31
+    assert count_requests(url) == 31
 
 
 def test_the_writer_process_ends_with_the_server_however_it_dies(url):
@@ -320,4 +392,4 @@ def test_the_writer_process_ends_with_the_server_however_it_dies(url):
             return True
         return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"  # exited, its parent gone
     wait_until(gone, what="the orphaned writer process to exit")
-    assert count_rows(url) == 1
+    assert count_requests(url) == 1
