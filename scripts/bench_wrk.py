@@ -8,8 +8,10 @@ compared runs alternate in rounds, so a busy moment of the shared machine hits t
 Streaming is timed with bench.py's small client; 1,000 concurrent streams are held
 against a drip upstream (a frame every 0.1 s). `BENCH_SECONDS` shortens or lengthens each
 wrk run (6 s); `BENCH_PEERS=1` adds LiteLLM's proxy, installed into its own venv, to the
-throughput rounds. Beside req/s, the throughput rounds and the observers pair report each
-server's CPU time a request (its child processes included), read from /proc.
+throughput rounds. Beside req/s, the throughput rounds and the observers' rounds report each
+server's CPU time a request (its child processes included), read from /proc. The observers
+(metrics, spend rows, events) are measured by switching them off and on in the same
+processes (`observers_switched`).
 """
 
 import contextlib
@@ -17,7 +19,9 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,7 +34,7 @@ import bench
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
 ROUNDS = 3  # the compared runs alternate in this many rounds of SECONDS / ROUNDS each
-OBSERVER_ROUNDS = 30  # rounds of a second each for the pair with and without the observers
+OBSERVER_ROUNDS = 32  # rounds of a second each of two servers, their observers on in half of them
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FRAMES = 50
 # A provider key of a real key's length: a key that is also a word of every reply (the
@@ -95,15 +99,12 @@ def run() -> dict:
         report["streams_held"] = streams_held(br, up, 1000)
     with Upstreams() as up, Gateway("bitrouter", up, extra={"guardrails": {"enabled": False}}) as plain:
         report["streaming"]["bitrouter_guardrails_off"] = stream_times(plain.port, "/v1/chat/completions", n=300)
-    with Upstreams() as up, Gateway("bitrouter", up, bare=True) as bare, Gateway("bitrouter", up) as full:
-        wrk(bare.port, "/v1/chat/completions", CHAT, 32, 1.0)
-        wrk(full.port, "/v1/chat/completions", CHAT, 32, 1.0)
-        with dashboard_attached(full.port):
-            # A few per cent between two processes whose one-second rounds vary by a fifth
-            # on this machine: many rounds, and the CPU time each server spent on them.
-            report["observers"] = interleaved({"bare": bare.port, "full": full.port}, 32,
-                                              rounds=OBSERVER_ROUNDS, seconds=OBSERVER_ROUNDS,
-                                              processes={"bare": bare.proc.pid, "full": full.proc.pid})
+    with Upstreams() as up, Gateway("bitrouter", up, switchable=True) as one, \
+            Gateway("bitrouter", up, switchable=True) as other:
+        for server in (one, other):
+            wrk(server.port, "/v1/chat/completions", CHAT, 32, 1.0)
+        with dashboard_attached(one.port), dashboard_attached(other.port):
+            report["observers"] = observers_switched([one, other], OBSERVER_ROUNDS)
     report["summary"] = summary(report)
     return report
 
@@ -121,8 +122,8 @@ def summary(report: dict) -> dict:
     out["translation_added_p50_ms"] = round(report["translated_c1"]["anthropic_to_chat"]["p50_ms"]
                                             - report["translated_c1"]["passthrough"]["p50_ms"], 3)
     observers = report["observers"]
-    out["observers_cost"] = round(1 - observers["full"]["rps"] / observers["bare"]["rps"], 3)
-    out["observers_cpu_cost"] = round(1 - observers["bare"]["cpu_us"] / observers["full"]["cpu_us"], 3)
+    out["observers_cost"] = round(statistics.median(observers["block_costs"]["rps"]), 3)
+    out["observers_cpu_cost"] = round(statistics.median(observers["block_costs"]["cpu"]), 3)
     if "litellm" in rps:
         out["rps_vs_litellm"] = round(rps["bitrouter"]["rps"] / rps["litellm"]["rps"], 1)
     return out
@@ -152,6 +153,40 @@ def install(*packages: str) -> None:
 
 def _which(exe: str):
     return shutil.which(exe) or shutil.which(exe, path="/usr/sbin:/usr/bin:/sbin")
+
+
+def observers_switched(servers: list, rounds: int) -> dict:
+    """wrk (c=32, a second) against each switchable BitRouter in turn, `rounds` times (a
+    multiple of four), with its observers on in half of its rounds and off in the other half,
+    in blocks of four (on, off, off, on; the next server the other way round). Each server is
+    compared with itself, so what sets one process apart from an identical other (its memory
+    layout, its hash seed: 5 to 10% of CPU time a request here) cancels out, and each block
+    is one estimate of the observers' cost. Req/s and CPU time a request of each state, over
+    all servers and per server, and the cost by req/s and by CPU time that every block gives."""
+    runs = []  # (server, block, state, requests, seconds, CPU seconds), a round each
+    for round_number in range(rounds):
+        for i, server in enumerate(servers):
+            on = (round_number % 4 in (0, 3)) != (i % 2 == 1)
+            server.observe(on)
+            before = cpu_seconds(server.proc.pid)
+            result = wrk(server.port, "/v1/chat/completions", CHAT, 32, 1.0)
+            runs.append((i, round_number // 4, "on" if on else "off", result["requests"], result["seconds"],
+                         quiet(server.proc.pid) - before))
+
+    def rates(chosen: list) -> dict:
+        requests, seconds, cpu = (sum(column) for column in zip(*(run[3:] for run in chosen)))
+        return {"requests": requests, "rps": round(requests / seconds, 1), "cpu_us": round(cpu / requests * 1e6, 1)}
+
+    states = ("on", "off")
+    out = {state: rates([run for run in runs if run[2] == state]) for state in states}
+    out["servers"] = [{state: rates([run for run in runs if run[0] == i and run[2] == state]) for state in states}
+                      for i in range(len(servers))]
+    out["block_costs"] = {"rps": [], "cpu": []}
+    for i, block in sorted({run[:2] for run in runs}):
+        on, off = (rates([run for run in runs if run[:3] == (i, block, state)]) for state in states)
+        out["block_costs"]["rps"].append(round(1 - on["rps"] / off["rps"], 4))
+        out["block_costs"]["cpu"].append(round(1 - off["cpu_us"] / on["cpu_us"], 4))
+    return out
 
 
 def interleaved(targets: dict, connections: int, rounds: int = ROUNDS, seconds: float = SECONDS,
@@ -261,11 +296,12 @@ class Upstreams:
 
 
 class Gateway:
-    """BitRouter (`bare`: without its observers; `extra` merged into its config), a minimal
-    relay (RELAYS), or LiteLLM's proxy (one worker, authentication off, in a venv of its own)."""
+    """BitRouter (`switchable`: its observers switched by `observe`; `extra` merged into its
+    config), a minimal relay (RELAYS), or LiteLLM's proxy (one worker, authentication off, in a
+    venv of its own)."""
 
-    def __init__(self, kind: str, up: Upstreams, bare: bool = False, extra: dict | None = None):
-        self.kind, self.up, self.bare, self.extra = kind, up, bare, extra or {}
+    def __init__(self, kind: str, up: Upstreams, switchable: bool = False, extra: dict | None = None):
+        self.kind, self.up, self.switchable, self.extra = kind, up, switchable, extra or {}
 
     def __enter__(self):
         self.port = bench.free_port()
@@ -283,7 +319,7 @@ class Gateway:
             self.tmp = tempfile.TemporaryDirectory(prefix="bitrouter-bench-")
             home = Path(self.tmp.name)
             write_home(home, self.port, self.up, self.extra)
-            command = [sys.executable, "-c", BARE, str(home)] if self.bare else \
+            command = [sys.executable, "-c", SWITCHABLE, str(home)] if self.switchable else \
                 [str(Path(sys.executable).with_name("bitrouter")), "--home-dir", str(home), "serve"]
             self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -298,6 +334,18 @@ class Gateway:
         self.proc.wait(30)
         if self.tmp:
             self.tmp.cleanup()
+
+    def observe(self, on: bool, deadline: float = 10.0) -> None:
+        """Switch a switchable BitRouter's observers on or off; returns once it has."""
+        state, wanted = Path(self.tmp.name, "observers"), "on" if on else "off"
+        if (state.read_text() if state.exists() else "on") == wanted:
+            return
+        self.proc.send_signal(signal.SIGUSR1)
+        until = time.monotonic() + deadline
+        while not (state.exists() and state.read_text() == wanted):
+            if time.monotonic() > until:
+                raise RuntimeError(f"BitRouter on port {self.port} did not switch its observers {wanted}")
+            time.sleep(0.01)
 
 
 def write_home(home: Path, port: int, up: Upstreams, extra: dict | None = None) -> None:
@@ -316,22 +364,33 @@ def write_home(home: Path, port: int, up: Upstreams, extra: dict | None = None) 
 
 
 # BitRouter without its observers: no metrics counting, no spend rows, no events; the
-# request log line and the guardrail sessions still see every request.
-BARE = """
+# request log line and the guardrail sessions still see every request. BARE serves that
+# way; SWITCHABLE starts with its observers on, and SIGUSR1 switches them off and on again
+# (the state, in the home's file `observers`, says when a switch has taken effect).
+_OBSERVERS = """
 from gevent import monkey
 monkey.patch_all()
-import sys
-from bitrouter import access, metrics, server
-from bitrouter import home
+import signal, sys
+from pathlib import Path
+import gevent
+from bitrouter import access, home, metrics, server
 def finish(self, record):
     self.running.pop(record.id, None)
     for listener in self.listeners:
         if getattr(listener, "__func__", None) is not access.Gate.record:
             listener(record)
-metrics.Metrics.finish = finish
-metrics.Metrics._publish = lambda self, *a, **k: None
-server.serve(home.resolve(home_dir=sys.argv[1]))
+observed = metrics.Metrics.finish, metrics.Metrics._publish
+unobserved = finish, lambda self, *a, **k: None
 """
+_SERVE = "server.serve(home.resolve(home_dir=sys.argv[1]))\n"
+BARE = _OBSERVERS + "metrics.Metrics.finish, metrics.Metrics._publish = unobserved\n" + _SERVE
+SWITCHABLE = _OBSERVERS + """
+def switch():
+    on = metrics.Metrics.finish is observed[0]
+    metrics.Metrics.finish, metrics.Metrics._publish = unobserved if on else observed
+    Path(sys.argv[1], "observers").write_text("off" if on else "on")
+gevent.signal_handler(signal.SIGUSR1, switch)
+""" + _SERVE
 
 
 def dashboard_attached(port: int):
