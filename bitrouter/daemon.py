@@ -414,6 +414,8 @@ class RequestLog:
                 f"status={record.status} latency={record.latency_ms:.0f}ms "
                 f"tokens={record.usage.input}/{record.usage.output} stream={'yes' if record.stream else 'no'} "
                 f"attempts={record.attempts}")
+        if record.cost_micro_usd:  # the request's own cost: the spend log sums a second's alike requests
+            line += f" cost=${record.cost_micro_usd / 1e6:.6f}"
         if record.account:
             line += f" account={_field(record.account)}"
         if record.error:

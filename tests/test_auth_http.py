@@ -367,6 +367,9 @@ def test_open_server_logs_anonymous_spend(home, start_server):
     server.stop()
     rows = spend_rows(home)
     assert len(rows) == 1 and rows[0]["account"] is None and rows[0]["token_hash"] is None
+    assert rows[0]["cost_micro_usd"] > 0
+    line = next(line for line in server.output().splitlines() if " INFO request " in line)
+    assert line.endswith(f" attempts=1 cost=${rows[0]['cost_micro_usd'] / 1e6:.6f}"), line  # each request's own
 
 
 def test_unreachable_database_stops_the_server(home):
