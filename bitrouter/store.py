@@ -95,8 +95,10 @@ class RouteRecord(peewee.Model):
 
 
 MODELS = (TokenRecord, SpendLog, RouteRecord)
-STORED_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f != "id")
-SPEND_FIELDS = STORED_FIELDS[:-1]  # a request's row, as `SpendWriter.log` takes it: all but `requests`
+# A request's values, as `SpendWriter.log` takes them; a stored row is them and its count of
+# requests last (the writer starts a row as [*values, 1]).
+SPEND_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f not in ("id", "requests"))
+STORED_FIELDS = (*SPEND_FIELDS, "requests")
 # Summed over a row's requests; the other fields but `time` say which row a request joins.
 SUMMED_FIELDS = ("latency_ms", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                  "reasoning_tokens", "cost_micro_usd")
@@ -574,7 +576,7 @@ class _Notes(logging.Handler):
 
 # Rows per INSERT statement: its parameters stay within SQLite's oldest limit of 999.
 ROWS_PER_INSERT = 999 // len(STORED_FIELDS)
-# A spend row as the insert binds it: every column in SPEND_FIELDS order, defaults filled in.
+# A spend row as the insert binds it: every column in STORED_FIELDS order, defaults filled in.
 _COLUMN = {name: i for i, name in enumerate(STORED_FIELDS)}
 _TIME, _TOKEN_HASH, _ACCOUNT = _COLUMN["time"], _COLUMN["token_hash"], _COLUMN["account"]
 _COST, _STATUS, _REQUESTS = _COLUMN["cost_micro_usd"], _COLUMN["status"], _COLUMN["requests"]
