@@ -129,9 +129,9 @@ class Gate:
         if rec.refused or (rec.status == 401 and not rec.account):
             return
         usage = rec.usage
-        row = (rec.started, rec.account or None, rec.token_hash or None, rec.model,  # store.SPEND_FIELDS
-               rec.upstream or None, rec.protocol, rec.status, int(rec.latency_ms), usage.input,
-               usage.output, usage.cache_read, usage.cache_write, usage.reasoning, rec.cost_micro_usd)
+        row = (rec.account or None, rec.token_hash or None, rec.model, rec.upstream or None,  # store.SPEND_FIELDS
+               rec.protocol, rec.status, rec.started, int(rec.latency_ms), usage.input, usage.output,
+               usage.cache_read, usage.cache_write, usage.reasoning, rec.cost_micro_usd)
         try:
             self.writer.log_values(row)  # queued (and counted as pending) before the hold is released
         except RuntimeError:  # finished after shutdown began (drain timeout passed)

@@ -12,7 +12,6 @@ import logging
 import marshal
 import math
 import numbers
-import operator
 import os
 import secrets
 import signal
@@ -95,13 +94,16 @@ class RouteRecord(peewee.Model):
 
 
 MODELS = (TokenRecord, SpendLog, RouteRecord)
-# A request's values, as `SpendWriter.log` takes them; a stored row is them and its count of
-# requests last (the writer starts a row as [*values, 1]).
-SPEND_FIELDS = tuple(f for f in SpendLog._meta.sorted_field_names if f not in ("id", "requests"))
-STORED_FIELDS = (*SPEND_FIELDS, "requests")
-# Summed over a row's requests; the other fields but `time` say which row a request joins.
+# What says which row a request joins (with the second of its time), and what a row sums.
+KIND_FIELDS = ("account", "token_hash", "model", "upstream", "protocol", "status")
 SUMMED_FIELDS = ("latency_ms", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                  "reasoning_tokens", "cost_micro_usd")
+# A request's values, as `SpendWriter.log_values` takes them: its kind, then its time and sums
+# (a slice each: a waiting row keeps its requests' times and sums to add up when it is taken). A
+# stored row is a kind, the latest time, the sums and the count of requests; the insert names
+# its columns, so the model's own order does not matter.
+SPEND_FIELDS = (*KIND_FIELDS, "time", *SUMMED_FIELDS)
+STORED_FIELDS = (*SPEND_FIELDS, "requests")
 
 
 def connect(url: str, thread_safe: bool = True) -> peewee.Database:
@@ -263,10 +265,12 @@ class SpendWriter:
 
     `log` adds a request to the waiting row of its kind (same account, token, model, upstream,
     protocol and status, and the same second), or starts one: at a thousand requests a second
-    of one kind, the database gets a row or two a second instead of a thousand. A background
-    OS thread takes the rows `interval` seconds after the first of them was started (or when
-    `batch_size` are waiting), hands them to a child process over a pipe and waits for its
-    answer; the child (`write_rows`) binds them and commits them. The database work is a
+    of one kind, the database gets a row or two a second instead of a thousand. A row keeps
+    its requests' times and sums as they came, the least a request can cost while it is being
+    served; a background OS thread takes the rows `interval` seconds after the first of them
+    was started (or when `batch_size` are waiting), adds them up (`_summed_rows`, in C loops
+    for the most part), hands them to a child process over a pipe and waits for its answer;
+    the child (`write_rows`) binds them and commits them. The database work is a
     process's, not a thread's: a thread that binds and inserts rows takes this process's
     interpreter lock in many short turns (SQLite's driver lets go of it around every call),
     and every turn made the event loop that serves requests wait once more. The thread and
@@ -289,7 +293,7 @@ class SpendWriter:
         self._lock = allocate_lock()  # guards _rows and _pending
         self._wakeup = allocate_lock()  # held while the thread may sleep; released to wake it
         self._done = allocate_lock()
-        self._rows: dict = {}  # what a row's requests share -> the row, its sums so far
+        self._rows: dict = {}  # (kind, second) -> the times and sums of the row's requests so far
         self._pending: dict = {}
         self._closed = False
         self._failing = False  # the last write failed: the backoff, not a full batch, decides when
@@ -308,12 +312,7 @@ class SpendWriter:
         to build and read back)."""
         if self._closed:
             raise RuntimeError("the spend writer is closed")
-        if not _PIPED.issuperset(map(type, values)):  # the pipe carries marshal's plain types
-            values = tuple(map(_piped, values))
-        if values[_TIME] is None:
-            values = (*values[:_TIME], time.time(), *values[_TIME + 1:])
         with self._lock:
-            self._count(values, +1, 1)
             started = self._join(values)
             waiting = len(self._rows)
         if started and (waiting == 1 or (waiting >= self.batch_size and not self._failing)):
@@ -351,10 +350,11 @@ class SpendWriter:
                     timeout = self.interval if batch or self._rows else -1
                 woken = self._wakeup.acquire(timeout=timeout)
                 stopping = self._closed  # read first: every row logged before close() is taken below
+                taken = {}
                 with self._lock:  # woken by the first row, the interval starts; else every row goes
                     if not woken or stopping or len(self._rows) >= self.batch_size:
-                        batch += self._rows.values()
-                        self._rows = {}
+                        taken, self._rows = self._rows, {}
+                batch += _summed_rows(taken)
                 if batch:
                     if self._flush(batch):
                         failures = 0
@@ -421,26 +421,24 @@ class SpendWriter:
                 self._count(values, -1, values[_REQUESTS])
 
     def _join(self, values: tuple) -> bool:
-        """Add a request to the waiting row of its kind and second, or start one (lock held);
-        whether it started one.
+        """Count a request as pending and add its time and sums to the waiting row of its kind
+        and second, or start one (lock held); whether it started one.
 
-        Only integer sums and a finite time are summed: a request with any other value
-        (which `_bound` may refuse) gets a row of its own, so it is never dropped with others.
+        The common case costs the least: a row of its kind is waiting, and the request joins
+        it as it is (`_summed_rows` adds up its sums, and checks them, when the row is taken).
+        A request that starts a row is first made what the pipe carries (`_plain`); one without
+        a finite Unix time gets a row of its own.
         """
-        if _INTEGERS.issuperset(map(type, _SUMS(values))) and _finite_time(values[_TIME]):
-            key = (_KIND(values), int(values[_TIME]))  # a row spans a second at most
-            row = self._rows.get(key)
-            if row is not None:
-                for i in _SUMMED:
-                    row[i] += values[i]
-                if values[_TIME] > row[_TIME]:
-                    row[_TIME] = values[_TIME]
-                row[_REQUESTS] += 1
-                return False
-        else:
-            key = object()
-        self._rows[key] = [*values, 1]
-        return True
+        try:
+            times_and_sums = self._rows.get(_row_key(values))
+        except TypeError:  # a value no dictionary key can hold (a list): _plain makes it a string
+            times_and_sums = None
+        self._count(values, +1, 1)  # first: a request it cannot count (a cost of "abc") is not queued
+        if times_and_sums is None:
+            values = _plain(values)
+            times_and_sums = self._rows.setdefault(_row_key(values) or (values[_KIND], object()), [])
+        times_and_sums.append(values[_TIME_AND_SUMS])
+        return len(times_and_sums) == 1
 
     def _count(self, values, sign: int, requests: int) -> None:
         """Add a row's requests to (or take them from) the pending totals of its token and
@@ -580,11 +578,10 @@ ROWS_PER_INSERT = 999 // len(STORED_FIELDS)
 _COLUMN = {name: i for i, name in enumerate(STORED_FIELDS)}
 _TIME, _TOKEN_HASH, _ACCOUNT = _COLUMN["time"], _COLUMN["token_hash"], _COLUMN["account"]
 _COST, _STATUS, _REQUESTS = _COLUMN["cost_micro_usd"], _COLUMN["status"], _COLUMN["requests"]
-_SUMMED = tuple(_COLUMN[name] for name in SUMMED_FIELDS)
-_SUMS = operator.itemgetter(*_SUMMED)
-# What a row's requests share: every field but the time and the sums.
-_KIND = operator.itemgetter(*(i for i, name in enumerate(SPEND_FIELDS) if name != "time" and name not in SUMMED_FIELDS))
+_KIND = slice(0, len(KIND_FIELDS))  # what a row's requests share
+_TIME_AND_SUMS = slice(_TIME, len(SPEND_FIELDS))
 _INTEGERS = frozenset((int,))
+_TIMES = frozenset((int, float))
 _DEFAULTS = tuple((name, SpendLog._meta.fields[name].default) for name in SPEND_FIELDS)
 _PIPED = frozenset((str, int, float, bool, type(None)))  # what `log` hands the writer process unchanged
 
@@ -737,9 +734,48 @@ def _json(value) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _finite_time(value) -> bool:
-    """Whether a request's time can be compared and stored as a Unix time."""
-    return value.__class__ in (float, int) and math.isfinite(value)
+def _summed_rows(waiting: dict) -> list:
+    """Waiting rows as they are stored: a kind, its requests' latest time and sums, and how
+    many they were. A request with a sum that is no integer (which `_bound` may refuse) gets a
+    row of its own, so a value the database refuses never takes others with it."""
+    rows = []
+    for (kind, _second), times_and_sums in waiting.items():
+        when, *columns = zip(*times_and_sums)
+        try:
+            sums = list(map(sum, columns))
+        except TypeError:  # a string or None among them
+            sums = None
+        if sums is not None and _INTEGERS.issuperset(map(type, sums)):
+            rows.append([*kind, max(when), *sums, len(times_and_sums)])
+            continue
+        summable = []
+        for request in times_and_sums:
+            if _INTEGERS.issuperset(map(type, request[1:])):
+                summable.append(request)
+            else:
+                rows.append([*_plain((*kind, *request)), 1])
+        if summable:
+            rows += _summed_rows({(kind, None): summable})
+    return rows
+
+
+def _row_key(values: tuple):
+    """Which waiting row a request joins: its kind and the second of its time (None without a
+    finite Unix time)."""
+    when = values[_TIME]
+    if when.__class__ in _TIMES and math.isfinite(when):
+        return values[_KIND], int(when)  # a row spans a second at most
+    return None
+
+
+def _plain(values: tuple) -> tuple:
+    """A request's values as the pipe to the writer process carries them (marshal's plain
+    types), its time now when it has none."""
+    if not _PIPED.issuperset(map(type, values)):
+        values = tuple(map(_piped, values))
+    if values[_TIME] is None:
+        values = (*values[:_TIME], time.time(), *values[_TIME + 1:])
+    return values
 
 
 def _utcnow() -> datetime:

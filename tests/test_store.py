@@ -79,30 +79,34 @@ def test_full_batches_go_without_waiting_for_the_interval(url):
 def test_requests_of_one_kind_share_a_row_with_their_sums(db, url):
     writer = store.SpendWriter(url, interval=60)
     now = time.time()
+    first_time = int(now) - 0.5  # 300 ms of requests within one second (a row spans no more)
     for i in range(300):
-        writer.log(row(time=now - 1 + i / 1000, latency_ms=2, input_tokens=10, output_tokens=i, cost_micro_usd=5,
+        writer.log(row(time=first_time + i / 1000, latency_ms=2, input_tokens=10, output_tokens=i, cost_micro_usd=5,
                        cache_read_tokens=1, cache_write_tokens=2, reasoning_tokens=3))
     writer.log(row(time=now - 5, status=502, cost_micro_usd=0))  # another status: a row of its own
     writer.log(row(time=now - 5, token_hash="u" * 64))  # another token
-    writer.log(row(time=now - 5, latency_ms=1.5))  # a float latency: summed with nothing
+    writer.log(row(time=first_time, latency_ms=1.5))  # a float latency, in the same second: summed with nothing
+    writer.log(row(time=now - 5, model="other"))  # another model, earlier
     writer.close()
     with sqlite3.connect(url[len("sqlite:///"):]) as conn:
         conn.row_factory = sqlite3.Row
-        rows = [dict(r) for r in conn.execute("select * from spend_logs order by id")]
-    assert [r["requests"] for r in rows] == [300, 1, 1, 1]
+        rows = [dict(r) for r in conn.execute("select * from spend_logs order by requests desc, id")]
+    assert [r["requests"] for r in rows] == [300, 1, 1, 1, 1]
     first = rows[0]
     latest = datetime.fromisoformat(first.pop("time")).replace(tzinfo=timezone.utc).timestamp()
-    assert abs(latest - (now - 1 + 299 / 1000)) < 1e-5  # the latest request's time
-    assert first == {"id": 1, "account": "acct", "token_hash": "t" * 64, "model": "default",
+    assert abs(latest - (first_time + 299 / 1000)) < 1e-5  # the latest request's time
+    first.pop("id")
+    assert first == {"account": "acct", "token_hash": "t" * 64, "model": "default",
                      "upstream": "openai:gpt-4o", "protocol": "openai", "status": 200, "latency_ms": 600,
                      "input_tokens": 3000, "output_tokens": sum(range(300)), "cache_read_tokens": 300,
                      "cache_write_tokens": 600, "reasoning_tokens": 900, "cost_micro_usd": 1500,
                      "requests": 300}
-    assert rows[1]["status"] == 502 and rows[2]["token_hash"] == "u" * 64 and rows[3]["latency_ms"] == 1
-    assert db.totals(token_hash="t" * 64) == (1510, 301)  # the 502 bills nothing and is no success
-    assert db.totals(token_hash="t" * 64, since=now - 2) == (1500, 300)
-    assert db.usage(by="account") == [{"keys": ("acct", "openai:gpt-4o"), "requests": 303, "input_tokens": 3000,
-                                       "output_tokens": sum(range(300)), "cost": 1520}]
+    assert sorted((r["model"], r["status"], r["token_hash"][0], r["latency_ms"]) for r in rows[1:]) == [
+        ("default", 200, "t", 1), ("default", 200, "u", 0), ("default", 502, "t", 0), ("other", 200, "t", 0)]
+    assert db.totals(token_hash="t" * 64) == (1520, 302)  # the 502 bills nothing and is no success
+    assert db.totals(token_hash="t" * 64, since=now - 2) == (1510, 301)
+    assert db.usage(by="account") == [{"keys": ("acct", "openai:gpt-4o"), "requests": 304, "input_tokens": 3000,
+                                       "output_tokens": sum(range(300)), "cost": 1530}]
 
 
 def test_a_spend_log_from_before_shared_rows_gets_its_requests_column(tmp_path):
@@ -305,6 +309,10 @@ def test_a_row_that_cannot_be_stored_is_dropped_alone(url, caplog):
     for i in range(10):
         writer.log(row(model=f"m{i}"))
     writer.log(row(model="slow", latency_ms="very"))  # no integer: the writer process cannot bind it
+    writer.log(row(model="m0", latency_ms="very"))  # nor alongside a row of its kind
+    with pytest.raises(ValueError):  # a cost that cannot be counted against a budget is refused at once
+        writer.log(row(model="m1", cost_micro_usd="abc"))
+    assert writer.pending(token_hash="t" * 64) == (120, 12)
     writer.close()
     assert count_requests(url) == 10
     assert writer.pending(token_hash="t" * 64) == (0, 0)
