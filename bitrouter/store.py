@@ -643,14 +643,20 @@ def _bound_or_none(raw: tuple) -> tuple | None:
 
 
 def _piped(value):
-    """A row's value as the pipe to the writer process carries it (marshal's plain types)."""
-    if isinstance(value, datetime):  # naive means UTC, as the tables store it
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    return None if value is None else str(value)
+    """A row's value as the pipe to the writer process carries it (marshal's plain types).
+
+    Never raises: the writer thread makes a request plain when it takes a row (a value
+    it cannot convert becomes its type's name, which `_bound` then keeps or refuses)."""
+    try:
+        if isinstance(value, datetime):  # naive means UTC, as the tables store it
+            return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            return float(value)
+        return None if value is None else str(value)
+    except Exception:  # an object whose conversion fails: what it is, by its type
+        return f"<{type(value).__name__}>"
 
 
 class _WriterProcess:
@@ -743,7 +749,7 @@ def _summed_rows(waiting: dict) -> list:
         when, *columns = zip(*times_and_sums)
         try:
             sums = list(map(sum, columns))
-        except TypeError:  # a string or None among them
+        except Exception:  # a string or None among them (or an object whose addition fails)
             sums = None
         if sums is not None and _INTEGERS.issuperset(map(type, sums)):
             rows.append([*kind, max(when), *sums, len(times_and_sums)])

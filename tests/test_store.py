@@ -319,6 +319,28 @@ def test_a_row_that_cannot_be_stored_is_dropped_alone(url, caplog):
     assert "spend row dropped, it cannot be stored" in caplog.text and "'slow'" in caplog.text
 
 
+class Unruly:
+    """A value whose addition and conversion both fail, as a careless caller of `log` might pass."""
+
+    def __radd__(self, other):
+        raise RuntimeError("no adding")
+
+    def __str__(self):
+        raise RuntimeError("no printing")
+
+
+def test_a_value_that_fails_every_conversion_never_stops_the_writer(url, caplog):
+    writer = store.SpendWriter(url, interval=0.01)
+    writer.log(row())
+    writer.log(row(output_tokens=Unruly()))  # joins the waiting row as it is; summed only when taken
+    wait_until(lambda: writer.pending(token_hash="t" * 64) == (0, 0), what="the first batch")
+    writer.log(row())  # the writer thread is still there
+    writer.close()
+    assert count_requests(url) == 2
+    assert writer.pending(token_hash="t" * 64) == (0, 0)
+    assert "spend row dropped, it cannot be stored" in caplog.text
+
+
 def test_two_stores_in_one_process_keep_to_their_own_database(tmp_path):
     with store.Store(f"sqlite:///{tmp_path / 'a.db'}") as a, store.Store(f"sqlite:///{tmp_path / 'b.db'}") as b:
         a.revoke("h" * 64)
