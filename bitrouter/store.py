@@ -433,10 +433,12 @@ class SpendWriter:
             times_and_sums = self._rows.get(_row_key(values))
         except TypeError:  # a value no dictionary key can hold (a list): _plain makes it a string
             times_and_sums = None
-        self._count(values, +1, 1)  # first: a request it cannot count (a cost of "abc") is not queued
         if times_and_sums is None:
-            values = _plain(values)
-            times_and_sums = self._rows.setdefault(_row_key(values) or (values[_KIND], object()), [])
+            values = _plain(values)  # counted and keyed as the pipe will carry it
+            key = _row_key(values) or (values[_KIND], object())
+        self._count(values, +1, 1)  # before it is queued: a request it cannot count (a cost of "abc") is not
+        if times_and_sums is None:
+            times_and_sums = self._rows.setdefault(key, [])
         times_and_sums.append(values[_TIME_AND_SUMS])
         return len(times_and_sums) == 1
 

@@ -313,9 +313,11 @@ def test_a_row_that_cannot_be_stored_is_dropped_alone(url, caplog):
     with pytest.raises(ValueError):  # a cost that cannot be counted against a budget is refused at once
         writer.log(row(model="m1", cost_micro_usd="abc"))
     assert writer.pending(token_hash="t" * 64) == (120, 12)
+    writer.log(row(token_hash=["x"]))  # no key can hold a list: counted and stored as its text
+    assert writer.pending(token_hash="['x']") == (10, 1)
     writer.close()
-    assert count_requests(url) == 10
-    assert writer.pending(token_hash="t" * 64) == (0, 0)
+    assert count_requests(url) == 11
+    assert writer.pending(token_hash="t" * 64) == (0, 0) and writer.pending(token_hash="['x']") == (0, 0)
     assert "spend row dropped, it cannot be stored" in caplog.text and "'slow'" in caplog.text
 
 
