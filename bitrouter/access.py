@@ -3,7 +3,8 @@
 One Gate lives as long as the server. It verifies tokens once and caches the result by the
 token's hash; any change to `<home>/.keys` (a new account, a revocation stamp) or a reloaded
 configuration clears that cache before the next request is checked. Finished requests go
-to the spend log through `Gate.record` (the Server lists it among the metrics listeners).
+to the spend log through `Gate.record` (the Server lists it among the metrics' deferred
+listeners, and has a budget check fold them in first through `settle`).
 """
 
 import logging
@@ -53,9 +54,10 @@ def configured_issuers(cfg) -> set[str]:
 class Gate:
     """Decides who may use the server, which models, and whether their budget allows it."""
 
-    def __init__(self, home, cfg, db):
+    def __init__(self, home, cfg, db, settle=lambda: None):
         self.home = home
         self.store = db  # a store.Store, open on cfg.database_url; its owner closes it
+        self.settle = settle  # hands every finished request not yet recorded to `record`
         self._keys_path = os.fspath(home.keys_dir)  # stat()ed per request: resolved once
         self._cache: dict = {}
         self._apply(cfg)
@@ -121,7 +123,7 @@ class Gate:
         return route
 
     def record(self, rec) -> None:
-        """Metrics listener: queue a finished request for the spend log.
+        """Deferred metrics listener: queue a finished request for the spend log, release its hold.
 
         Requests refused before they passed authentication are left out: there is no one
         to bill, and a flood of bad credentials or bad requests must not fill the database.
@@ -204,6 +206,7 @@ class Gate:
         key = ("account", claims.iss) if claims.budget_scope == "account" else ("token", claims.token_hash)
         where = {"account": claims.iss} if key[0] == "account" else {"token_hash": claims.token_hash}
         since = time.time() - limit["seconds"] if limit.get("type") == "duration" else None
+        self.settle()  # a request that finished before this one must count with its cost
         try:
             spent, rounds = self.store.totals(since=since, **where)
         except Error as exc:

@@ -1,13 +1,19 @@
 """In-memory request metrics: the live request log, totals, per-endpoint stats and live events.
 
-Finished Records go to every listener (the Server lists them: guardrail sessions, the spend
-writer, the request log); events go to subscribers (the dashboard, `/admin/events`) through
-bounded inboxes, so a slow reader loses events instead of ever holding up a request. A
-request is one `finished` event (a stream also announces itself with `started` when its
-upstream answers); with no subscriber nothing is built for them.
+A finished Record goes at once to every listener (the Server lists guardrail sessions and
+the request log) and is then folded in: counted, handed to the deferred listeners (the spend
+writer) and announced. Serving, folding waits for a timer, up to FOLD_SECONDS, and takes
+every request finished meanwhile in one loop: run once a request, between the request's own
+work, this code cost about twice its instructions in cache misses (docs/performance.md,
+rounds 8 and 9). Whatever reads the counts (`snapshot`, `exported`, a budget check) folds
+first, so nothing reads them stale. Events go to subscribers (the dashboard,
+`/admin/events`) through bounded inboxes, so a slow reader loses events instead of ever
+holding up a request. A request is one `finished` event (a stream also announces itself
+with `started` when its upstream answers); with no subscriber nothing is built for them.
 """
 
 import bisect
+import logging
 import math
 import os
 import threading
@@ -19,11 +25,14 @@ import bitrouter
 from bitrouter.boundary import redact
 from bitrouter.protocols import Usage
 
+log = logging.getLogger("bitrouter")
+
 TOTAL_KEYS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micro_usd")
 # Latency histogram bounds in seconds (Prometheus's unit), from a local mock to a long generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 MAX_SERIES = 2000  # distinct label sets per counter; beyond it new routes and endpoints count as "other"
 STATE_ORDER = ("ok", "failing", "cooling down")  # a provider shows its worst endpoint's state
+FOLD_SECONDS = 0.01  # serving, how long a finished request may wait to be counted and announced
 
 
 @dataclass
@@ -109,7 +118,10 @@ class Metrics:
         self.started = clock()
         self.recent = deque(maxlen=keep)
         self.running = {}
-        self.listeners = []
+        self.listeners = []  # called with each finished Record as it finishes, in order
+        self.deferred_listeners = []  # called with each finished Record when it is folded in
+        self.timer = None  # a gevent timer watcher that folds when it fires; None: fold at once
+        self._unfolded = []  # finished Records not yet counted
         self.subscribers = []
         self.endpoints = {}  # provider:model_id -> EndpointStats
         self.counters = {}  # name -> {labels (sorted pairs) -> value}: Metrics.count's, for GET /metrics
@@ -136,24 +148,29 @@ class Metrics:
     def routed(self, record: Record) -> None:
         """An endpoint answered: a stream is running from now on, so subscribers hear of it."""
         if record.stream and self.subscribers:
+            self.fold()  # events in the order things happened: earlier requests' `finished` first
             self._publish("started", record)
 
     def finish(self, record: Record) -> None:
-        """Close a record: count it and hand it to the listeners and subscribers."""
+        """Close a record: the listeners hear of it now; it is counted once the timer folds it in."""
         self.running.pop(record.id, None)
         self.recent.append(record)
-        if record.started >= self._tomorrow:  # the first request of a new day
-            self._new_day()
-        self._count_series(record, record.usage)
-        if record.upstream:
-            stats = self.endpoints.get(record.upstream)
-            if stats is None:
-                stats = self.endpoints[record.upstream] = EndpointStats(deque(maxlen=self._samples))
-            stats.add(record.latency_ms, record.status >= 400)
         for listener in self.listeners:
             listener(record)
-        if self.subscribers:
-            self._publish("finished", record)
+        self._unfolded.append(record)
+        if self.timer is None or self.closed:
+            self.fold()
+        elif not self.timer.active:
+            self.timer.start(self.fold)
+
+    def fold(self) -> None:
+        """Count every finished record not yet counted and tell the deferred listeners and subscribers."""
+        records, self._unfolded = self._unfolded, []
+        for record in records:
+            try:
+                self._fold_one(record)
+            except Exception:  # a defect here must not cost the rest of the batch their spend rows
+                log.exception("cannot count request %s", record.id)
 
     def guardrail(self, record: Record, hits: list) -> None:
         """Count guardrail hits (never the matched text) and announce them as a `guardrail` event."""
@@ -162,6 +179,7 @@ class Metrics:
             self.guardrails[key] = self.guardrails.get(key, 0) + hit.count
             self.count("guardrail_hits", hit.count, pattern=hit.pattern, direction=hit.direction, action=hit.action)
         if self.subscribers:
+            self.fold()
             self._publish("guardrail", record, hits=[hit.as_dict() for hit in hits])
 
     def count(self, name: str, value: float = 1, **labels) -> None:
@@ -187,7 +205,9 @@ class Metrics:
             self.subscribers.remove(sub)
 
     def close(self) -> None:
-        """End every subscription (the server is stopping); later ones start closed."""
+        """Fold in what waits and end every subscription (the server is stopping); from now on
+        a finished record is folded in at once, and a new subscription starts closed."""
+        self.fold()
         self.closed = True
         for sub in self.subscribers:
             sub.close()
@@ -195,6 +215,7 @@ class Metrics:
 
     def snapshot(self, recent: int = 100) -> dict:
         """Running and recent requests (newest first), totals since start and for today."""
+        self.fold()
         recent = max(0, min(recent, len(self.recent)))
         totals = self._totals()
         return {"running": [r.as_dict() for r in sorted(self.running.values(), key=lambda r: -r.id)],
@@ -206,6 +227,7 @@ class Metrics:
     def exported(self) -> tuple[dict, dict]:
         """(counters, latency) for GET /metrics: {name: {sorted label pairs: value}} and
         {sorted label pairs: [count per bucket..., +Inf count, sum of seconds]}."""
+        self.fold()
         counters = {name: dict(series) for name, series in self.counters.items()}
         requests, tokens, cost, latency = {}, {}, {}, {}
         for (route, endpoint, protocol, status), row in self.series.items():
@@ -224,6 +246,21 @@ class Metrics:
             if series:
                 counters[name] = series
         return counters, latency
+
+    def _fold_one(self, record: Record) -> None:
+        """Count one finished record, hand it to the deferred listeners, announce it."""
+        if record.started >= self._tomorrow:  # the first request of a new day
+            self._new_day()
+        self._count_series(record, record.usage)
+        if record.upstream:
+            stats = self.endpoints.get(record.upstream)
+            if stats is None:
+                stats = self.endpoints[record.upstream] = EndpointStats(deque(maxlen=self._samples))
+            stats.add(record.latency_ms, record.status >= 400)
+        for listener in self.deferred_listeners:
+            listener(record)
+        if self.subscribers:
+            self._publish("finished", record)
 
     def _count_series(self, record: Record, usage: Usage) -> None:
         """Count a finished request into its (route, endpoint, protocol, status) row."""

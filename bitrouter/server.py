@@ -28,7 +28,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from bitrouter import (Error, access, app, boundary, cluster, config, daemon, guardrails, hints, protocols, proxy,
                        store, workers)
 from bitrouter.home import mask_url
-from bitrouter.metrics import Metrics, dashboard
+from bitrouter.metrics import FOLD_SECONDS, Metrics, dashboard
 from bitrouter.protocols import mock
 from bitrouter.router import Health, Router
 from bitrouter.upstream import ONE_SEND_BYTES, Pools, send_all
@@ -75,10 +75,12 @@ class Server:
         self.pools.mount(mock.SCHEME, mock.Transport())  # the built-in provider answers in process
         self.runtime = Runtime(cfg, self.dynamic, self.health)
         self.store = store.Store(cfg.database_url, shared=True)  # tokens, revocations, routes, spend totals
-        self.gate = access.Gate(home, cfg, self.store)  # refuses an open public listener
+        self.gate = access.Gate(home, cfg, self.store, settle=self.metrics.fold)  # refuses an open public listener
         self.request_log = daemon.RequestLog(self)  # writes once server_log() has opened the log
-        # Every finished request, in this order: its session's spend, its spend row, its log line.
-        self.metrics.listeners = [self.sessions.finished, self.gate.record, self.request_log.write]
+        # Every finished request: its session's spend and its log line at once, its spend row
+        # when the metrics fold it in (when serving, within metrics.FOLD_SECONDS).
+        self.metrics.listeners = [self.sessions.finished, self.request_log.write]
+        self.metrics.deferred_listeners = [self.gate.record]
         self.app = app.build_app(self)
         self.closed = False
 
@@ -192,6 +194,7 @@ def start(home, cfg=None, mode="foreground") -> "Running":
         listener.in_flight = _InFlight(_connection_capacity())
         listener.srv = srv  # the handlers' timeouts come from its current configuration
         srv.connections = listener.in_flight
+        srv.metrics.timer = gevent.get_hub().loop.timer(FOLD_SECONDS)  # finished requests counted in batches
         if mode != "dashboard":  # the dashboard's SIGHUP is its terminal going away: it ends
             hup = gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(_reload_on_signal, srv))
             owned.callback(hup.cancel)

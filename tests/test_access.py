@@ -9,13 +9,14 @@ import json
 import time
 from datetime import timezone
 
+import gevent
 import pytest
 import yaml
 from nacl.signing import SigningKey
 
 from conftest import run_cli, wait_until
 
-from bitrouter import Error, accounts, config, store, tokens
+from bitrouter import Error, accounts, config, protocols, proxy, server, store, tokens
 from bitrouter import home as home_mod
 from bitrouter.access import Gate, credential
 from bitrouter.metrics import Metrics
@@ -42,9 +43,11 @@ def gates():
 
     def make(root, cfg, metrics=None):
         db = store.Store(cfg.database_url, shared=True)
-        gate = Gate(home_mod.at(root), cfg, db)
-        if metrics is not None:  # as the Server wires it
-            metrics.listeners.append(gate.record)
+        if metrics is None:
+            gate = Gate(home_mod.at(root), cfg, db)
+        else:  # as the Server wires it
+            gate = Gate(home_mod.at(root), cfg, db, settle=metrics.fold)
+            metrics.deferred_listeners.append(gate.record)
         made.append((gate, db))
         return gate
     yield make
@@ -252,6 +255,27 @@ def test_budget_is_enforced_before_the_next_call_including_unflushed_spend(root,
     assert gate.authorize(other, route)  # session scope: another token has its own budget
 
 
+def test_a_budget_check_counts_requests_the_metrics_have_not_folded_in_yet(root, gates):
+    key = local_account(root)
+    cfg, router = routes(root)
+    metrics = Metrics()
+    metrics.timer = gevent.get_hub().loop.timer(3600)  # as when serving, with a fold that waits
+    gate = gates(root, cfg, metrics)
+    claims = gate.authenticate(cfg, token_for(key, budget=1000), "api")
+    route = router.resolve("openai:gpt-4o")
+    record = metrics.begin("openai", "openai:gpt-4o", False)
+    record.account, record.token_hash = claims.iss, claims.token_hash
+    gate.authorize(claims, route, record)
+    record.status, record.upstream, record.cost_micro_usd = 200, "openai:gpt-4o", 1000
+    metrics.finish(record)
+    assert gate.writer.pending(token_hash=claims.token_hash) == (0, 0)  # waiting for the timer
+    assert gate.holds.held(("token", claims.token_hash)) == (0, 1)  # so it still holds its round
+    assert refused(402, gate.authorize, claims, route) == \
+        "budget exhausted: this token spent 1000 of 1000 micro-USD"
+    assert gate.holds.held(("token", claims.token_hash)) == (0, 0)
+    metrics.timer.stop()
+
+
 def test_requests_in_flight_hold_a_round_and_the_estimated_cost(root, gates):
     key = local_account(root)
     cfg, router = routes(root)
@@ -350,3 +374,19 @@ def test_spend_rows_reach_the_database_and_anonymous_refusals_do_not(root, gates
                    "upstream": "openai:gpt-4o", "protocol": "responses", "status": 201, "latency_ms": 12,
                    "input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 4, "cache_write_tokens": 3,
                    "reasoning_tokens": 2, "cost_micro_usd": 42, "requests": 1}
+
+
+def test_closing_the_server_writes_the_spend_rows_the_metrics_have_not_folded_in(tmp_path):
+    home = home_mod.resolve(home_dir=tmp_path)
+    body = json.dumps({"model": "mock:echo", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with server.Server(home) as srv:
+        srv.metrics.timer = gevent.get_hub().loop.timer(3600)  # a fold that waits past the close
+        for _ in range(3):
+            assert proxy.generate(srv, proxy.Incoming(protocols.get("openai"), body=body)).status == 200
+        assert srv.metrics.timer.active  # their fold is still waiting
+    db = store.Store(config.load(home).database_url)
+    try:
+        assert [(row["keys"], row["requests"]) for row in db.usage()] == [(("(none)", "mock:echo"), 3)]
+    finally:
+        db.close()
+

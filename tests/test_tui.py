@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 
+import gevent
 import pexpect
 import pytest
 import requests
@@ -16,7 +17,7 @@ from wcwidth import wcswidth
 
 import bitrouter
 from bitrouter import tui
-from bitrouter.metrics import Metrics, percentile
+from bitrouter.metrics import FOLD_SECONDS, Metrics, percentile
 from bitrouter.protocols import Usage
 from conftest import BITROUTER, clean_env, free_port, run_cli, wait_until
 from fakes import FakeUpstream, Reply, chat_stream, error
@@ -463,6 +464,38 @@ def test_a_brief_inbox_keeps_only_the_newest_of_consecutive_events_of_one_type()
                              {"type": "finished", "seq": 5}]
     request()  # what the reader took is not replaced: a new event waits again
     assert brief.wait(0) == [{"type": "finished", "seq": 6}] and brief.dropped == 0
+
+
+def test_with_a_timer_finished_requests_are_counted_together_and_never_read_stale():
+    metrics = Metrics()
+    metrics.timer = gevent.get_hub().loop.timer(FOLD_SECONDS)  # as server.start sets it
+    heard, folded = [], []
+    metrics.listeners.append(heard.append)
+    metrics.deferred_listeners.append(folded.append)
+    sub = metrics.subscribe()
+    first, second = finish(metrics, "a"), finish(metrics, "b")
+    assert heard == [first, second] and folded == [] and sub.wait(0) == []
+    wait_until(lambda: gevent.sleep(0.001) or folded, what="the timer's fold")  # the hub runs the timer
+    assert folded == [first, second]
+    assert [e["request"]["model"] for e in sub.wait(0)] == ["a", "b"]
+
+    third = finish(metrics, "c")  # read before the timer fires: counted first
+    assert metrics.snapshot()["totals"]["since_start"]["requests"] == 3 and folded[-1] is third
+    finish(metrics, "d")
+    assert metrics.exported()[0]["requests"][(("endpoint", "mock:echo"), ("protocol", "openai"),
+                                              ("route", ""), ("status", "200"))] == 4
+    finish(metrics, "e")
+    stream = metrics.begin("openai", "s", True)
+    metrics.routed(stream)  # its `started` comes after the `finished` of what finished before
+    assert [(e["type"], e["request"]["model"]) for e in sub.wait(0)] == [
+        ("finished", "c"), ("finished", "d"), ("finished", "e"), ("started", "s")]
+
+    finish(metrics, "f")
+    metrics.close()  # the server is stopping: what waits is folded in, and later records at once
+    assert [r.model for r in folded[-2:]] == ["e", "f"]
+    finish(metrics, "g")
+    assert folded[-1].model == "g" and len(folded) == 7
+    metrics.timer.stop()
 
 
 def test_a_stalled_event_reader_does_not_hold_up_requests(start_server):
