@@ -147,8 +147,9 @@ def install(*packages: str) -> None:
     """Install Debian packages (as root, or through sudo)."""
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *packages], check=True, env=env)
+    # Their output goes to stderr: the bench's stdout is its JSON.
+    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *packages], check=True, env=env, stdout=sys.stderr)
 
 
 def _which(exe: str):
@@ -547,8 +548,9 @@ LITELLM_VENV = Path(".bench-peers/litellm")
 def litellm_command(tmp: Path, port: int, base: str) -> list:
     """LiteLLM's proxy in front of the bench's nginx (installed into LITELLM_VENV when missing)."""
     if not (LITELLM_VENV / "bin" / "litellm").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True, stdout=sys.stderr)
+        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True,
+                       stdout=sys.stderr)
     conf = tmp / "litellm.yaml"
     # Authentication off, as BitRouter runs here (recent LiteLLM versions refuse to start so unless told).
     conf.write_text(json.dumps({"model_list": [{"model_name": "bench", "litellm_params": {
