@@ -4,11 +4,12 @@ A finished Record goes at once to every listener (the Server lists guardrail ses
 the request log) and is then folded in: counted, handed to the deferred listeners (the spend
 writer) and announced. Serving, folding waits for a timer, up to FOLD_SECONDS, and takes
 every request finished meanwhile in one loop (the bench measured the observers at about 3%
-of throughput so, against 6% run once a request: docs/performance.md, round 9). Whatever reads the counts (`snapshot`, `exported`, a budget check) folds
-first, so nothing reads them stale. Events go to subscribers (the dashboard,
-`/admin/events`) through bounded inboxes, so a slow reader loses events instead of ever
-holding up a request. A request is one `finished` event (a stream also announces itself
-with `started` when its upstream answers); with no subscriber nothing is built for them.
+of throughput so, against 6% run once a request: docs/performance.md, round 9). Whatever
+reads the counts (`snapshot`, `exported`, a budget check) folds first, so nothing reads
+them stale. Events go to subscribers (the dashboard, `/admin/events`) through bounded
+inboxes, so a slow reader loses events instead of ever holding up a request. A request is
+one `finished` event (a stream also announces itself with `started` when its upstream
+answers); with no subscriber nothing is built for them.
 """
 
 import bisect
